@@ -1,0 +1,98 @@
+"""p2p-leecher: download one file by name or file id from every seeder that holds it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from prometheus_client import CollectorRegistry
+from pydantic import Field, field_validator
+
+from p2p_shared.logs import configure_logging
+from p2p_shared.net.service import run, serve_metrics
+from p2p_shared.net.tracker_client import TrackerClient
+from p2p_shared.settings import CommonSettings, add_common_flags, build_settings, parse_host_port
+
+from .download import Download, DownloadOptions
+from .metrics import LeecherMetrics
+
+log = structlog.get_logger()
+
+
+class LeecherSettings(CommonSettings):
+    target: str = Field(min_length=1)
+    tracker: str = "127.0.0.1:6969"
+    output_dir: Path = Path(".")
+    min_seeders: int = Field(1, ge=1)
+    wait: float = Field(30.0, ge=0)
+    max_peers: int = Field(8, ge=1, le=50)
+    pipeline_depth: int = Field(4, ge=1, le=64)
+    chunk_timeout: float = Field(30.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
+    max_bad_chunks: int = Field(3, ge=1)
+    progress: Literal["auto", "bar", "log"] = "auto"
+
+    @field_validator("tracker")
+    @classmethod
+    def _tracker(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p2p-leecher", description="Download a file from the swarm.")
+    p.add_argument("target", nargs="?", help="file name or 64-hex file id (env P2P_TARGET)")
+    p.add_argument("--tracker", help="tracker HOST:PORT (default 127.0.0.1:6969)")
+    p.add_argument("-o", "--output-dir", type=Path, help="folder for the downloaded file (default .)")
+    p.add_argument("--min-seeders", type=int, help="seeders to wait for before starting (default 1)")
+    p.add_argument("--wait", type=float, help="seconds to wait for seeders, at start and when all are lost (default 30)")
+    p.add_argument("--max-peers", type=int, help="seeders downloaded from at once (default 8)")
+    p.add_argument("--pipeline-depth", type=int, help="requests in flight per seeder (default 4)")
+    p.add_argument("--chunk-timeout", type=float, help="seconds a seeder may stay silent with requests pending (default 30)")
+    p.add_argument("--connect-timeout", type=float, help="seconds to connect and greet a seeder (default 5)")
+    p.add_argument("--max-bad-chunks", type=int, help="bad chunks before a seeder is dropped (default 3)")
+    p.add_argument("--progress", choices=["auto", "bar", "log"], help="auto: a bar on a terminal, log lines otherwise")
+    add_common_flags(p)
+    return p
+
+
+async def fetch(settings: LeecherSettings) -> int:
+    registry = CollectorRegistry()
+    metrics = LeecherMetrics(registry)
+    serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    bar = settings.progress == "bar" or (settings.progress == "auto" and sys.stderr.isatty())
+    options = DownloadOptions(
+        output_dir=settings.output_dir,
+        min_seeders=settings.min_seeders,
+        wait=settings.wait,
+        max_peers=settings.max_peers,
+        depth=settings.pipeline_depth,
+        chunk_timeout=settings.chunk_timeout,
+        connect_timeout=settings.connect_timeout,
+        max_bad_chunks=settings.max_bad_chunks,
+        progress_bar=bar,
+    )
+    tracker = TrackerClient(*parse_host_port(settings.tracker))
+    try:
+        result = await Download(tracker, options, metrics).run(settings.target)
+    except BaseException:
+        metrics.downloads.labels("failed").inc()
+        raise
+    finally:
+        tracker.close()
+    metrics.downloads.labels("ok").inc()
+    metrics.duration.set(result.seconds)
+    log.info(f"Download complete. File size: {result.size} bytes")
+    log.info(f"Successfully downloaded {result.path.name}")
+    rate = result.fetched_bytes / max(result.seconds, 1e-9) / 1e6
+    log.info("summary", path=str(result.path), seconds=round(result.seconds, 3), fetched_bytes=result.fetched_bytes, mb_per_s=round(rate, 1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = build_settings(LeecherSettings, parser(), argv)
+    configure_logging(settings.log_format, settings.log_level)
+    return run(fetch(settings))

@@ -1,0 +1,93 @@
+"""Where a download's bytes go: NAME.part, written at chunk offsets, renamed only when whole.
+
+The part file is the durable progress: on a restart every chunk already in it is verified
+against the manifest, so a resumed download fetches only what is missing or damaged. Only a
+fully verified, fsynced file is linked to its final name, and never over an existing file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from p2p_shared.errors import DownloadError
+from p2p_shared.hashing import hash_chunks
+from p2p_shared.manifest import Manifest
+
+
+def verified_chunks(path: Path, manifest: Manifest) -> set[int]:
+    """Indices of the chunks of `path` that match the manifest (empty if the size differs)."""
+    try:
+        if path.stat().st_size != manifest.size:
+            return set()
+        digests = hash_chunks(path, manifest.size, manifest.chunk_size)
+    except OSError:
+        return set()
+    return {i for i in range(manifest.num_chunks) if digests[i * 32 : i * 32 + 32] == manifest.chunk_digest(i)}
+
+
+class PartFile:
+    def __init__(self, final: Path, size: int) -> None:
+        self.final = final
+        self.path = final.with_name(final.name + ".part")
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DownloadError(f"cannot create {self.path}: {exc.strerror}") from None
+        try:
+            os.ftruncate(self.fd, size)
+            if size:
+                self._reserve(size)
+        except OSError as exc:
+            os.close(self.fd)
+            raise DownloadError(f"cannot make room for {self.path} ({size} bytes): {exc.strerror}") from None
+
+    def _reserve(self, size: int) -> None:
+        # Claim the disk space now, so a full disk fails the download at once, not at 99%.
+        try:
+            os.posix_fallocate(self.fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+
+    def write(self, offset: int, data: memoryview) -> None:
+        """Called from worker threads; pwrite needs no shared file position."""
+        try:
+            while data:
+                written = os.pwrite(self.fd, data, offset)
+                data, offset = data[written:], offset + written
+        except OSError as exc:
+            raise DownloadError(f"cannot write {self.path}: {exc.strerror}") from None
+
+    def finish(self) -> None:
+        """fsync, then give the file its final name (atomically) and fsync the folder."""
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            try:
+                os.link(self.path, self.final)  # fails rather than replace an existing file
+                os.unlink(self.path)
+            except FileExistsError:
+                raise DownloadError(
+                    f"{self.final} appeared during the download; the verified copy is kept at {self.path}"
+                ) from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+                    raise
+                if self.final.exists():  # a filesystem without hard links
+                    raise DownloadError(f"{self.final} appeared during the download") from None
+                os.replace(self.path, self.final)
+            folder = os.open(self.final.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as exc:
+            raise DownloadError(f"cannot finish {self.final}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

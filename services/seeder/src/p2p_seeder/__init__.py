@@ -1,0 +1,1 @@
+"""The seeder: hashes its files into manifests, registers them, serves chunks over TCP."""

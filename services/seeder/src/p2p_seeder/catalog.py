@@ -1,0 +1,99 @@
+"""The files a seeder serves: manifests built at start, cached across restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from p2p_shared.errors import ManifestError, P2PError
+from p2p_shared.manifest import Manifest
+from p2p_shared.messages import FileEntry
+
+from p2p_shared.hashing import hash_chunks
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class SeededFile:
+    path: Path
+    manifest: Manifest
+    manifest_bytes: bytes
+    file_id: str
+
+    @property
+    def raw_id(self) -> bytes:
+        return bytes.fromhex(self.file_id)
+
+    def entry(self) -> FileEntry:
+        m = self.manifest
+        return FileEntry(file_id=self.file_id, name=m.name, size=m.size, chunk_size=m.chunk_size)
+
+
+class ManifestCache:
+    """Manifests keyed by (path, inode, size, mtime, chunk size): an unchanged file is not rehashed."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+
+    def _slot(self, path: Path, st: os.stat_result, chunk_size: int) -> Path | None:
+        if self.directory is None:
+            return None
+        key = f"{path.resolve()}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{chunk_size}"
+        return self.directory / (hashlib.sha256(key.encode()).hexdigest() + ".manifest")
+
+    def load(self, path: Path, st: os.stat_result, chunk_size: int) -> Manifest | None:
+        slot = self._slot(path, st, chunk_size)
+        if slot is None:
+            return None
+        try:
+            manifest = Manifest.decode(slot.read_bytes())
+        except (OSError, ManifestError):
+            return None
+        if (manifest.name, manifest.size, manifest.chunk_size) != (path.name, st.st_size, chunk_size):
+            return None
+        return manifest
+
+    def store(self, path: Path, st: os.stat_result, manifest: Manifest) -> None:
+        slot = self._slot(path, st, manifest.chunk_size)
+        if slot is None:
+            return
+        try:
+            slot.parent.mkdir(parents=True, exist_ok=True)
+            tmp = slot.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(manifest.encode())
+            os.replace(tmp, slot)
+        except OSError as exc:
+            log.warning("manifest cache not written", path=str(slot), error=exc.strerror)
+
+
+def load_file(path: Path, chunk_size: int, cache: ManifestCache) -> tuple[SeededFile, bool]:
+    """Build (or load from cache) the manifest of one file. Returns it and whether it was cached."""
+    try:
+        st = path.stat()
+        if not path.is_file():
+            raise P2PError(f"cannot seed {path}: not a regular file")
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise P2PError(f"cannot seed {path}: {exc.strerror}") from None
+    try:
+        manifest = cache.load(path, st, chunk_size)
+        cached = manifest is not None
+        if manifest is None:
+            started = time.perf_counter()
+            digests = hash_chunks(path, st.st_size, chunk_size)
+            manifest = Manifest(name=path.name, size=st.st_size, chunk_size=chunk_size, digests=digests)
+            log.debug("hashed", file=path.name, seconds=round(time.perf_counter() - started, 3))
+            cache.store(path, st, manifest)
+    except ManifestError as exc:
+        raise P2PError(f"cannot seed {path}: {exc}") from None
+    except OSError as exc:
+        raise P2PError(f"cannot seed {path}: {exc}") from None
+    data = manifest.encode()
+    return SeededFile(path, manifest, data, manifest.file_id), cached

@@ -1,0 +1,180 @@
+"""p2p-seeder: serve files to leechers and keep the tracker informed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import structlog
+from prometheus_client import CollectorRegistry
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from p2p_shared import messages
+from p2p_shared.errors import P2PError, TrackerUnavailable
+from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FILES_PER_REGISTER
+from p2p_shared.logs import configure_logging
+from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.net.tracker_client import TrackerClient
+from p2p_shared.settings import CommonSettings, add_common_flags, build_settings, parse_host_port
+
+from .catalog import ManifestCache, SeededFile, load_file
+from .metrics import SeederMetrics
+from .server import PeerServer
+
+log = structlog.get_logger()
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "p2p-seeder"
+
+
+class SeederSettings(CommonSettings):
+    file: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("large_text_file.txt")])
+    host: str = "0.0.0.0"
+    port: int = Field(7000, ge=1, le=65535)
+    advertise_host: str | None = None
+    tracker: str = "127.0.0.1:6969"
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_SIZE)
+    metrics_port: int = Field(9102, ge=0, le=65535)
+    connection_timeout: float = Field(90.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    cache_dir: Path | None = Field(default_factory=_default_cache_dir)
+    no_cache: bool = False
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _split(cls, value):
+        return [p for p in value.split(",") if p] if isinstance(value, str) else value
+
+    @field_validator("tracker")
+    @classmethod
+    def _tracker(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p2p-seeder", description="Serve files to leechers over TCP.")
+    p.add_argument("-f", "--file", action="append", help="file to seed; repeat for more (default large_text_file.txt)")
+    p.add_argument("-p", "--port", type=int, help="TCP port to serve on (default 7000)")
+    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--advertise-host", help="address leechers should use; the tracker sees our source address otherwise")
+    p.add_argument("--tracker", help="tracker HOST:PORT (default 127.0.0.1:6969)")
+    p.add_argument("--chunk-size", type=int, help=f"bytes per chunk (default {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--connection-timeout", type=float, help="seconds an idle peer connection stays open (default 90)")
+    p.add_argument("--max-connections", type=int, help="peer connections served at once (default 256)")
+    p.add_argument("--cache-dir", type=Path, help="where manifests are cached (default ~/.cache/p2p-seeder)")
+    p.add_argument("--no-cache", action="store_true", default=None, help="always rehash files at start")
+    add_common_flags(p)
+    return p
+
+
+class TrackerLink:
+    """Registration and heartbeats; registers again whenever the tracker has forgotten us."""
+
+    def __init__(self, client: TrackerClient, settings: SeederSettings, files: list[SeededFile], metrics: SeederMetrics):
+        self.client = client
+        self.port = settings.port
+        self.host = settings.advertise_host
+        self.entries = [f.entry() for f in files]
+        self.metrics = metrics
+        self.interval = 5.0  # until the tracker tells us its own
+        self.registered = False
+
+    async def register(self) -> None:
+        for start in range(0, max(1, len(self.entries)), MAX_FILES_PER_REGISTER):
+            batch = self.entries[start : start + MAX_FILES_PER_REGISTER]
+            reply = await self.client.request(messages.Register(port=self.port, host=self.host, files=batch))
+            if isinstance(reply, messages.ErrorReply):
+                self.metrics.registrations.labels("refused").inc()
+                raise P2PError(f"tracker refused registration: {reply.code}: {reply.message}")
+            if isinstance(reply, messages.Ack):
+                self.interval = reply.interval
+        self.metrics.registrations.labels("ok").inc()
+        self.registered = True
+        log.info("registered with tracker", tracker=self.client.label, files=len(self.entries), interval=self.interval)
+
+    async def beat(self) -> None:
+        reply = await self.client.request(messages.Heartbeat(port=self.port, host=self.host))
+        if isinstance(reply, messages.ErrorReply) and reply.code == "unknown_seeder":
+            self.metrics.heartbeats.labels("unknown").inc()
+            log.info("tracker forgot this seeder; registering again")
+            self.registered = False
+            await self.register()
+        elif isinstance(reply, messages.Ack):
+            self.metrics.heartbeats.labels("ok").inc()
+            self.interval = reply.interval
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await (self.beat() if self.registered else self.register())
+            except TrackerUnavailable as exc:
+                self.metrics.heartbeats.labels("timeout").inc()
+                log.warning(str(exc))
+            except P2PError as exc:
+                log.error(str(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    async def unregister(self) -> None:
+        try:
+            await asyncio.wait_for(self.client.request(messages.Unregister(port=self.port, host=self.host)), 2.0)
+            log.info("unregistered from tracker")
+        except (TrackerUnavailable, TimeoutError):
+            log.warning("tracker did not confirm unregistration; it will expire this seeder")
+
+
+async def serve(settings: SeederSettings) -> int:
+    stop = stop_event()
+    registry = CollectorRegistry()
+    metrics = SeederMetrics(registry)
+    cache = ManifestCache(None if settings.no_cache else settings.cache_dir)
+    started = time.perf_counter()
+    files = []
+    hashed = False
+    for path in settings.file:
+        seeded, cached = await asyncio.to_thread(load_file, path, settings.chunk_size, cache)
+        hashed |= not cached
+        files.append(seeded)
+        log.info(
+            "file ready",
+            file=seeded.manifest.name,
+            size=seeded.manifest.size,
+            chunks=seeded.manifest.num_chunks,
+            file_id=seeded.file_id,
+            cached=cached,
+        )
+    metrics.hash_seconds.set(time.perf_counter() - started if hashed else 0)
+    metrics.files.set(len(files))
+    serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    peers = PeerServer(files, metrics, settings.connection_timeout, settings.max_connections)
+    try:
+        server = await asyncio.start_server(peers.handle, settings.host, settings.port)
+    except OSError as exc:
+        raise P2PError(f"cannot listen on tcp {settings.host}:{settings.port}: {exc.strerror}") from None
+    log.info("seeder listening", host=settings.host, port=settings.port, files=len(files))
+    client = TrackerClient(*parse_host_port(settings.tracker))
+    link = TrackerLink(client, settings, files, metrics)
+    try:
+        await link.run(stop)
+    finally:
+        server.close()
+        await link.unregister()
+        client.close()
+    log.info("seeder stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = build_settings(SeederSettings, parser(), argv)
+    configure_logging(settings.log_format, settings.log_level)
+    return run(serve(settings))

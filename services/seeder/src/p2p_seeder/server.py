@@ -1,0 +1,134 @@
+"""Serving peers over TCP: one coroutine per connection, requests answered in order.
+
+A connection reads a batch of pipelined requests, then answers each: the CHUNK header with
+`write`, the payload with `loop.sendfile` (os.sendfile where the transport allows, so chunk
+bytes never enter Python). While it sends it does not read, so a flood of requests waits in
+the kernel's socket buffer instead of in our memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import BinaryIO
+
+import structlog
+
+from p2p_shared import PROTOCOL_VERSION
+from p2p_shared import wire
+from p2p_shared.errors import RemoteProtocolError
+
+from .catalog import SeededFile
+from .metrics import SeederMetrics
+
+log = structlog.get_logger()
+
+
+class _Refuse(Exception):
+    def __init__(self, error: wire.Error, close: bool = False) -> None:
+        self.error, self.close = error, close
+
+
+class PeerServer:
+    def __init__(
+        self, files: list[SeededFile], metrics: SeederMetrics, idle_timeout: float, max_connections: int
+    ) -> None:
+        self.files = {f.raw_id: f for f in files}
+        self.metrics = metrics
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._active = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        label = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if self._active >= self.max_connections:
+            log.warning("connection refused: too many peers", peer=label)
+            writer.close()
+            return
+        self._active += 1
+        self.metrics.connections.inc()
+        self.metrics.connections_active.inc()
+        opened: dict[bytes, BinaryIO] = {}
+        frames = wire.FrameReader(max_payload=0)  # peers never send us chunk payloads
+        greeted = False
+        try:
+            while True:
+                data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+                if not data:
+                    break
+                frames.receive_data(data)
+                while (event := frames.next_event()) is not None:
+                    try:
+                        if not greeted:
+                            greeted = self._greet(event, writer)
+                        else:
+                            await self._answer(event, writer, opened)
+                    except _Refuse as refusal:
+                        self.metrics.refused.labels(refusal.error.code.name.lower()).inc()
+                        writer.write(wire.encode(refusal.error))
+                        if refusal.close:
+                            await writer.drain()
+                            return
+                await writer.drain()
+        except TimeoutError:
+            log.debug("idle connection closed", peer=label)
+        except RemoteProtocolError as exc:
+            self.metrics.refused.labels("bad_request").inc()
+            log.info("peer sent a bad frame", peer=label, error=str(exc))
+            writer.write(wire.encode(wire.Error(wire.ErrorCode.BAD_REQUEST, str(exc))))
+        except (ConnectionError, OSError) as exc:
+            log.debug("connection lost", peer=label, error=str(exc))
+        finally:
+            for f in opened.values():
+                f.close()
+            self._active -= 1
+            self.metrics.connections_active.dec()
+            writer.close()
+
+    def _greet(self, event: wire.Event, writer: asyncio.StreamWriter) -> bool:
+        if not isinstance(event, wire.Hello):
+            raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, "expected HELLO first"), close=True)
+        if event.version != PROTOCOL_VERSION:
+            raise _Refuse(
+                wire.Error(wire.ErrorCode.UNSUPPORTED_VERSION, f"this seeder speaks version {PROTOCOL_VERSION}"),
+                close=True,
+            )
+        writer.write(wire.encode(wire.Hello(PROTOCOL_VERSION)))
+        return True
+
+    def _file(self, file_id: bytes, index: int = 0) -> SeededFile:
+        seeded = self.files.get(file_id)
+        if seeded is None:
+            raise _Refuse(wire.Error(wire.ErrorCode.UNKNOWN_FILE, "no such file here", file_id, index))
+        return seeded
+
+    async def _answer(self, event: wire.Event, writer: asyncio.StreamWriter, opened: dict[bytes, BinaryIO]) -> None:
+        match event:
+            case wire.Request(file_id, index):
+                started = time.perf_counter()
+                seeded = self._file(file_id, index)
+                if not 0 <= index < seeded.manifest.num_chunks:
+                    raise _Refuse(
+                        wire.Error(wire.ErrorCode.BAD_INDEX, f"chunk index out of range", file_id, index)
+                    )
+                offset, length = seeded.manifest.chunk_span(index)
+                handle = opened.get(file_id)
+                if handle is None:
+                    try:
+                        handle = opened[file_id] = open(seeded.path, "rb")
+                    except OSError as exc:
+                        log.error("cannot open seeded file", file=str(seeded.path), error=exc.strerror)
+                        raise _Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "file unreadable", file_id, index))
+                writer.write(wire.chunk_header(file_id, index, length))
+                if length:
+                    await asyncio.get_running_loop().sendfile(writer.transport, handle, offset, length)
+                self.metrics.chunks_served.inc()
+                self.metrics.bytes_served.inc(length)
+                self.metrics.serve_seconds.observe(time.perf_counter() - started)
+            case wire.GetManifest(file_id):
+                writer.write(wire.encode(wire.ManifestData(file_id, self._file(file_id).manifest_bytes)))
+            case wire.GetHave(file_id):
+                writer.write(wire.encode(wire.Have.full(file_id, self._file(file_id).manifest.num_chunks)))
+            case _:
+                raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, f"unexpected {type(event).__name__} frame"))

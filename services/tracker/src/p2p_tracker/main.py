@@ -1,0 +1,96 @@
+"""p2p-tracker: the UDP registry of live seeders."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import structlog
+from prometheus_client import CollectorRegistry
+from pydantic import Field
+
+from p2p_shared.logs import configure_logging
+from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.registry import SeederRegistry
+from p2p_shared.settings import CommonSettings, add_common_flags, build_settings
+
+from .core import TrackerCore
+from .metrics import TrackerMetrics
+
+log = structlog.get_logger()
+
+
+class TrackerSettings(CommonSettings):
+    host: str = "0.0.0.0"
+    port: int = Field(6969, ge=1, le=65535)
+    metrics_port: int = Field(9101, ge=0, le=65535)
+    heartbeat_interval: float = Field(30.0, gt=0, description="seconds between seeder heartbeats")
+    missed_heartbeats: int = Field(3, ge=1, description="heartbeats missed before a seeder expires")
+    max_peers: int = Field(50, ge=1, le=50, description="seeders in one lookup answer")
+    max_seeders: int = Field(100_000, ge=1)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p2p-tracker", description="Registry of live seeders (UDP).")
+    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="UDP port (default 6969)")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between seeder heartbeats (default 30)")
+    p.add_argument("--missed-heartbeats", type=int, help="missed heartbeats before expiry (default 3)")
+    p.add_argument("--max-peers", type=int, help="seeders in one lookup answer (default 50)")
+    p.add_argument("--max-seeders", type=int, help="registry capacity (default 100000)")
+    add_common_flags(p)
+    return p
+
+
+class _TrackerProtocol(asyncio.DatagramProtocol):
+    def __init__(self, core: TrackerCore) -> None:
+        self.core = core
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        answer = self.core.handle(data, addr, asyncio.get_running_loop().time())
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error", error=str(exc))
+
+
+async def serve(settings: TrackerSettings) -> int:
+    stop = stop_event()
+    registry = CollectorRegistry()
+    seeders = SeederRegistry(
+        ttl=settings.heartbeat_interval * settings.missed_heartbeats, max_seeders=settings.max_seeders
+    )
+    core = TrackerCore(seeders, TrackerMetrics(registry, seeders), settings.heartbeat_interval, settings.max_peers)
+    serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _TrackerProtocol(core), local_addr=(settings.host, settings.port)
+        )
+    except OSError as exc:
+        log.error(f"cannot listen on udp {settings.host}:{settings.port}: {exc.strerror}")
+        return 1
+    log.info("tracker listening", host=settings.host, port=settings.port, metrics_port=settings.metrics_port)
+    sweep = min(settings.heartbeat_interval, 5.0)
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), sweep)
+            except TimeoutError:
+                pass
+            core.expire(loop.time())
+    finally:
+        transport.close()
+    log.info("tracker stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = build_settings(TrackerSettings, parser(), argv)
+    configure_logging(settings.log_format, settings.log_level)
+    return run(serve(settings))

@@ -1,0 +1,33 @@
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from p2p_shared.registry import SeederRegistry
+
+
+class TrackerMetrics:
+    def __init__(self, registry: CollectorRegistry, seeders: SeederRegistry) -> None:
+        self.datagrams = Counter(
+            "p2p_tracker_datagrams_total", "Datagrams received, by message type", ["type"], registry=registry
+        )
+        self.malformed = Counter(
+            "p2p_tracker_malformed_datagrams_total",
+            "Datagrams dropped or refused, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.registrations = Counter(
+            "p2p_tracker_registrations_total", "Seeder registrations, by result", ["result"], registry=registry
+        )
+        self.heartbeats = Counter(
+            "p2p_tracker_heartbeats_total", "Seeder heartbeats received, by result", ["result"], registry=registry
+        )
+        self.unregistrations = Counter(
+            "p2p_tracker_unregistrations_total", "Seeders that unregistered on shutdown", registry=registry
+        )
+        self.expirations = Counter(
+            "p2p_tracker_expirations_total", "Seeders forgotten after missed heartbeats", registry=registry
+        )
+        self.lookups = Counter("p2p_tracker_lookups_total", "File lookups, by result", ["result"], registry=registry)
+        live = Gauge("p2p_tracker_live_seeders", "Seeders currently registered", registry=registry)
+        live.set_function(lambda: len(seeders))
+        files = Gauge("p2p_tracker_files", "Distinct files held by live seeders", registry=registry)
+        files.set_function(lambda: seeders.file_count)

@@ -1,0 +1,7 @@
+"""The protocol library: everything the tracker, seeders and leechers agree on.
+
+Modules at this level are sans-IO: no sockets, no event loop, time passed in as `now`.
+The asyncio shells shared by several services live in `p2p_shared.net`.
+"""
+
+PROTOCOL_VERSION = 1

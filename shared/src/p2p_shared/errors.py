@@ -1,0 +1,66 @@
+"""One exception hierarchy for the whole system.
+
+Local errors mean we misused an API (a bug on our side); remote errors mean a peer or the
+tracker sent bytes we refuse. OS-level failures are mapped once, at the I/O edge, to the
+`PeerError` family so retry code catches only those.
+"""
+
+
+class P2PError(Exception):
+    """Base of every expected failure; its message is one line fit for a user."""
+
+
+class ProtocolError(P2PError):
+    pass
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side sent bytes that do not form a valid message."""
+
+
+class ManifestError(RemoteProtocolError):
+    """A manifest that does not decode, or does not hash to the file id asked for."""
+
+
+class PeerError(P2PError):
+    """A peer connection failed; the chunk it was serving goes back to the plan."""
+
+
+class PeerConnectError(PeerError):
+    pass
+
+
+class PeerTimeout(PeerError):
+    pass
+
+
+class PeerClosed(PeerError):
+    pass
+
+
+class PeerRejected(PeerError):
+    """The peer answered with a typed error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class TrackerUnavailable(P2PError):
+    """No answer from the tracker after every retry."""
+
+
+class TrackerRejected(P2PError):
+    """The tracker answered with a typed error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"tracker refused: {code}: {message}")
+        self.code = code
+
+
+class DownloadError(P2PError):
+    """A download cannot finish; the message says why."""

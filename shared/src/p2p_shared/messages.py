@@ -1,0 +1,155 @@
+"""Tracker messages: one JSON object per UDP datagram, a pydantic model per type.
+
+Every message carries `type`, the protocol version `v` and a transaction id `txn` that the
+answer echoes, so a client can match answers to retried requests. A datagram is at most
+MAX_DATAGRAM bytes in either direction.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from . import PROTOCOL_VERSION
+from .errors import LocalProtocolError, RemoteProtocolError
+from .limits import (
+    MAX_CHUNK_SIZE,
+    MAX_DATAGRAM,
+    MAX_FILE_SIZE,
+    MAX_FILES_PER_ANSWER,
+    MAX_FILES_PER_REGISTER,
+    MAX_HOST_CHARS,
+    MAX_PEERS_PER_ANSWER,
+)
+from .names import check_file_name
+
+FileId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+FileName = Annotated[str, Field(max_length=255), AfterValidator(check_file_name)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+_HOST_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
+
+
+def _check_host(host: str) -> str:
+    if not _HOST_RE.match(host):
+        raise ValueError("host must be a host name or an IP address")
+    return host
+
+
+Host = Annotated[str, Field(min_length=1, max_length=MAX_HOST_CHARS), AfterValidator(_check_host)]
+ErrorCode = Literal["malformed", "unsupported_version", "unknown_seeder", "not_found", "full"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: int = Field(PROTOCOL_VERSION, ge=0, le=255)
+    txn: int = Field(0, ge=0, le=2**32 - 1)
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    file_id: FileId
+    name: FileName
+    size: int = Field(ge=0, le=MAX_FILE_SIZE)
+    chunk_size: int = Field(ge=1, le=MAX_CHUNK_SIZE)
+
+
+class FileSummary(FileEntry):
+    seeders: int = Field(ge=0)
+
+
+class PeerAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    host: Host
+    port: Port
+
+
+class Register(_Message):
+    """A seeder announces the files it holds. Repeated registrations add files."""
+
+    type: Literal["register"] = "register"
+    port: Port
+    host: Host | None = None  # advertised host; the datagram's source address otherwise
+    files: list[FileEntry] = Field(default_factory=list, max_length=MAX_FILES_PER_REGISTER)
+
+
+class Heartbeat(_Message):
+    type: Literal["heartbeat"] = "heartbeat"
+    port: Port
+    host: Host | None = None
+
+
+class Unregister(_Message):
+    type: Literal["unregister"] = "unregister"
+    port: Port
+    host: Host | None = None
+
+
+class Lookup(_Message):
+    """Which live seeders hold this file? Exactly one of `name` and `file_id`."""
+
+    type: Literal["lookup"] = "lookup"
+    name: FileName | None = None
+    file_id: FileId | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Lookup:
+        if (self.name is None) == (self.file_id is None):
+            raise ValueError("lookup needs exactly one of name and file_id")
+        return self
+
+
+class ListFiles(_Message):
+    type: Literal["list_files"] = "list_files"
+
+
+class Ack(_Message):
+    """Answer to register, heartbeat and unregister; `interval` is the heartbeat period wanted."""
+
+    type: Literal["ack"] = "ack"
+    interval: float = Field(gt=0)
+
+
+class Peers(_Message):
+    type: Literal["peers"] = "peers"
+    file: FileEntry | None = None
+    peers: list[PeerAddress] = Field(default_factory=list, max_length=MAX_PEERS_PER_ANSWER)
+
+
+class Files(_Message):
+    type: Literal["files"] = "files"
+    files: list[FileSummary] = Field(default_factory=list, max_length=MAX_FILES_PER_ANSWER)
+    total: int = Field(0, ge=0)
+
+
+class ErrorReply(_Message):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str = Field("", max_length=512)
+
+
+Request = Register | Heartbeat | Unregister | Lookup | ListFiles
+Reply = Ack | Peers | Files | ErrorReply
+Message = Request | Reply
+
+_ADAPTER: TypeAdapter[Message] = TypeAdapter(Annotated[Message, Field(discriminator="type")])
+
+
+def decode(data: bytes) -> Message:
+    """Parse one datagram; RemoteProtocolError says in one line what was wrong with it."""
+    if len(data) > MAX_DATAGRAM:
+        raise RemoteProtocolError(f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    try:
+        return _ADAPTER.validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise RemoteProtocolError(f"malformed datagram: {where}: {first['msg']}") from None
+
+
+def encode(message: Message) -> bytes:
+    data = message.model_dump_json(exclude_none=True).encode()
+    if len(data) > MAX_DATAGRAM:
+        raise LocalProtocolError(f"{message.type} message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    return data

@@ -1,0 +1,88 @@
+"""Request/answer over UDP with the tracker, retried with backoff because datagrams get lost."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+
+from .. import messages
+from ..errors import RemoteProtocolError, TrackerUnavailable
+from ..retry import backoff_delays
+
+
+class _ClientProtocol(asyncio.DatagramProtocol):
+    def __init__(self, client: TrackerClient) -> None:
+        self._client = client
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self._client._on_datagram(data, addr)
+
+
+class TrackerClient:
+    def __init__(self, host: str, port: int, *, first_timeout: float = 0.5, attempts: int = 5) -> None:
+        self.host, self.port = host, port
+        self._delays = backoff_delays(first_timeout, attempts)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._family: int | None = None
+        self._address: tuple | None = None
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._rng = random.Random()
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def _resolve(self) -> tuple:
+        # Resolved on every attempt: in containers a restarted tracker may come back elsewhere.
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        if self._transport is None or family != self._family:
+            self.close()
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: _ClientProtocol(self), family=family
+            )
+            self._family = family
+        self._address = address
+        return address
+
+    def _on_datagram(self, data: bytes, addr) -> None:
+        if self._address is None or tuple(addr[:2]) != tuple(self._address[:2]):
+            return  # not from the tracker we asked
+        try:
+            reply = messages.decode(data)
+        except RemoteProtocolError:
+            return
+        waiter = self._waiting.get(reply.txn)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply)
+
+    async def request(self, message: messages.Request) -> messages.Reply:
+        """Send until answered; TrackerUnavailable after the last attempt times out."""
+        txn = self._rng.randrange(1, 2**32)
+        data = messages.encode(message.model_copy(update={"txn": txn}))
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[txn] = waiter
+        try:
+            for delay in self._delays:
+                try:
+                    address = await self._resolve()
+                    assert self._transport is not None
+                    self._transport.sendto(data, address)
+                except OSError:
+                    await asyncio.sleep(delay)
+                    continue
+                try:
+                    return await asyncio.wait_for(asyncio.shield(waiter), delay)
+                except TimeoutError:
+                    continue
+        finally:
+            del self._waiting[txn]
+            waiter.cancel()
+        raise TrackerUnavailable(f"no answer from tracker {self.label} after {len(self._delays)} attempts")
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
