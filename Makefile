@@ -27,7 +27,7 @@ test-integration: install
 
 # A tracker, three seeders and a leecher as local processes on a generated demo file.
 swarm: install
-	$(PY) -m tools.swarm
+	$(PY) -m tools.swarm $(SWARM_ARGS)
 
 clean:
 	rm -rf $(VENV) .swarm downloads

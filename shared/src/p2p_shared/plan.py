@@ -48,10 +48,10 @@ class ChunkPlan:
         """Forget a peer; its unfinished chunks go back to the plan. Returns them."""
         self._peers.pop(peer, None)
         returned = []
-        for index in sorted(self._assigned.pop(peer, set())):
+        for index in sorted(self._assigned.pop(peer, set()), reverse=True):  # front of queue ends ascending
             if self._release(index, peer):
                 returned.append(index)
-        return returned
+        return sorted(returned)
 
     def assigned(self, peer: Peer) -> set[int]:
         return set(self._assigned.get(peer, ()))

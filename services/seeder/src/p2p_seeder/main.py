@@ -20,6 +20,7 @@ from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FILES_PER_
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import run, serve_metrics, stop_event
 from p2p_shared.net.tracker_client import TrackerClient
+from p2p_shared.ratelimit import TokenBucket
 from p2p_shared.settings import CommonSettings, add_common_flags, build_settings, parse_host_port
 
 from .catalog import ManifestCache, SeededFile, load_file
@@ -46,6 +47,7 @@ class SeederSettings(CommonSettings):
     max_connections: int = Field(256, ge=1)
     cache_dir: Path | None = Field(default_factory=_default_cache_dir)
     no_cache: bool = False
+    max_upload_rate: float = Field(0, ge=0, description="bytes per second over all peers; 0 is unlimited")
 
     @field_validator("file", mode="before")
     @classmethod
@@ -70,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connection-timeout", type=float, help="seconds an idle peer connection stays open (default 90)")
     p.add_argument("--max-connections", type=int, help="peer connections served at once (default 256)")
     p.add_argument("--cache-dir", type=Path, help="where manifests are cached (default ~/.cache/p2p-seeder)")
+    p.add_argument("--max-upload-rate", type=float, help="bytes/s sent to all peers together; 0 (default) is unlimited")
     p.add_argument("--no-cache", action="store_true", default=None, help="always rehash files at start")
     add_common_flags(p)
     return p
@@ -156,7 +159,10 @@ async def serve(settings: SeederSettings) -> int:
     metrics.hash_seconds.set(time.perf_counter() - started if hashed else 0)
     metrics.files.set(len(files))
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
-    peers = PeerServer(files, metrics, settings.connection_timeout, settings.max_connections)
+    limit = None
+    if settings.max_upload_rate:
+        limit = TokenBucket(settings.max_upload_rate, asyncio.get_running_loop().time())
+    peers = PeerServer(files, metrics, settings.connection_timeout, settings.max_connections, limit)
     try:
         server = await asyncio.start_server(peers.handle, settings.host, settings.port)
     except OSError as exc:

@@ -17,6 +17,7 @@ import structlog
 from p2p_shared import PROTOCOL_VERSION
 from p2p_shared import wire
 from p2p_shared.errors import RemoteProtocolError
+from p2p_shared.ratelimit import TokenBucket
 
 from .catalog import SeededFile
 from .metrics import SeederMetrics
@@ -31,12 +32,18 @@ class _Refuse(Exception):
 
 class PeerServer:
     def __init__(
-        self, files: list[SeededFile], metrics: SeederMetrics, idle_timeout: float, max_connections: int
+        self,
+        files: list[SeededFile],
+        metrics: SeederMetrics,
+        idle_timeout: float,
+        max_connections: int,
+        upload_limit: TokenBucket | None = None,
     ) -> None:
         self.files = {f.raw_id: f for f in files}
         self.metrics = metrics
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.upload_limit = upload_limit  # shared by every connection
         self._active = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -110,7 +117,7 @@ class PeerServer:
                 seeded = self._file(file_id, index)
                 if not 0 <= index < seeded.manifest.num_chunks:
                     raise _Refuse(
-                        wire.Error(wire.ErrorCode.BAD_INDEX, f"chunk index out of range", file_id, index)
+                        wire.Error(wire.ErrorCode.BAD_INDEX, "chunk index out of range", file_id, index)
                     )
                 offset, length = seeded.manifest.chunk_span(index)
                 handle = opened.get(file_id)
@@ -120,9 +127,12 @@ class PeerServer:
                     except OSError as exc:
                         log.error("cannot open seeded file", file=str(seeded.path), error=exc.strerror)
                         raise _Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "file unreadable", file_id, index))
+                loop = asyncio.get_running_loop()
+                if self.upload_limit is not None:
+                    await asyncio.sleep(self.upload_limit.reserve(length, loop.time()))
                 writer.write(wire.chunk_header(file_id, index, length))
                 if length:
-                    await asyncio.get_running_loop().sendfile(writer.transport, handle, offset, length)
+                    await loop.sendfile(writer.transport, handle, offset, length)
                 self.metrics.chunks_served.inc()
                 self.metrics.bytes_served.inc(length)
                 self.metrics.serve_seconds.observe(time.perf_counter() - started)

@@ -1,0 +1,84 @@
+import hashlib
+import struct
+
+import pytest
+
+from p2p_shared.errors import ManifestError
+from p2p_shared.manifest import Manifest, chunk_count, is_file_id
+
+
+def digests(*chunks: bytes) -> bytes:
+    return b"".join(hashlib.sha256(c).digest() for c in chunks)
+
+
+def test_canonical_encoding_and_file_id():
+    m = Manifest(name="a.txt", size=5, chunk_size=4, digests=digests(b"abcd", b"e"))
+    expected = b"P2PM" + struct.pack("!BQIH", 1, 5, 4, 5) + b"a.txt" + digests(b"abcd", b"e")
+    assert m.encode() == expected
+    assert m.file_id == hashlib.sha256(expected).hexdigest()
+    assert Manifest.decode(expected) == m
+    assert Manifest.decode_verified(expected, m.file_id) == m
+
+
+def test_file_id_changes_with_any_field():
+    base = Manifest(name="a", size=5, chunk_size=4, digests=digests(b"abcd", b"e"))
+    others = [
+        Manifest(name="b", size=5, chunk_size=4, digests=base.digests),
+        Manifest(name="a", size=6, chunk_size=4, digests=digests(b"abcd", b"ef")),
+        Manifest(name="a", size=5, chunk_size=3, digests=digests(b"abc", b"de")),
+        Manifest(name="a", size=5, chunk_size=4, digests=digests(b"abcd", b"f")),
+    ]
+    assert len({base.file_id, *(m.file_id for m in others)}) == 5
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk", "count", "spans"),
+    [
+        (0, 4, 0, []),
+        (1, 4, 1, [(0, 1)]),
+        (4, 4, 1, [(0, 4)]),
+        (5, 4, 2, [(0, 4), (4, 1)]),
+    ],
+)
+def test_chunk_spans(size, chunk, count, spans):
+    m = Manifest(name="f", size=size, chunk_size=chunk, digests=bytes(32 * count))
+    assert chunk_count(size, chunk) == m.num_chunks == count
+    assert [m.chunk_span(i) for i in range(count)] == spans
+    with pytest.raises(IndexError):
+        m.chunk_span(count)
+
+
+def test_hash_mismatch_is_refused():
+    m = Manifest(name="a", size=1, chunk_size=4, digests=digests(b"x"))
+    with pytest.raises(ManifestError, match="does not hash"):
+        Manifest.decode_verified(m.encode(), "0" * 64)
+
+
+GOOD = Manifest(name="ok", size=1, chunk_size=4, digests=bytes(32)).encode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        GOOD[:10],
+        b"XXXX" + GOOD[4:],
+        GOOD[:4] + b"\x02" + GOOD[5:],  # version
+        GOOD + bytes(32),  # one digest too many
+        GOOD[:-1],
+        b"P2PM" + struct.pack("!BQIH", 1, 1, 0, 2) + b"ok",  # chunk size 0
+        b"P2PM" + struct.pack("!BQIH", 1, 2**64 - 1, 1, 2) + b"ok",  # absurd size
+        b"P2PM" + struct.pack("!BQIH", 1, 0, 4, 2) + b"..",
+        b"P2PM" + struct.pack("!BQIH", 1, 0, 4, 5) + b"a/b/c",
+        b"P2PM" + struct.pack("!BQIH", 1, 0, 4, 2) + b"\xff\xfe",
+        b"P2PM" + struct.pack("!BQIH", 1, 0, 4, 9) + b"ab",  # name cut off
+    ],
+)
+def test_bad_manifests_are_typed_errors(data):
+    with pytest.raises(ManifestError):
+        Manifest.decode(data)
+
+
+def test_is_file_id():
+    assert is_file_id("ab" * 32)
+    assert not is_file_id("AB" * 32) and not is_file_id("ab" * 31) and not is_file_id("large.txt")

@@ -1,0 +1,24 @@
+import pytest
+
+from p2p_shared.ratelimit import TokenBucket
+
+
+def test_long_run_rate_holds_for_chunks_larger_than_the_bucket():
+    bucket = TokenBucket(rate=1000, now=0.0, burst=100)
+    now = 0.0
+    for _ in range(50):
+        now += bucket.reserve(300, now)  # wait as told, then send
+    # 50 x 300 bytes, of which the first 100 came from the initial burst.
+    assert now == pytest.approx((50 * 300 - 100) / 1000)
+
+
+def test_idle_time_refills_only_up_to_the_burst():
+    bucket = TokenBucket(rate=1000, now=0.0, burst=100)
+    assert bucket.reserve(100, 0.0) == 0
+    assert bucket.reserve(100, 1000.0) == 0  # long idle: still only 100 tokens
+    assert bucket.reserve(100, 1000.0) == pytest.approx(0.1)
+
+
+def test_rate_must_be_positive():
+    with pytest.raises(ValueError):
+        TokenBucket(rate=0, now=0)

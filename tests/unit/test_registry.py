@@ -1,0 +1,77 @@
+"""The registry on a fake clock: time is a number passed in."""
+
+import random
+
+import pytest
+
+from p2p_shared.messages import FileEntry
+from p2p_shared.registry import RegistryFull, SeederRegistry
+
+
+def entry(n: int, name: str = "f") -> FileEntry:
+    return FileEntry(file_id=f"{n:064x}", name=name, size=1, chunk_size=1)
+
+
+def test_seeders_expire_after_missed_heartbeats():
+    reg = SeederRegistry(ttl=90)
+    reg.register(("a", 1), [entry(1)], now=0)
+    reg.register(("b", 1), [entry(1)], now=10)
+    assert reg.heartbeat(("a", 1), now=60)
+    assert reg.expire(now=95) == []  # a last seen 60, b at 10: b is 85 old
+    assert reg.expire(now=100.5) == [("b", 1)]
+    assert ("b", 1) not in reg and ("a", 1) in reg
+    assert reg.expire(now=151) == [("a", 1)]
+    assert len(reg) == 0 and reg.file_count == 0 and reg.resolve(name="f") is None
+
+
+def test_heartbeat_from_unknown_seeder_is_refused():
+    reg = SeederRegistry(ttl=10)
+    assert not reg.heartbeat(("a", 1), now=0)
+
+
+def test_register_is_new_then_refreshed_and_adds_files():
+    reg = SeederRegistry(ttl=10)
+    assert reg.register(("a", 1), [entry(1)], now=0) == "new"
+    assert reg.register(("a", 1), [entry(2, "g")], now=1) == "refreshed"
+    assert reg.resolve(name="g").file_id == entry(2).file_id
+    assert reg.file_count == 2
+
+
+def test_unregister_removes_seeder_from_every_index():
+    reg = SeederRegistry(ttl=10)
+    reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
+    reg.register(("b", 1), [entry(1)], now=0)
+    assert reg.unregister(("a", 1))
+    assert not reg.unregister(("a", 1))
+    assert reg.resolve(name="g") is None
+    assert reg.holders(entry(1).file_id, 10, random.Random(0)) == [("b", 1)]
+    assert [(e.name, n) for e, n in reg.files()] == [("f", 1)]
+
+
+def test_name_resolves_to_the_most_seeded_file():
+    reg = SeederRegistry(ttl=10)
+    reg.register(("a", 1), [entry(1, "same")], now=0)
+    reg.register(("b", 1), [entry(2, "same")], now=0)
+    reg.register(("c", 1), [entry(2, "same")], now=0)
+    assert reg.resolve(name="same").file_id == entry(2).file_id
+    assert reg.resolve(file_id=entry(1).file_id).file_id == entry(1).file_id
+
+
+def test_holders_are_capped_and_shuffled():
+    reg = SeederRegistry(ttl=10)
+    for port in range(1, 101):
+        reg.register(("h", port), [entry(1)], now=0)
+    picks = [tuple(reg.holders(entry(1).file_id, 10, random.Random(seed))) for seed in range(5)]
+    assert all(len(p) == 10 and len(set(p)) == 10 for p in picks)
+    assert len(set(picks)) > 1
+
+
+def test_caps():
+    reg = SeederRegistry(ttl=10, max_seeders=2, max_files_per_seeder=2)
+    reg.register(("a", 1), [entry(1), entry(2)], now=0)
+    reg.register(("b", 1), [], now=0)
+    with pytest.raises(RegistryFull):
+        reg.register(("c", 1), [], now=0)
+    with pytest.raises(RegistryFull):
+        reg.register(("a", 1), [entry(3)], now=0)
+    assert reg.register(("a", 1), [entry(1)], now=1) == "refreshed"  # already held: no new room needed

@@ -1,0 +1,114 @@
+"""The tracker's handling, datagram in and answer out, on a fake clock with real metrics."""
+
+import random
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from p2p_shared import messages as m
+from p2p_shared.registry import SeederRegistry
+from p2p_tracker.core import TrackerCore
+from p2p_tracker.metrics import TrackerMetrics
+
+FID = "cd" * 32
+ENTRY = m.FileEntry(file_id=FID, name="demo.bin", size=100, chunk_size=10)
+
+
+@pytest.fixture
+def tracker():
+    registry = CollectorRegistry()
+    seeders = SeederRegistry(ttl=3.0, max_seeders=3)
+    core = TrackerCore(seeders, TrackerMetrics(registry, seeders), interval=1.0, max_peers=2, rng=random.Random(1))
+    core.prom = registry
+    return core
+
+
+def ask(core, message, source=("10.0.0.1", 5555), now=0.0):
+    answer = core.handle(m.encode(message), source, now)
+    return None if answer is None else m.decode(answer)
+
+
+def metric(core, name, **labels):
+    return core.prom.get_sample_value(name, labels) or 0.0
+
+
+def test_register_then_lookup_uses_the_source_address(tracker):
+    reply = ask(tracker, m.Register(txn=7, port=7000, files=[ENTRY]))
+    assert reply == m.Ack(txn=7, interval=1.0)
+    peers = ask(tracker, m.Lookup(txn=8, name="demo.bin"), source=("10.9.9.9", 1))
+    assert peers.txn == 8 and peers.file == ENTRY
+    assert peers.peers == [m.PeerAddress(host="10.0.0.1", port=7000)]
+    assert metric(tracker, "p2p_tracker_registrations_total", result="new") == 1
+    assert metric(tracker, "p2p_tracker_live_seeders") == 1
+    assert metric(tracker, "p2p_tracker_files") == 1
+
+
+def test_advertised_host_wins_over_source(tracker):
+    ask(tracker, m.Register(port=7000, host="seeder-1", files=[ENTRY]))
+    assert ask(tracker, m.Lookup(file_id=FID)).peers == [m.PeerAddress(host="seeder-1", port=7000)]
+
+
+def test_lookup_answers_are_capped(tracker):
+    for i in range(3):
+        ask(tracker, m.Register(port=7000 + i, files=[ENTRY]))
+    assert len(ask(tracker, m.Lookup(file_id=FID)).peers) == 2
+
+
+def test_unknown_file_gives_empty_answer(tracker):
+    reply = ask(tracker, m.Lookup(name="nothing"))
+    assert reply.file is None and reply.peers == []
+    assert metric(tracker, "p2p_tracker_lookups_total", result="not_found") == 1
+
+
+def test_heartbeat_keeps_alive_and_expiry_forgets(tracker):
+    ask(tracker, m.Register(port=7000, files=[ENTRY]), now=0)
+    assert ask(tracker, m.Heartbeat(port=7000), now=2.5).type == "ack"
+    tracker.expire(now=5.0)
+    assert len(tracker.registry) == 1
+    tracker.expire(now=5.6)
+    assert len(tracker.registry) == 0
+    assert metric(tracker, "p2p_tracker_expirations_total") == 1
+    reply = ask(tracker, m.Heartbeat(txn=4, port=7000), now=6)
+    assert reply == m.ErrorReply(txn=4, code="unknown_seeder", message="register again")
+    assert metric(tracker, "p2p_tracker_heartbeats_total", result="unknown") == 1
+
+
+def test_unregister_forgets_at_once(tracker):
+    ask(tracker, m.Register(port=7000, files=[ENTRY]))
+    assert ask(tracker, m.Unregister(port=7000)).type == "ack"
+    assert ask(tracker, m.Lookup(file_id=FID)).peers == []
+    assert metric(tracker, "p2p_tracker_unregistrations_total") == 1
+
+
+def test_list_files(tracker):
+    ask(tracker, m.Register(port=7000, files=[ENTRY]))
+    ask(tracker, m.Register(port=7001, files=[ENTRY]))
+    reply = ask(tracker, m.ListFiles())
+    assert reply.total == 1 and reply.files[0].seeders == 2 and reply.files[0].name == "demo.bin"
+
+
+def test_full_registry_refuses_with_typed_error(tracker):
+    for i in range(3):
+        ask(tracker, m.Register(port=7000 + i))
+    reply = ask(tracker, m.Register(port=8000))
+    assert reply.type == "error" and reply.code == "full"
+    assert metric(tracker, "p2p_tracker_registrations_total", result="rejected") == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [(b"", "invalid"), (b"\xff\xfe", "invalid"), (b'{"type":"x"}', "invalid"), (b"x" * 9000, "too_large")],
+)
+def test_malformed_datagrams_are_dropped_and_counted(tracker, data, reason):
+    assert tracker.handle(data, ("10.0.0.1", 1), 0.0) is None
+    assert metric(tracker, "p2p_tracker_malformed_datagrams_total", reason=reason) == 1
+
+
+def test_answers_sent_to_the_tracker_are_not_reflected(tracker):
+    assert tracker.handle(m.encode(m.Ack(interval=1)), ("10.0.0.1", 1), 0.0) is None
+    assert metric(tracker, "p2p_tracker_malformed_datagrams_total", reason="unexpected") == 1
+
+
+def test_other_protocol_version_gets_a_typed_error(tracker):
+    reply = ask(tracker, m.Heartbeat(v=2, txn=9, port=7000))
+    assert reply.type == "error" and reply.code == "unsupported_version" and reply.txn == 9

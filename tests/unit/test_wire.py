@@ -1,0 +1,160 @@
+"""Peer frames: exact bytes, fed whole, byte by byte and with trailing data; bad input typed."""
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2p_shared import wire
+from p2p_shared.errors import LocalProtocolError, RemoteProtocolError
+from p2p_shared.limits import MAX_CHUNK_SIZE
+
+FID = bytes(range(32))
+FID_HEX = FID.hex()
+
+# (event, exact bytes on the wire). Expected bytes are spelled out, not produced by encode().
+TABLE = [
+    (wire.Hello(1), b"\x01\x00\x00\x00\x04" + b"\x00\x01\x00\x00"),
+    (wire.GetManifest(FID), b"\x02\x00\x00\x00\x20" + FID),
+    (wire.ManifestData(FID, b"MANI"), b"\x03\x00\x00\x00\x24" + FID + b"MANI"),
+    (wire.GetHave(FID), b"\x04\x00\x00\x00\x20" + FID),
+    (wire.Have(FID, 10, b"\xff\xc0"), b"\x05\x00\x00\x00\x26" + FID + b"\x00\x00\x00\x0a\xff\xc0"),
+    (wire.Request(FID, 258), b"\x06\x00\x00\x00\x24" + FID + b"\x00\x00\x01\x02"),
+    (
+        wire.Error(wire.ErrorCode.BAD_INDEX, "no", FID, 7),
+        b"\x08\x00\x00\x00\x27" + b"\x02" + FID + b"\x00\x00\x00\x07" + b"no",
+    ),
+]
+
+
+def decode_all(data: bytes, step: int | None = None) -> list:
+    reader = wire.FrameReader()
+    if step is None:
+        reader.receive_data(data)
+    else:
+        for i in range(0, len(data), step):
+            reader.receive_data(data[i : i + step])
+    events = []
+    while (event := reader.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+@pytest.mark.parametrize(("event", "data"), TABLE, ids=[type(e).__name__ for e, _ in TABLE])
+def test_encode_gives_exact_bytes(event, data):
+    assert wire.encode(event) == data
+
+
+@pytest.mark.parametrize(("event", "data"), TABLE, ids=[type(e).__name__ for e, _ in TABLE])
+@pytest.mark.parametrize("step", [None, 1, 3])
+def test_decode_whole_and_in_pieces(event, data, step):
+    assert decode_all(data, step) == [event]
+
+
+def test_trailing_data_is_the_next_frame_not_lost():
+    data = b"".join(d for _, d in TABLE)
+    assert decode_all(data) == [e for e, _ in TABLE]
+    reader = wire.FrameReader()
+    reader.receive_data(TABLE[0][1] + TABLE[1][1][:3])
+    assert reader.next_event() == TABLE[0][0]
+    assert reader.next_event() is None
+    assert not reader.at_frame_boundary
+    reader.receive_data(TABLE[1][1][3:])
+    assert reader.next_event() == TABLE[1][0]
+    assert reader.at_frame_boundary
+
+
+def test_chunk_payload_lands_in_the_allocated_buffer():
+    handed_out = []
+
+    def allocate(size):
+        buffer = bytearray(100)
+        handed_out.append((size, buffer))
+        return buffer
+
+    payload = bytes(range(50))
+    data = b"\x07\x00\x00\x00\x56" + FID + b"\x00\x00\x00\x09" + payload
+    assert wire.encode(wire.Chunk(FID, 9, memoryview(payload), bytearray())) == data
+    reader = wire.FrameReader(allocate)
+    for i in range(len(data)):  # byte by byte: the reader must never over-read a frame
+        view = reader.get_buffer()
+        assert len(view) >= 1
+        view[0] = data[i]
+        reader.buffer_updated(1)
+    chunk = reader.next_event()
+    assert isinstance(chunk, wire.Chunk)
+    assert (chunk.file_id, chunk.index, bytes(chunk.data)) == (FID, 9, payload)
+    assert handed_out == [(50, chunk.buffer)]
+    assert chunk.data.obj is chunk.buffer  # no copy between the socket buffer and the event
+
+
+def test_empty_chunk():
+    events = decode_all(wire.chunk_header(FID, 3, 0))
+    assert len(events) == 1 and events[0].index == 3 and len(events[0].data) == 0
+
+
+def test_have_helpers():
+    have = wire.Have.of(FID, 10, [0, 9])
+    assert have.bitfield == b"\x80\x40"
+    assert have.indices() == {0, 9}
+    assert wire.Have.full(FID, 10).bitfield == b"\xff\xc0"
+    assert not have.has(10) and not have.has(-1)
+
+
+BAD = [
+    ("unknown type", b"\x63\x00\x00\x00\x00"),
+    ("hello too long", b"\x01\x00\x00\x00\x05" + bytes(5)),
+    ("request too short", b"\x06\x00\x00\x00\x10" + bytes(16)),
+    ("huge length", b"\x03\xff\xff\xff\xff"),
+    ("chunk over limit", struct.pack("!BI", 7, 36 + MAX_CHUNK_SIZE + 1)),
+    ("have count mismatch", b"\x05\x00\x00\x00\x25" + FID + b"\x00\x00\x00\x10\xff"),
+    ("have spare bits set", b"\x05\x00\x00\x00\x25" + FID + b"\x00\x00\x00\x04\xff"),
+    ("unknown error code", b"\x08\x00\x00\x00\x25" + b"\x63" + FID + bytes(4)),
+]
+
+
+@pytest.mark.parametrize(("why", "data"), BAD, ids=[w for w, _ in BAD])
+def test_malformed_frames_raise_typed_errors(why, data):
+    reader = wire.FrameReader()
+    with pytest.raises(RemoteProtocolError):
+        reader.receive_data(data)
+    with pytest.raises(LocalProtocolError):  # a broken stream stays broken
+        reader.get_buffer()
+
+
+def test_huge_length_is_refused_before_allocation():
+    allocated = []
+    reader = wire.FrameReader(lambda n: allocated.append(n) or bytearray(n), max_payload=1024)
+    with pytest.raises(RemoteProtocolError):
+        reader.receive_data(struct.pack("!BI", 7, 36 + 1025))
+    assert allocated == []
+
+
+def test_allocator_may_refuse_a_payload():
+    def refuse(size):
+        raise RemoteProtocolError("not asked for")
+
+    reader = wire.FrameReader(refuse)
+    with pytest.raises(RemoteProtocolError, match="not asked"):
+        reader.receive_data(wire.chunk_header(FID, 0, 10))
+
+
+def test_encode_refuses_bad_arguments():
+    with pytest.raises(LocalProtocolError):
+        wire.encode(wire.Request(b"short", 0))
+    with pytest.raises(LocalProtocolError):
+        wire.chunk_header(FID, 0, MAX_CHUNK_SIZE + 1)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.integers(min_value=1, max_value=7))
+def test_any_bytes_give_events_or_a_typed_error(data, step):
+    reader = wire.FrameReader(max_payload=64)
+    try:
+        for i in range(0, len(data), step):
+            reader.receive_data(data[i : i + step])
+    except RemoteProtocolError:
+        return
+    while reader.next_event() is not None:
+        pass

@@ -1,0 +1,209 @@
+"""The swarm as local processes, for `make swarm`, the integration tests and the benchmark.
+
+Every service runs as a real process (`python -m p2p_<role>`) on free loopback ports with
+JSON logs; a reader thread collects its log lines so callers can wait for an event ("seeder
+registered") instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from p2p_shared import messages
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A running process and the log lines it has printed so far (stdout and stderr)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.name = name
+        self.argv = argv
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+        self._reader = threading.Thread(target=self._read, name=f"log-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def events(self) -> list[dict]:
+        with self._cond:
+            found = []
+            for line in self.lines:
+                try:
+                    found.append(json.loads(line))
+                except ValueError:
+                    continue
+            return found
+
+    def wait_for(self, match: Callable[[dict], bool] | str, timeout: float = 30.0, start: int = 0) -> dict:
+        """Block until a JSON log line matches (an event name, or a predicate); return it."""
+        predicate = match if callable(match) else (lambda e: e.get("event") == match)
+        deadline = time.monotonic() + timeout
+        seen = start
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    seen += 1
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict) and predicate(event):
+                        return event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    tail = "\n".join(self.lines[-20:])
+                    raise TimeoutError(f"{self.name}: no log line matching {match!r}; last lines:\n{tail}")
+                self._cond.wait(min(remaining, 0.5))
+
+    def mark(self) -> int:
+        """Position in the log, to wait only for lines printed after this point."""
+        with self._cond:
+            return len(self.lines)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        return rc
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.wait(timeout)
+
+
+def service_argv(role: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"p2p_{role}", *args]
+
+
+def tracker_request(address: tuple[str, int], message: messages.Request, timeout: float = 1.0, attempts: int = 5):
+    """A blocking request to the tracker over real UDP, for tests and tools."""
+    data = messages.encode(message)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        for _ in range(attempts):
+            sock.sendto(data, address)
+            try:
+                reply, _ = sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            return messages.decode(reply)
+    raise TimeoutError(f"no answer from tracker {address}")
+
+
+class LocalSwarm:
+    """A tracker and seeders on loopback. Use as a context manager; everything stops on exit."""
+
+    def __init__(self, workdir: Path, heartbeat: float = 1.0, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.heartbeat = heartbeat
+        self.env = {"P2P_LOG_FORMAT": "json", **(env or {})}
+        self.tracker: Service | None = None
+        self.tracker_port = free_port(socket.SOCK_DGRAM)
+        self.seeders: list[Service] = []
+        self.others: list[Service] = []
+
+    @property
+    def tracker_addr(self) -> str:
+        return f"127.0.0.1:{self.tracker_port}"
+
+    def start_tracker(self, *args: str) -> Service:
+        self.tracker = Service(
+            "tracker",
+            service_argv(
+                "tracker",
+                "--host", "127.0.0.1",
+                "--port", str(self.tracker_port),
+                "--heartbeat-interval", str(self.heartbeat),
+                "--metrics-port", "0",
+                *args,
+            ),
+            self.env,
+        )
+        self.tracker.wait_for("tracker listening")
+        return self.tracker
+
+    def add_seeder(self, files: list[Path], *args: str, wait: bool = True) -> Service:
+        port = free_port()
+        argv = service_argv("seeder", "-p", str(port), "--host", "127.0.0.1", "--tracker", self.tracker_addr)
+        for f in files:
+            argv += ["-f", str(f)]
+        if "--metrics-port" not in args:
+            argv += ["--metrics-port", "0"]
+        if "--cache-dir" not in args:
+            argv += ["--cache-dir", str(self.workdir / "manifest-cache")]
+        seeder = Service(f"seeder-{port}", argv + list(args), self.env)
+        seeder.port = port  # type: ignore[attr-defined]
+        self.seeders.append(seeder)
+        if wait:
+            seeder.wait_for("registered with tracker", timeout=120)
+        return seeder
+
+    def leecher(self, target: str, output: Path, *args: str, env: dict[str, str] | None = None) -> Service:
+        argv = service_argv("leecher", target, "--tracker", self.tracker_addr, "-o", str(output), *args)
+        if "--metrics-port" not in args:
+            argv += ["--metrics-port", "0"]
+        leecher = Service("leecher", argv, {**self.env, **(env or {})})
+        self.others.append(leecher)
+        return leecher
+
+    def lookup(self, target: str) -> messages.Peers:
+        key = {"file_id": target} if len(target) == 64 else {"name": target}
+        reply = tracker_request(("127.0.0.1", self.tracker_port), messages.Lookup(**key))
+        assert isinstance(reply, messages.Peers), reply
+        return reply
+
+    def stop(self) -> None:
+        for service in [*self.others, *self.seeders, *([self.tracker] if self.tracker else [])]:
+            service.stop()
+
+    def __enter__(self) -> LocalSwarm:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
