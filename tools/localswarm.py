@@ -54,6 +54,7 @@ class Service:
             with self._cond:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
+        self.proc.stdout.close()
         with self._cond:
             self._cond.notify_all()
 

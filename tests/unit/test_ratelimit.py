@@ -22,3 +22,11 @@ def test_idle_time_refills_only_up_to_the_burst():
 def test_rate_must_be_positive():
     with pytest.raises(ValueError):
         TokenBucket(rate=0, now=0)
+
+
+def test_retry_delays_fit_a_budget():
+    from p2p_shared.retry import backoff_delays, fit_budget
+
+    assert backoff_delays(0.5, 5) == [0.5, 1, 2, 4, 8]
+    assert fit_budget([0.5, 1, 2, 4, 8], 1.0) == [0.5, 0.5]
+    assert sum(fit_budget([0.5, 1, 2, 4, 8], 30)) == 15.5

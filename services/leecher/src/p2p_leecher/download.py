@@ -116,9 +116,9 @@ class Download:
 
     # -- finding the file -------------------------------------------------------------------
 
-    async def _lookup(self, target: str) -> messages.Peers:
+    async def _lookup(self, target: str, budget: float | None = None) -> messages.Peers:
         key = {"file_id": target} if is_file_id(target) else {"name": target}
-        reply = await self.tracker.request(messages.Lookup(**key))
+        reply = await self.tracker.request(messages.Lookup(**key), budget)
         if isinstance(reply, messages.ErrorReply):
             raise TrackerRejected(reply.code, reply.message)
         if not isinstance(reply, messages.Peers):
@@ -237,7 +237,9 @@ class Download:
                 if now - last_lookup >= (opts.refresh_interval if workers else 1.0):
                     last_lookup = now
                     try:
-                        known = [(p.host, p.port) for p in (await self._lookup(file_id)).peers] or known
+                        # A short budget: the supervisor must not stall while the tracker is away.
+                        found = await self._lookup(file_id, budget=2.0)
+                        known = [(p.host, p.port) for p in found.peers] or known
                     except (TrackerUnavailable, TrackerRejected) as exc:
                         log.warning("peer list not refreshed", error=str(exc))
                 active = set(workers.values())

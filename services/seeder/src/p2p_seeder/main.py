@@ -104,7 +104,8 @@ class TrackerLink:
         log.info("registered with tracker", tracker=self.client.label, files=len(self.entries), interval=self.interval)
 
     async def beat(self) -> None:
-        reply = await self.client.request(messages.Heartbeat(port=self.port, host=self.host))
+        # Retries stop before the next beat is due: that beat is the retry.
+        reply = await self.client.request(messages.Heartbeat(port=self.port, host=self.host), budget=self.interval)
         if isinstance(reply, messages.ErrorReply) and reply.code == "unknown_seeder":
             self.metrics.heartbeats.labels("unknown").inc()
             log.info("tracker forgot this seeder; registering again")
@@ -115,7 +116,9 @@ class TrackerLink:
             self.interval = reply.interval
 
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
+            started = loop.time()
             try:
                 await (self.beat() if self.registered else self.register())
             except TrackerUnavailable as exc:
@@ -123,8 +126,8 @@ class TrackerLink:
                 log.warning(str(exc))
             except P2PError as exc:
                 log.error(str(exc))
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval)
+            try:  # beats keep their cadence however long the last one took
+                await asyncio.wait_for(stop.wait(), max(0.0, started + self.interval - loop.time()))
             except TimeoutError:
                 pass
 

@@ -8,7 +8,7 @@ import socket
 
 from .. import messages
 from ..errors import RemoteProtocolError, TrackerUnavailable
-from ..retry import backoff_delays
+from ..retry import backoff_delays, fit_budget
 
 
 class _ClientProtocol(asyncio.DatagramProtocol):
@@ -58,14 +58,18 @@ class TrackerClient:
         if waiter is not None and not waiter.done():
             waiter.set_result(reply)
 
-    async def request(self, message: messages.Request) -> messages.Reply:
-        """Send until answered; TrackerUnavailable after the last attempt times out."""
+    async def request(self, message: messages.Request, budget: float | None = None) -> messages.Reply:
+        """Send until answered; TrackerUnavailable after the last attempt times out.
+
+        `budget` caps the total time spent, for periodic messages whose next round is a retry
+        of its own (heartbeats, peer-list refreshes)."""
+        delays = self._delays if budget is None else fit_budget(self._delays, budget)
         txn = self._rng.randrange(1, 2**32)
         data = messages.encode(message.model_copy(update={"txn": txn}))
         waiter = asyncio.get_running_loop().create_future()
         self._waiting[txn] = waiter
         try:
-            for delay in self._delays:
+            for delay in delays:
                 try:
                     address = await self._resolve()
                     assert self._transport is not None
@@ -80,7 +84,7 @@ class TrackerClient:
         finally:
             del self._waiting[txn]
             waiter.cancel()
-        raise TrackerUnavailable(f"no answer from tracker {self.label} after {len(self._delays)} attempts")
+        raise TrackerUnavailable(f"no answer from tracker {self.label} after {len(delays)} attempts")
 
     def close(self) -> None:
         if self._transport is not None:

@@ -1,0 +1,161 @@
+"""Faults on real processes: seeders dying or lying, the tracker restarting."""
+
+import asyncio
+import signal
+import threading
+import time
+
+from p2p_shared import messages, wire
+from p2p_shared.hashing import hash_chunks
+from p2p_shared.manifest import Manifest
+from tools.localswarm import LocalSwarm, free_port, tracker_request
+
+from .conftest import chunks_served, random_file, sha256_file, wait_until
+
+RATE = "3000000"  # bytes/s per seeder: slow enough that a download can be interrupted midway
+
+
+def test_seeder_killed_mid_download_file_still_exact(tmp_path):
+    data = random_file(tmp_path / "seed" / "kill.bin", 16 << 20)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        victim_metrics = free_port()
+        victim = swarm.add_seeder([data], "--max-upload-rate", RATE, "--metrics-port", str(victim_metrics))
+        for _ in range(2):
+            swarm.add_seeder([data], "--max-upload-rate", RATE)
+        leecher = swarm.leecher("kill.bin", tmp_path / "out", "--min-seeders", "3")
+        wait_until(lambda: chunks_served(victim_metrics) >= 1)
+        victim.send_signal(signal.SIGKILL)
+        assert leecher.wait(120) == 0, leecher.output
+    assert sha256_file(tmp_path / "out" / "kill.bin") == sha256_file(data)
+    failures = [e for e in leecher.events() if e.get("event") == "seeder failed"]
+    assert any(f"127.0.0.1:{victim.port}" == e["peer"] for e in failures), leecher.output
+
+
+def test_every_seeder_gone_clear_error_nothing_at_final_path(tmp_path):
+    data = random_file(tmp_path / "seed" / "gone.bin", 16 << 20)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        ports = [free_port() for _ in range(3)]
+        seeders = [swarm.add_seeder([data], "--max-upload-rate", RATE, "--metrics-port", str(p)) for p in ports]
+        leecher = swarm.leecher("gone.bin", tmp_path / "out", "--min-seeders", "3", "--wait", "2")
+        wait_until(lambda: sum(chunks_served(p) for p in ports) >= 3)
+        for seeder in seeders:
+            seeder.send_signal(signal.SIGKILL)
+        assert leecher.wait(60) == 1
+    last = leecher.events()[-1]
+    assert last["level"] == "error"
+    assert last["event"].startswith("no seeder of gone.bin reachable for 2s")
+    assert "Traceback" not in leecher.output
+    assert not (tmp_path / "out" / "gone.bin").exists()
+    assert (tmp_path / "out" / "gone.bin.part").exists()  # progress kept for a later run
+
+
+class LyingSeeder:
+    """A hostile peer on real sockets: the right manifest, then corrupt bytes for every chunk."""
+
+    def __init__(self, path, chunk_size: int) -> None:
+        size = path.stat().st_size
+        self.manifest = Manifest(path.name, size, chunk_size, hash_chunks(path, size, chunk_size))
+        self.data = path.read_bytes()
+        self.requests = 0
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+        self.server.close()
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+
+    async def _handle(self, reader, writer) -> None:
+        frames = wire.FrameReader(max_payload=0)
+        try:
+            while data := await reader.read(65536):
+                frames.receive_data(data)
+                while (event := frames.next_event()) is not None:
+                    writer.write(self._answer(event))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def _answer(self, event) -> bytes:
+        match event:
+            case wire.Hello():
+                return wire.encode(wire.Hello(1))
+            case wire.GetManifest(file_id):
+                return wire.encode(wire.ManifestData(file_id, self.manifest.encode()))
+            case wire.GetHave(file_id):
+                return wire.encode(wire.Have.full(file_id, self.manifest.num_chunks))
+            case wire.Request(file_id, index):
+                self.requests += 1
+                offset, length = self.manifest.chunk_span(index)
+                payload = bytearray(self.data[offset : offset + length])
+                payload[length // 2] ^= 0xFF
+                return wire.encode(wire.Chunk(file_id, index, memoryview(payload), payload))
+        raise AssertionError(event)
+
+    def register(self, tracker_port: int) -> None:
+        entry = messages.FileEntry(
+            file_id=self.manifest.file_id, name=self.manifest.name, size=self.manifest.size,
+            chunk_size=self.manifest.chunk_size,
+        )
+        reply = tracker_request(("127.0.0.1", tracker_port), messages.Register(port=self.port, files=[entry]))
+        assert reply.type == "ack"
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def test_lying_seeder_is_caught_and_dropped(tmp_path):
+    chunk = 64 << 10
+    data = random_file(tmp_path / "seed" / "truth.bin", 4 << 20)
+    liar = LyingSeeder(data, chunk)
+    try:
+        with LocalSwarm(tmp_path, heartbeat=10) as swarm:
+            swarm.start_tracker()
+            for _ in range(2):
+                swarm.add_seeder([data], "--chunk-size", str(chunk))
+            liar.register(swarm.tracker_port)
+            leecher = swarm.leecher("truth.bin", tmp_path / "out", "--min-seeders", "3", "--max-bad-chunks", "3")
+            assert leecher.wait(60) == 0, leecher.output
+    finally:
+        liar.close()
+    assert sha256_file(tmp_path / "out" / "truth.bin") == sha256_file(data)
+    events = leecher.events()
+    bad = [e for e in events if e.get("event") == "chunk failed verification"]
+    dropped = [e for e in events if e.get("event") == "seeder dropped"]
+    assert liar.requests >= 3 and len(bad) >= 3
+    assert {e["peer"] for e in bad} == {f"127.0.0.1:{liar.port}"}
+    assert [e["peer"] for e in dropped] == [f"127.0.0.1:{liar.port}"]
+
+
+def test_tracker_restart_seeders_reappear_and_download_continues(tmp_path):
+    interval = 2.0
+    data = random_file(tmp_path / "seed" / "restart.bin", 16 << 20)
+    with LocalSwarm(tmp_path, heartbeat=interval) as swarm:
+        swarm.start_tracker()
+        for _ in range(3):
+            swarm.add_seeder([data], "--max-upload-rate", RATE)
+        leecher = swarm.leecher("restart.bin", tmp_path / "out", "--min-seeders", "3")
+        leecher.wait_for("downloading")
+        swarm.tracker.send_signal(signal.SIGKILL)
+        swarm.tracker.wait()
+        swarm.start_tracker()
+        back = time.monotonic()
+        wait_until(lambda: len(swarm.lookup("restart.bin").peers) == 3, timeout=10)
+        assert time.monotonic() - back <= interval
+        assert leecher.wait(120) == 0, leecher.output
+    assert sha256_file(tmp_path / "out" / "restart.bin") == sha256_file(data)

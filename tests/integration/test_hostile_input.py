@@ -1,0 +1,97 @@
+"""Bad input to real services: answered with typed errors or dropped, never a crash."""
+
+import socket
+import struct
+
+import pytest
+
+from p2p_shared import messages, wire
+from tools.localswarm import LocalSwarm, Service, free_port, service_argv, tracker_request
+
+from .conftest import random_file, scrape
+
+
+def test_tracker_survives_garbage_and_counts_it(tmp_path):
+    port, metrics = free_port(socket.SOCK_DGRAM), free_port()
+    tracker = Service(
+        "tracker",
+        service_argv("tracker", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics)),
+        {"P2P_LOG_FORMAT": "json"},
+    )
+    try:
+        tracker.wait_for("tracker listening")
+        garbage = [b"", b"\x00" * 10, b"not json", b'{"type":"register","port":0}', b"x" * 60000,
+                   b'{"type":"lookup","name":"../../etc/passwd"}']
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for data in garbage:
+                s.sendto(data, ("127.0.0.1", port))
+        # The tracker handles datagrams in order: once this is answered, all garbage was seen.
+        reply = tracker_request(("127.0.0.1", port), messages.Lookup(name="x"))
+        assert reply.type == "peers" and reply.peers == []
+        samples = scrape(metrics)
+        dropped = sum(v for (name, _), v in samples.items() if name == "p2p_tracker_malformed_datagrams_total")
+        assert dropped == len(garbage)
+        assert tracker.proc.poll() is None
+    finally:
+        tracker.stop()
+
+
+@pytest.fixture
+def one_seeder(tmp_path):
+    data = random_file(tmp_path / "seed" / "s.bin", 1000, )
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        seeder = swarm.add_seeder([data], "--chunk-size", "400")
+        file_id = swarm.lookup("s.bin").file.file_id
+        yield seeder.port, bytes.fromhex(file_id), data.read_bytes()
+
+
+def talk(sock: socket.socket, *events) -> list:
+    sock.sendall(b"".join(e if isinstance(e, bytes) else wire.encode(e) for e in events))
+    reader = wire.FrameReader()
+    got = []
+    while len(got) < len(events):
+        data = sock.recv(65536)
+        if not data:
+            break
+        reader.receive_data(data)
+        while (event := reader.next_event()) is not None:
+            got.append(event)
+    return got
+
+
+def test_typed_errors_keep_the_connection_open(one_seeder):
+    port, fid, content = one_seeder
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        hello, unknown, bad_index, chunk = talk(
+            s, wire.Hello(1), wire.GetManifest(b"\x01" * 32), wire.Request(fid, 3), wire.Request(fid, 2)
+        )
+    assert hello == wire.Hello(1)
+    assert isinstance(unknown, wire.Error) and unknown.code == wire.ErrorCode.UNKNOWN_FILE
+    assert isinstance(bad_index, wire.Error) and bad_index.code == wire.ErrorCode.BAD_INDEX and bad_index.index == 3
+    assert isinstance(chunk, wire.Chunk) and bytes(chunk.data) == content[800:]
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        wire.encode(wire.Request(b"\x01" * 32, 0)),  # no HELLO first
+        wire.encode(wire.Hello(99)),  # a protocol version we do not speak
+        wire.encode(wire.Hello(1)) + struct.pack("!BI", 2, 0xFFFFFFFF),  # huge length
+        wire.encode(wire.Hello(1)) + b"\x63" + bytes(4),  # unknown frame type
+    ],
+)
+def test_bad_frames_get_an_error_then_close_and_others_are_still_served(one_seeder, opening):
+    port, fid, content = one_seeder
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(opening)
+        reader = wire.FrameReader()
+        events = []
+        while data := s.recv(65536):  # until the seeder closes
+            reader.receive_data(data)
+            while (event := reader.next_event()) is not None:
+                events.append(event)
+    assert isinstance(events[-1], wire.Error)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        _, chunk = talk(s, wire.Hello(1), wire.Request(fid, 0))
+    assert bytes(chunk.data) == content[:400]

@@ -1,0 +1,146 @@
+"""Whole files through real processes: exact bytes for every awkward size, and the CLI contract."""
+
+import subprocess
+import sys
+
+import pytest
+
+from p2p_shared.limits import DEFAULT_CHUNK_SIZE
+from tools.localswarm import LocalSwarm, Service, free_port
+
+from .conftest import random_file, scrape, sha256_file
+
+SIZES = {
+    "empty.bin": 0,
+    "one-byte.bin": 1,
+    "one-chunk.bin": DEFAULT_CHUNK_SIZE,
+    "chunk-plus-one.bin": DEFAULT_CHUNK_SIZE + 1,
+    "random-64mib.bin": 64 << 20,
+}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """One tracker and three seeders, each seeding every file of SIZES."""
+    work = tmp_path_factory.mktemp("swarm")
+    files = [random_file(work / "seed" / name, size) for name, size in SIZES.items()]
+    with LocalSwarm(work) as swarm:
+        swarm.start_tracker()
+        for _ in range(3):
+            swarm.add_seeder(files)
+        yield swarm, work
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_exact_bytes_from_three_seeders(seeded, tmp_path, name):
+    swarm, work = seeded
+    leecher = swarm.leecher(name, tmp_path / "out", "--min-seeders", "3")
+    assert leecher.wait(120) == 0, leecher.output
+    got = tmp_path / "out" / name
+    assert got.stat().st_size == SIZES[name]
+    assert sha256_file(got) == sha256_file(work / "seed" / name)
+    assert not (tmp_path / "out" / f"{name}.part").exists()
+    events = [e["event"] for e in leecher.events()]
+    assert f"Download complete. File size: {SIZES[name]} bytes" in events
+    assert f"Successfully downloaded {name}" in events
+
+
+def test_download_by_file_id(seeded, tmp_path):
+    swarm, work = seeded
+    file_id = swarm.lookup("one-byte.bin").file.file_id
+    leecher = swarm.leecher(file_id, tmp_path, "--min-seeders", "3")
+    assert leecher.wait(60) == 0, leecher.output
+    assert (tmp_path / "one-byte.bin").read_bytes() == (work / "seed" / "one-byte.bin").read_bytes()
+
+
+def test_chunks_come_from_every_seeder(tmp_path):
+    """Dynamic scheduling: with three seeders each one serves part of the file."""
+    data = random_file(tmp_path / "seed" / "spread.bin", 16 << 20)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        ports = [free_port() for _ in range(3)]
+        for port in ports:
+            swarm.add_seeder([data], "--metrics-port", str(port), "--chunk-size", str(64 << 10))
+        leecher = swarm.leecher("spread.bin", tmp_path / "out", "--min-seeders", "3")
+        assert leecher.wait(60) == 0, leecher.output
+        served = [scrape(p)[("p2p_seeder_chunks_served_total", ())] for p in ports]
+    assert sum(served) >= 256 and all(n > 0 for n in served), served
+
+
+def test_existing_identical_file_is_kept_and_different_one_refused(seeded, tmp_path):
+    swarm, work = seeded
+    (tmp_path / "one-byte.bin").write_bytes((work / "seed" / "one-byte.bin").read_bytes())
+    assert swarm.leecher("one-byte.bin", tmp_path).wait(60) == 0
+    (tmp_path / "one-chunk.bin").write_bytes(b"mine")
+    leecher = swarm.leecher("one-chunk.bin", tmp_path)
+    assert leecher.wait(60) == 1
+    assert (tmp_path / "one-chunk.bin").read_bytes() == b"mine"
+    assert "already exists and differs" in leecher.output and "Traceback" not in leecher.output
+
+
+def test_unknown_file_fails_after_the_wait_with_one_line(swarm, tmp_path):
+    leecher = swarm.leecher("nothing-here.bin", tmp_path, "--wait", "1")
+    assert leecher.wait(30) == 1
+    assert "no seeder holds nothing-here.bin" in leecher.output
+    assert "Traceback" not in leecher.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line_contract_as_written(tmp_path):
+    """The three commands of the README, with their metrics endpoints scraped for real."""
+    data = random_file(tmp_path / "seed" / "contract.bin", 3 * DEFAULT_CHUNK_SIZE + 5)
+    bin_dir = sys.executable.rsplit("/", 1)[0]
+    tport, tmetrics = free_port(2), free_port()
+    services = []
+    try:
+        tracker = Service(
+            "tracker",
+            [f"{bin_dir}/p2p-tracker", "--host", "127.0.0.1", "--port", str(tport), "--metrics-port", str(tmetrics)],
+            {"P2P_LOG_FORMAT": "json"},
+        )
+        services.append(tracker)
+        tracker.wait_for("tracker listening")
+        seeder_metrics = []
+        for _ in range(3):
+            smetrics = free_port()
+            seeder = Service(
+                "seeder",
+                [f"{bin_dir}/p2p-seeder", "-f", str(data), "-p", str(free_port()),
+                 "--tracker", f"127.0.0.1:{tport}", "--metrics-port", str(smetrics)],
+                {"P2P_LOG_FORMAT": "json", "XDG_CACHE_HOME": str(tmp_path / "cache")},
+            )
+            services.append(seeder)
+            seeder.wait_for("registered with tracker")
+            seeder_metrics.append(smetrics)
+        lmetrics = free_port()
+        leecher = Service(
+            "leecher",
+            [f"{bin_dir}/p2p-leecher", "contract.bin", "--tracker", f"127.0.0.1:{tport}",
+             "-o", str(tmp_path / "out"), "--min-seeders", "3", "--metrics-port", str(lmetrics)],
+        )
+        services.append(leecher)
+        assert leecher.wait(60) == 0, leecher.output
+        assert "Successfully downloaded contract.bin" in leecher.output
+        assert (tmp_path / "out" / "contract.bin").read_bytes() == data.read_bytes()
+
+        t = scrape(tmetrics)
+        assert t[("p2p_tracker_live_seeders", ())] == 3
+        assert t[("p2p_tracker_files", ())] == 1
+        assert t[("p2p_tracker_registrations_total", (("result", "new"),))] == 3
+        assert t[("p2p_tracker_lookups_total", (("result", "found"),))] >= 1
+        served = [scrape(p) for p in seeder_metrics]
+        assert sum(s[("p2p_seeder_chunks_served_total", ())] for s in served) >= 4
+        assert sum(s[("p2p_seeder_bytes_served_total", ())] for s in served) >= data.stat().st_size
+        assert all(s[("p2p_seeder_registrations_total", (("result", "ok"),))] >= 1 for s in served)
+        assert all(s[("p2p_seeder_chunk_serve_seconds_count", ())] >= 0 for s in served)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    # A graceful stop unregisters: the seeders logged it before the tracker went away.
+    assert all("unregistered from tracker" in s.output for s in services[1:4])
+
+
+@pytest.mark.parametrize("role", ["tracker", "seeder", "leecher"])
+def test_python_dash_m_works(role):
+    result = subprocess.run([sys.executable, "-m", f"p2p_{role}", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and f"p2p-{role}" in result.stdout
