@@ -144,3 +144,21 @@ def test_command_line_contract_as_written(tmp_path):
 def test_python_dash_m_works(role):
     result = subprocess.run([sys.executable, "-m", f"p2p_{role}", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and f"p2p-{role}" in result.stdout
+
+
+def test_list_shows_every_seeded_file(seeded):
+    swarm, _ = seeded
+    result = subprocess.run(
+        [sys.executable, "-m", "p2p_leecher", "--list", "--tracker", swarm.tracker_addr],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == set(SIZES)
+    assert rows["one-chunk.bin"][1:3] == [str(DEFAULT_CHUNK_SIZE), "3"]
+
+
+def test_no_target_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "p2p_leecher"], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin"})
+    assert result.returncode == 2 and "give a file name" in result.stderr

@@ -11,6 +11,8 @@ import structlog
 from prometheus_client import CollectorRegistry
 from pydantic import Field, field_validator
 
+from p2p_shared import messages
+from p2p_shared.errors import P2PError
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import run, serve_metrics
 from p2p_shared.net.tracker_client import TrackerClient
@@ -23,7 +25,8 @@ log = structlog.get_logger()
 
 
 class LeecherSettings(CommonSettings):
-    target: str = Field(min_length=1)
+    target: str | None = Field(None, min_length=1)
+    list: bool = False
     tracker: str = "127.0.0.1:6969"
     output_dir: Path = Path(".")
     min_seeders: int = Field(1, ge=1)
@@ -45,6 +48,7 @@ class LeecherSettings(CommonSettings):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="p2p-leecher", description="Download a file from the swarm.")
     p.add_argument("target", nargs="?", help="file name or 64-hex file id (env P2P_TARGET)")
+    p.add_argument("--list", action="store_true", default=None, help="list the files on the network and exit")
     p.add_argument("--tracker", help="tracker HOST:PORT (default 127.0.0.1:6969)")
     p.add_argument("-o", "--output-dir", type=Path, help="folder for the downloaded file (default .)")
     p.add_argument("--min-seeders", type=int, help="seeders to wait for before starting (default 1)")
@@ -57,6 +61,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=["auto", "bar", "log"], help="auto: a bar on a terminal, log lines otherwise")
     add_common_flags(p)
     return p
+
+
+async def list_files(settings: LeecherSettings) -> int:
+    tracker = TrackerClient(*parse_host_port(settings.tracker))
+    try:
+        reply = await tracker.request(messages.ListFiles())
+    finally:
+        tracker.close()
+    if not isinstance(reply, messages.Files):
+        raise P2PError(f"tracker answered {reply.type} to a file list request")
+    print(f"{'NAME':40} {'SIZE':>14} {'SEEDERS':>7}  FILE ID")
+    for f in reply.files:
+        print(f"{f.name:40} {f.size:>14} {f.seeders:>7}  {f.file_id}")
+    if reply.total > len(reply.files):
+        print(f"... and {reply.total - len(reply.files)} more files")
+    return 0
 
 
 async def fetch(settings: LeecherSettings) -> int:
@@ -77,6 +97,7 @@ async def fetch(settings: LeecherSettings) -> int:
     )
     tracker = TrackerClient(*parse_host_port(settings.tracker))
     try:
+        assert settings.target is not None
         result = await Download(tracker, options, metrics).run(settings.target)
     except BaseException:
         metrics.downloads.labels("failed").inc()
@@ -93,6 +114,11 @@ async def fetch(settings: LeecherSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = build_settings(LeecherSettings, parser(), argv)
+    cli = parser()
+    settings = build_settings(LeecherSettings, cli, argv)
     configure_logging(settings.log_format, settings.log_level)
+    if settings.list:
+        return run(list_files(settings))
+    if not settings.target:
+        cli.error("give a file name or file id to download (or --list)")
     return run(fetch(settings))
