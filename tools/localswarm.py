@@ -7,6 +7,7 @@ registered") instead of sleeping.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +20,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2p_shared import messages
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def random_file(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for start in range(0, size, 1 << 20):
+            f.write(os.urandom(min(1 << 20, size - start)))
+    return path
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

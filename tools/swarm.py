@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .localswarm import LocalSwarm
-
-
-def make_demo_file(path: Path, size: int) -> None:
-    block = 1 << 20
-    with open(path, "wb") as f:
-        for start in range(0, size, block):
-            f.write(os.urandom(min(block, size - start)))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+from .localswarm import LocalSwarm, random_file, sha256_file
 
 
 def main() -> int:
@@ -36,8 +20,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="p2p-swarm-") as tmp:
         work = Path(tmp)
         demo = work / "seed" / "demo.bin"
-        demo.parent.mkdir()
-        make_demo_file(demo, args.size_mib << 20)
+        random_file(demo, args.size_mib << 20)
         print(f"demo file: {demo.name}, {args.size_mib} MiB; starting a tracker and {args.seeders} seeders", flush=True)
         with LocalSwarm(work) as swarm:
             swarm.start_tracker()

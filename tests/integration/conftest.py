@@ -1,33 +1,10 @@
-import hashlib
-import os
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tools.localswarm import LocalSwarm
 
-pytestmark = pytest.mark.integration
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def random_file(path: Path, size: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        remaining = size
-        while remaining:
-            block = os.urandom(min(remaining, 1 << 20))
-            f.write(block)
-            remaining -= len(block)
-    return path
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

@@ -8,9 +8,9 @@ import time
 from p2p_shared import messages, wire
 from p2p_shared.hashing import hash_chunks
 from p2p_shared.manifest import Manifest
-from tools.localswarm import LocalSwarm, free_port, tracker_request
+from tools.localswarm import LocalSwarm, free_port, random_file, sha256_file, tracker_request
 
-from .conftest import chunks_served, random_file, sha256_file, wait_until
+from .conftest import chunks_served, wait_until
 
 RATE = "3000000"  # bytes/s per seeder: slow enough that a download can be interrupted midway
 

@@ -6,9 +6,9 @@ import struct
 import pytest
 
 from p2p_shared import messages, wire
-from tools.localswarm import LocalSwarm, Service, free_port, service_argv, tracker_request
+from tools.localswarm import LocalSwarm, Service, free_port, random_file, service_argv, tracker_request
 
-from .conftest import random_file, scrape
+from .conftest import scrape
 
 
 def test_tracker_survives_garbage_and_counts_it(tmp_path):

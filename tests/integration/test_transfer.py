@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE
-from tools.localswarm import LocalSwarm, Service, free_port
+from tools.localswarm import LocalSwarm, Service, free_port, random_file, sha256_file
 
-from .conftest import random_file, scrape, sha256_file
+from .conftest import scrape
 
 SIZES = {
     "empty.bin": 0,
