@@ -4,19 +4,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 PYTEST_ARGS ?=
+SWARM_ARGS ?=
+COMPOSE := docker compose
+# The leecher container writes ./downloads as the user who runs make.
+export P2P_UID := $(shell id -u)
+export P2P_GID := $(shell id -g)
 
-.PHONY: install test test-unit test-integration swarm clean
+.PHONY: install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt \
 		-e shared -e services/tracker -e services/seeder -e services/leecher \
-		pytest pytest-asyncio pytest-timeout hypothesis
+		pytest pytest-asyncio pytest-timeout hypothesis testcontainers pyyaml
 	touch $@
 
 install: $(BIN)/p2p-leecher
 
 test: install
+	-@deploy/install-compose.sh >/dev/null
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -25,9 +31,37 @@ test-unit: install
 test-integration: install
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+test-docker: install compose-plugin
+	$(BIN)/pytest tests/docker $(PYTEST_ARGS)
+
 # A tracker, three seeders and a leecher as local processes on a generated demo file.
 swarm: install
 	$(PY) -m tools.swarm $(SWARM_ARGS)
+
+compose-plugin: install
+	@deploy/install-compose.sh >/dev/null
+
+# Every image `docker compose up` needs; air-gapped machines get local Debian-based images.
+images: install compose-plugin
+	deploy/build-images.sh
+
+# The full swarm with monitoring, detached; then follow the leecher job to its end.
+up: images
+	mkdir -p downloads
+	@if grep -q '^GRAFANA_AVAILABLE=1' .env; then \
+		$(COMPOSE) up --detach; \
+	else \
+		echo "Grafana skipped: no Grafana image here and no registry to pull one; Prometheus is on http://localhost:9090"; \
+		$(COMPOSE) up --detach tracker seeder pushgateway prometheus leecher; \
+	fi
+	$(COMPOSE) logs --follow --no-log-prefix leecher
+	@exit $$($(COMPOSE) ps --all --format '{{.ExitCode}}' leecher)
+
+down:
+	$(COMPOSE) down --remove-orphans
+
+logs:
+	$(COMPOSE) logs --follow
 
 clean:
 	rm -rf $(VENV) .swarm downloads

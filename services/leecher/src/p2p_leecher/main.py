@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Literal
 
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, push_to_gateway
 from pydantic import Field, field_validator
 
 from p2p_shared import messages
@@ -37,6 +38,7 @@ class LeecherSettings(CommonSettings):
     connect_timeout: float = Field(5.0, gt=0)
     max_bad_chunks: int = Field(3, ge=1)
     progress: Literal["auto", "bar", "log"] = "auto"
+    pushgateway: str | None = None
 
     @field_validator("tracker")
     @classmethod
@@ -59,8 +61,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, help="seconds to connect and greet a seeder (default 5)")
     p.add_argument("--max-bad-chunks", type=int, help="bad chunks before a seeder is dropped (default 3)")
     p.add_argument("--progress", choices=["auto", "bar", "log"], help="auto: a bar on a terminal, log lines otherwise")
+    p.add_argument("--pushgateway", help="Pushgateway URL to push the final metrics to (a batch job is not scraped)")
     add_common_flags(p)
     return p
+
+
+async def push_metrics(gateway: str | None, registry: CollectorRegistry) -> None:
+    """A leecher is a batch job: its final metrics go to a Pushgateway, as Prometheus advises."""
+    if not gateway:
+        return
+    try:
+        await asyncio.to_thread(push_to_gateway, gateway, job="p2p_leecher", registry=registry, timeout=5)
+    except OSError as exc:
+        log.warning("metrics not pushed", pushgateway=gateway, error=str(exc))
 
 
 async def list_files(settings: LeecherSettings) -> int:
@@ -101,11 +114,15 @@ async def fetch(settings: LeecherSettings) -> int:
         result = await Download(tracker, options, metrics).run(settings.target)
     except BaseException:
         metrics.downloads.labels("failed").inc()
+        await push_metrics(settings.pushgateway, registry)
         raise
     finally:
         tracker.close()
     metrics.downloads.labels("ok").inc()
     metrics.duration.set(result.seconds)
+    metrics.size.set(result.size)
+    metrics.last_success.set_to_current_time()
+    await push_metrics(settings.pushgateway, registry)
     log.info(f"Download complete. File size: {result.size} bytes")
     log.info(f"Successfully downloaded {result.path.name}")
     rate = result.fetched_bytes / max(result.seconds, 1e-9) / 1e6

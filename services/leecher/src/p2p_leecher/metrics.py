@@ -1,5 +1,7 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+RETRY_REASONS = ("hash_mismatch", "timeout", "connection", "peer_error", "protocol", "bad_peer")
+
 
 class LeecherMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -18,6 +20,16 @@ class LeecherMetrics:
         self.duration = Gauge(
             "p2p_leecher_download_duration_seconds", "Wall time of the last download", registry=registry
         )
+        self.size = Gauge("p2p_leecher_download_size_bytes", "Size of the last downloaded file", registry=registry)
+        self.last_success = Gauge(
+            "p2p_leecher_last_success_timestamp_seconds", "When the last download succeeded (Unix time)", registry=registry
+        )
         self.downloads = Counter(
             "p2p_leecher_downloads_total", "Downloads finished, by result", ["result"], registry=registry
         )
+        # Known label values start at 0, so dashboards and alerts see the series before the first event.
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason)
+        self.peers_dropped.labels("bad_data")
+        for result in ("ok", "failed"):
+            self.downloads.labels(result)

@@ -63,7 +63,7 @@ class SeederSettings(CommonSettings):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="p2p-seeder", description="Serve files to leechers over TCP.")
-    p.add_argument("-f", "--file", action="append", help="file to seed; repeat for more (default large_text_file.txt)")
+    p.add_argument("-f", "--file", action="append", help="file (or folder of files) to seed; repeat for more (default large_text_file.txt)")
     p.add_argument("-p", "--port", type=int, help="TCP port to serve on (default 7000)")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--advertise-host", help="address leechers should use; the tracker sees our source address otherwise")
@@ -76,6 +76,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", default=None, help="always rehash files at start")
     add_common_flags(p)
     return p
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder stands for the regular files directly inside it."""
+    expanded = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not inside:
+                raise P2PError(f"cannot seed {path}: the folder holds no files")
+            expanded += inside
+        else:
+            expanded.append(path)
+    return expanded
 
 
 class TrackerLink:
@@ -147,7 +161,7 @@ async def serve(settings: SeederSettings) -> int:
     started = time.perf_counter()
     files = []
     hashed = False
-    for path in settings.file:
+    for path in expand_paths(settings.file):
         seeded, cached = await asyncio.to_thread(load_file, path, settings.chunk_size, cache)
         hashed |= not cached
         files.append(seeded)

@@ -26,3 +26,9 @@ class SeederMetrics:
         self.hash_seconds = Gauge(
             "p2p_seeder_startup_hash_seconds", "Time spent hashing files at start (0 when cached)", registry=registry
         )
+        for result in ("ok", "unknown", "timeout"):
+            self.heartbeats.labels(result)
+        for result in ("ok", "refused"):
+            self.registrations.labels(result)
+        for code in ("unknown_file", "bad_index", "bad_request", "unsupported_version", "unavailable"):
+            self.refused.labels(code)

@@ -27,6 +27,14 @@ class TrackerMetrics:
             "p2p_tracker_expirations_total", "Seeders forgotten after missed heartbeats", registry=registry
         )
         self.lookups = Counter("p2p_tracker_lookups_total", "File lookups, by result", ["result"], registry=registry)
+        for reason in ("invalid", "too_large", "unexpected", "unsupported_version"):
+            self.malformed.labels(reason)
+        for result in ("new", "refreshed", "rejected"):
+            self.registrations.labels(result)
+        for result in ("ok", "unknown"):
+            self.heartbeats.labels(result)
+        for result in ("found", "not_found"):
+            self.lookups.labels(result)
         live = Gauge("p2p_tracker_live_seeders", "Seeders currently registered", registry=registry)
         live.set_function(lambda: len(seeders))
         files = Gauge("p2p_tracker_files", "Distinct files held by live seeders", registry=registry)

@@ -1,0 +1,52 @@
+"""`p2p-health tracker|seeder`: the container healthcheck. Exit 0 when the service answers.
+
+The tracker is healthy when it answers a file list over UDP; a seeder when it completes the
+peer HELLO over TCP (it listens only once its files are hashed). Ports come from the same
+P2P_PORT variable the service reads.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from .. import PROTOCOL_VERSION, messages, wire
+
+
+def tracker_ok(port: int, timeout: float) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(messages.encode(messages.ListFiles(txn=1)), ("127.0.0.1", port))
+        return messages.decode(sock.recv(65536)).type == "files"
+
+
+def seeder_ok(port: int, timeout: float) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(wire.encode(wire.Hello(PROTOCOL_VERSION)))
+        reader = wire.FrameReader(max_payload=0)
+        while (event := reader.next_event()) is None:
+            data = sock.recv(64)
+            if not data:
+                return False
+            reader.receive_data(data)
+        return isinstance(event, wire.Hello)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in ("tracker", "seeder"):
+        print("usage: p2p-health tracker|seeder", file=sys.stderr)
+        return 2
+    role = args[0]
+    port = int(os.environ.get("P2P_PORT") or (6969 if role == "tracker" else 7000))
+    try:
+        ok = (tracker_ok if role == "tracker" else seeder_ok)(port, 2.0)
+    except Exception as exc:  # any failure is "unhealthy", said in one line
+        print(f"{role} on port {port} not healthy: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
