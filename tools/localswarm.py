@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource  # noqa: F401 (for the annotation)
 import signal
 import socket
 import subprocess
@@ -120,6 +121,13 @@ class Service:
         rc = self.proc.wait(timeout)
         self._reader.join(5)
         return rc
+
+    def wait_with_usage(self) -> tuple[int, "resource.struct_rusage"]:
+        """Wait for exit; also return the process's own resource usage (peak RSS, CPU time)."""
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self._reader.join(5)
+        return self.proc.returncode, usage
 
     def send_signal(self, sig: int) -> None:
         if self.proc.poll() is None:

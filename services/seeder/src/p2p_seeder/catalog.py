@@ -72,8 +72,9 @@ class ManifestCache:
             log.warning("manifest cache not written", path=str(slot), error=exc.strerror)
 
 
-def load_file(path: Path, chunk_size: int, cache: ManifestCache) -> tuple[SeededFile, bool]:
-    """Build (or load from cache) the manifest of one file. Returns it and whether it was cached."""
+def load_file(path: Path, chunk_size: int, cache: ManifestCache) -> tuple[SeededFile, float | None]:
+    """Build (or load from cache) the manifest of one file. Returns it and the seconds spent
+    hashing (None when the manifest came from the cache)."""
     try:
         st = path.stat()
         if not path.is_file():
@@ -84,16 +85,16 @@ def load_file(path: Path, chunk_size: int, cache: ManifestCache) -> tuple[Seeded
         raise P2PError(f"cannot seed {path}: {exc.strerror}") from None
     try:
         manifest = cache.load(path, st, chunk_size)
-        cached = manifest is not None
+        hash_seconds = None
         if manifest is None:
             started = time.perf_counter()
             digests = hash_chunks(path, st.st_size, chunk_size)
+            hash_seconds = time.perf_counter() - started
             manifest = Manifest(name=path.name, size=st.st_size, chunk_size=chunk_size, digests=digests)
-            log.debug("hashed", file=path.name, seconds=round(time.perf_counter() - started, 3))
             cache.store(path, st, manifest)
     except ManifestError as exc:
         raise P2PError(f"cannot seed {path}: {exc}") from None
     except OSError as exc:
         raise P2PError(f"cannot seed {path}: {exc}") from None
     data = manifest.encode()
-    return SeededFile(path, manifest, data, manifest.file_id), cached
+    return SeededFile(path, manifest, data, manifest.file_id), hash_seconds

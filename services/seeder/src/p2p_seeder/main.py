@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -158,12 +157,11 @@ async def serve(settings: SeederSettings) -> int:
     registry = CollectorRegistry()
     metrics = SeederMetrics(registry)
     cache = ManifestCache(None if settings.no_cache else settings.cache_dir)
-    started = time.perf_counter()
     files = []
-    hashed = False
+    hashing = 0.0
     for path in expand_paths(settings.file):
-        seeded, cached = await asyncio.to_thread(load_file, path, settings.chunk_size, cache)
-        hashed |= not cached
+        seeded, seconds = await asyncio.to_thread(load_file, path, settings.chunk_size, cache)
+        hashing += seconds or 0.0
         files.append(seeded)
         log.info(
             "file ready",
@@ -171,9 +169,10 @@ async def serve(settings: SeederSettings) -> int:
             size=seeded.manifest.size,
             chunks=seeded.manifest.num_chunks,
             file_id=seeded.file_id,
-            cached=cached,
+            cached=seconds is None,
+            hash_seconds=None if seconds is None else round(seconds, 4),
         )
-    metrics.hash_seconds.set(time.perf_counter() - started if hashed else 0)
+    metrics.hash_seconds.set(hashing)
     metrics.files.set(len(files))
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
     limit = None

@@ -1,0 +1,71 @@
+"""The physical yardsticks, measured in the same run as the swarm: hashlib alone, and one TCP
+stream on loopback moving the file with sendfile into recv_into, SHA-256 per chunk and pwrite."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import socket
+import time
+from pathlib import Path
+
+CHUNK = 512 * 1024
+
+
+def hashlib_seconds(size: int) -> float:
+    """SHA-256 of `size` bytes already in memory, chunk by chunk, on one core."""
+    buffer = memoryview(os.urandom(CHUNK))
+    started = time.perf_counter()
+    for _ in range(size // CHUNK):
+        hashlib.sha256(buffer).digest()
+    return time.perf_counter() - started
+
+
+def hashlib_file_seconds(path: Path) -> float:
+    """Read and hash a file chunk by chunk on one thread: what a seeder must beat at start-up."""
+    started = time.perf_counter()
+    buffer = bytearray(CHUNK)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            hashlib.sha256(memoryview(buffer)[:n]).digest()
+    return time.perf_counter() - started
+
+
+def _send(path: str, ports: multiprocessing.Queue) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        ports.put(server.getsockname()[1])
+        conn, _ = server.accept()
+        with conn, open(path, "rb") as f:
+            conn.sendfile(f)
+
+
+def tcp_seconds(path: Path, out: Path, verify: bool) -> float:
+    """One stream: sendfile in a sender process; recv_into a 512 KiB buffer, SHA-256, pwrite."""
+    size = path.stat().st_size
+    ports: multiprocessing.Queue = multiprocessing.Queue()
+    sender = multiprocessing.Process(target=_send, args=(str(path), ports))
+    sender.start()
+    port = ports.get(timeout=30)
+    view = memoryview(bytearray(CHUNK))
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            offset = 0
+            while offset < size:
+                want, got = min(CHUNK, size - offset), 0
+                while got < want:
+                    n = conn.recv_into(view[got:want])
+                    if n == 0:
+                        raise ConnectionError("sender closed early")
+                    got += n
+                if verify:
+                    hashlib.sha256(view[:want]).digest()
+                os.pwrite(fd, view[:want], offset)
+                offset += want
+        elapsed = time.perf_counter() - started
+    finally:
+        os.close(fd)
+        sender.join(30)
+    return elapsed

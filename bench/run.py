@@ -1,0 +1,268 @@
+"""`make bench`: the swarm measured next to its physical yardsticks, in one run.
+
+Every timed download starts from the same state: the previous output deleted and `sync`ed, so
+no run pays for another's disk writeback. Each figure is the median of `--repeat` runs, and the
+baselines are measured in the same run, so ratios hold when absolute numbers drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from p2p_shared import messages
+from tools.localswarm import LocalSwarm, Service, free_port, random_file, service_argv, tracker_request
+
+from . import baselines, tracker_load
+
+MiB = 1 << 20
+GiB = 1 << 30
+RESULTS = Path(__file__).parent / "results"
+
+
+def clean(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.sync()
+
+
+def median_of(repeat: int, measure) -> float:
+    return statistics.median(measure() for _ in range(repeat))
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(CPU seconds so far, peak RSS in MB) of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return cpu, int(line.split()[1]) / 1024
+    return cpu, 0.0
+
+
+def download(swarm: LocalSwarm, name: str, out: Path, *args: str) -> dict:
+    """One leecher process, spawn to exit: wall time, peak RSS, CPU seconds."""
+    clean(out)
+    started = time.perf_counter()
+    leecher = swarm.leecher(name, out, "--log-format", "json", *args)
+    code, usage = leecher.wait_with_usage()
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"leecher failed:\n{leecher.output}")
+    return {"seconds": wall, "rss_mb": usage.ru_maxrss / 1024, "cpu_seconds": usage.ru_utime + usage.ru_stime}
+
+
+def median_download(swarm, name, out, repeat, *args) -> dict:
+    runs = [download(swarm, name, out, *args) for _ in range(repeat)]
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def bench_baselines(data: Path, work: Path, repeat: int) -> dict:
+    out = work / "baseline.out"
+
+    def tcp(verify: bool) -> float:
+        out.unlink(missing_ok=True)
+        os.sync()
+        return baselines.tcp_seconds(data, out, verify)
+
+    size = data.stat().st_size
+    result = {
+        "hashlib_seconds": median_of(repeat, lambda: baselines.hashlib_seconds(size)),
+        "tcp_hash_seconds": median_of(repeat, lambda: tcp(True)),
+        "tcp_nohash_seconds": median_of(repeat, lambda: tcp(False)),
+    }
+    out.unlink(missing_ok=True)
+    return result
+
+
+def bench_swarm(swarm: LocalSwarm, files: dict[str, Path], work: Path, repeat: int, sizes: list[str]) -> dict:
+    main = "main.bin"
+    out = work / "out"
+    seeders = [(s, *proc_stats(s.proc.pid)) for s in swarm.seeders]
+    tracker_cpu0, _ = proc_stats(swarm.tracker.proc.pid)
+    headline = median_download(swarm, main, out, repeat, "--max-peers", "3")
+    served = repeat * files[main].stat().st_size / GiB
+    seeder_cpu = sum(proc_stats(s.proc.pid)[0] - cpu0 for s, cpu0, _ in seeders)
+    result = {
+        "one_leecher_three_seeders": {
+            **headline,
+            "mb_per_s": files[main].stat().st_size / headline["seconds"] / 1e6,
+            "leecher_cpu_seconds_per_gib": headline["cpu_seconds"] * GiB / files[main].stat().st_size,
+            "seeder_cpu_seconds_per_gib": seeder_cpu / served,
+            "tracker_cpu_seconds_per_gib": (proc_stats(swarm.tracker.proc.pid)[0] - tracker_cpu0) / served,
+            "seeder_peak_rss_mb": max(proc_stats(s.proc.pid)[1] for s, _, _ in seeders),
+        }
+    }
+    result["by_size"] = {
+        name: {"bytes": files[name].stat().st_size, **median_download(swarm, name, out, repeat if files[name].stat().st_size < 2 * GiB else 1, "--max-peers", "3")}
+        for name in sizes
+    }
+    result["by_seeders"] = {
+        str(k): median_download(swarm, main, out, repeat, "--max-peers", str(k)) for k in (1, 2, 3, 5)
+    }
+    clean(out)
+    return result
+
+
+def bench_many_leechers(swarm: LocalSwarm, name: str, size: int, work: Path, count: int = 8) -> dict:
+    egress_before = [proc_stats(s.proc.pid)[0] for s in swarm.seeders[:3]]
+    outs = [work / f"many{i}" for i in range(count)]
+    for out in outs:
+        clean(out)
+    started = time.perf_counter()
+    leechers = [swarm.leecher(name, out, "--log-format", "json", "--max-peers", "3") for out in outs]
+    codes = [leecher.wait(600) for leecher in leechers]
+    wall = time.perf_counter() - started
+    for out in outs:
+        clean(out)
+    cpu = sum(proc_stats(s.proc.pid)[0] for s in swarm.seeders[:3]) - sum(egress_before)
+    return {
+        "leechers": count,
+        "all_finished": all(c == 0 for c in codes),
+        "seconds": wall,
+        "aggregate_mb_per_s": count * size / wall / 1e6,
+        "seeder_cpu_seconds": cpu,
+    }
+
+
+def bench_startup(data: Path, work: Path, tracker_addr: str) -> dict:
+    cache = work / "startup-cache"
+
+    def start() -> tuple[float, float | None]:
+        started = time.perf_counter()
+        seeder = Service("seeder", service_argv(
+            "seeder", "-f", str(data), "-p", str(free_port()), "--host", "127.0.0.1", "--tracker", tracker_addr,
+            "--metrics-port", "0", "--cache-dir", str(cache), "--log-format", "json"))
+        try:
+            ready = seeder.wait_for("file ready", timeout=300)
+            seeder.wait_for("registered with tracker", timeout=60)
+            return time.perf_counter() - started, ready.get("hash_seconds")
+        finally:
+            seeder.stop()
+
+    shutil.rmtree(cache, ignore_errors=True)
+    first, hash_seconds = start()
+    restart, _ = start()
+    return {
+        "bytes": data.stat().st_size,
+        "hashlib_one_thread_seconds": baselines.hashlib_file_seconds(data),
+        "seeder_hash_seconds": hash_seconds,
+        "seeder_start_to_registered_seconds": first,
+        "restart_unchanged_seconds": restart,
+    }
+
+
+def bench_tracker(seconds: float) -> dict:
+    port = free_port(2)
+    tracker = Service("tracker", service_argv(
+        "tracker", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--log-format", "json",
+        "--log-level", "warning", "--max-seeders", "200000", "--heartbeat-interval", "600"))
+    try:
+        tracker_request(("127.0.0.1", port), messages.ListFiles())
+        tracker_load.set_affinity(tracker.proc.pid, 0)
+        address = ("127.0.0.1", port)
+        registered = tracker_load.register(address, 1000)
+        rate = tracker_load.capacity(address, registered, seconds, cpu=1)
+        at_half = tracker_load.latency(address, registered, rate / 2, seconds=min(seconds, 3.0))
+        tracker_load.register(address, 100_000)
+        _, rss = proc_stats(tracker.proc.pid)
+        rss_now = next(int(line.split()[1]) / 1024 for line in Path(f"/proc/{tracker.proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    finally:
+        tracker.stop()
+    return {"requests_per_second": rate, "half_load": at_half, "rss_mb_100k_seeders": rss_now, "peak_rss_mb": rss}
+
+
+def table(results: dict) -> str:
+    b, s, st, t = results["baselines"], results["swarm"], results["startup"], results["tracker"]
+    head = s["one_leecher_three_seeders"]
+    size_gib = results["main_bytes"] / GiB
+    rows = [
+        ("hashlib SHA-256, one core", f"{b['hashlib_seconds']:.2f} s", f"{results['main_bytes'] / b['hashlib_seconds'] / 1e6:.0f} MB/s"),
+        ("one TCP stream + SHA-256 + pwrite (baseline)", f"{b['tcp_hash_seconds']:.2f} s", "1.00x"),
+        ("one TCP stream + pwrite, no hashing", f"{b['tcp_nohash_seconds']:.2f} s", f"{b['tcp_nohash_seconds'] / b['tcp_hash_seconds']:.2f}x"),
+        (f"leecher, {size_gib:g} GiB from 3 seeders (process start to verified file)", f"{head['seconds']:.2f} s",
+         f"{head['seconds'] / b['tcp_hash_seconds']:.2f}x ({head['mb_per_s']:.0f} MB/s)"),
+        ("leecher peak RSS", f"{head['rss_mb']:.0f} MB", ""),
+        ("seeder peak RSS", f"{head['seeder_peak_rss_mb']:.0f} MB", ""),
+        ("CPU s/GiB: leecher, seeders, tracker", f"{head['leecher_cpu_seconds_per_gib']:.2f}, {head['seeder_cpu_seconds_per_gib']:.2f}, {head['tracker_cpu_seconds_per_gib']:.3f}", ""),
+    ]
+    for name, r in s["by_size"].items():
+        rows.append((f"size {r['bytes'] / MiB:.0f} MiB", f"{r['seconds']:.2f} s", f"RSS {r['rss_mb']:.0f} MB"))
+    for k, r in s["by_seeders"].items():
+        rows.append((f"{k} seeder(s), {size_gib:g} GiB", f"{r['seconds']:.2f} s", ""))
+    m = results["many_leechers"]
+    rows.append((f"{m['leechers']} leechers at once, {results['many_bytes'] / MiB:.0f} MiB each",
+                 f"{m['seconds']:.2f} s", f"{m['aggregate_mb_per_s']:.0f} MB/s aggregate, all finished: {m['all_finished']}"))
+    rows.append(("seeder start: hashlib one thread / seeder hashing", f"{st['hashlib_one_thread_seconds']:.2f} s / {st['seeder_hash_seconds']:.2f} s",
+                 f"{st['seeder_hash_seconds'] / st['hashlib_one_thread_seconds']:.2f}x"))
+    rows.append(("seeder start to registered / restart unchanged", f"{st['seeder_start_to_registered_seconds']:.2f} s / {st['restart_unchanged_seconds']:.2f} s", ""))
+    rows.append(("tracker capacity (one core)", f"{t['requests_per_second']:.0f} req/s", ""))
+    rows.append(("tracker latency at half load p50 / p99", f"{t['half_load']['p50_ms']:.2f} / {t['half_load']['p99_ms']:.2f} ms", ""))
+    rows.append(("tracker memory, 100,000 seeders", f"{t['rss_mb_100k_seeders']:.0f} MB", ""))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a:<{width}}  {b_:>22}  {c}" for a, b_, c in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, not the product")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args()
+    main_size = 16 * MiB if args.quick else GiB
+    sizes = {"s16m.bin": 16 * MiB} if args.quick else {
+        "s16m.bin": 16 * MiB, "s64m.bin": 64 * MiB, "s256m.bin": 256 * MiB, "main.bin": GiB, "s4g.bin": 4 * GiB}
+    many_size = 4 * MiB if args.quick else 256 * MiB
+    repeat = 1 if args.quick else args.repeat
+    with tempfile.TemporaryDirectory(prefix="p2p-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        work = Path(tmp)
+        print(f"writing test files in {work}", flush=True)
+        files = {"main.bin": random_file(work / "seed" / "main.bin", main_size)}
+        for name, size in sizes.items():
+            files.setdefault(name, random_file(work / "seed" / name, size))
+        files["many.bin"] = random_file(work / "seed" / "many.bin", many_size)
+        results: dict = {
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                        "cpu": next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "")},
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "quick": args.quick, "repeat": repeat, "main_bytes": main_size, "many_bytes": many_size,
+        }
+        print("baselines", flush=True)
+        results["baselines"] = bench_baselines(files["main.bin"], work, repeat)
+        with LocalSwarm(work, heartbeat=30) as swarm:
+            swarm.start_tracker()
+            print("seeders hashing", flush=True)
+            all_files = list(dict.fromkeys(files.values()))
+            swarm.add_seeder(all_files)  # hashes once; the others start from its manifest cache
+            for _ in range(4):
+                swarm.add_seeder(all_files)
+            print("downloads", flush=True)
+            results["swarm"] = bench_swarm(swarm, files, work, repeat, list(sizes))
+            print("eight leechers", flush=True)
+            results["many_leechers"] = bench_many_leechers(swarm, "many.bin", many_size, work)
+            print("seeder start-up", flush=True)
+            results["startup"] = bench_startup(files["main.bin"], work, swarm.tracker_addr)
+        print("tracker load", flush=True)
+        results["tracker"] = bench_tracker(2.0 if args.quick else 5.0)
+    results["baselines"]["tcp_hash_ratio"] = results["swarm"]["one_leecher_three_seeders"]["seconds"] / results["baselines"]["tcp_hash_seconds"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    if not args.quick:
+        from .charts import draw
+
+        draw(results, args.out.parent)
+    print(f"results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
