@@ -22,7 +22,7 @@ EXAMPLES = [
     m.Lookup(txn=6, file_id=FID),
     m.ListFiles(txn=7),
     m.Ack(txn=8, interval=30),
-    m.Peers(txn=9, file=ENTRY, peers=[m.PeerAddress(host="127.0.0.1", port=7001)]),
+    m.Peers(txn=9, file=ENTRY, peers=[("127.0.0.1", 7001), ("seeder-2", 7000)]),
     m.Peers(txn=10),
     m.Files(txn=11, files=[m.FileSummary(**ENTRY.model_dump(), seeders=3)], total=1),
     m.ErrorReply(txn=12, code="unknown_seeder", message="register again"),
@@ -37,6 +37,11 @@ def test_round_trip(message):
 def test_exact_json():
     assert m.encode(m.Heartbeat(txn=3, port=7000)) == b'{"v":1,"txn":3,"type":"heartbeat","port":7000}'
     assert json.loads(m.encode(m.Lookup(txn=5, name="x"))) == {"v": 1, "txn": 5, "type": "lookup", "name": "x"}
+
+
+def test_peers_travel_as_host_port_pairs():
+    data = m.encode(m.Peers(txn=1, peers=[("10.0.0.1", 7000)]))
+    assert data == b'{"v":1,"txn":1,"type":"peers","peers":[["10.0.0.1",7000]]}'
 
 
 def test_largest_registration_fits_a_datagram():

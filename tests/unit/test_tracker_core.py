@@ -6,6 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from p2p_shared import messages as m
+from p2p_shared.limits import MAX_DATAGRAM
 from p2p_shared.registry import SeederRegistry
 from p2p_tracker.core import TrackerCore
 from p2p_tracker.metrics import TrackerMetrics
@@ -37,7 +38,7 @@ def test_register_then_lookup_uses_the_source_address(tracker):
     assert reply == m.Ack(txn=7, interval=1.0)
     peers = ask(tracker, m.Lookup(txn=8, name="demo.bin"), source=("10.9.9.9", 1))
     assert peers.txn == 8 and peers.file == ENTRY
-    assert peers.peers == [m.PeerAddress(host="10.0.0.1", port=7000)]
+    assert peers.peers == [("10.0.0.1", 7000)]
     assert metric(tracker, "p2p_tracker_registrations_total", result="new") == 1
     assert metric(tracker, "p2p_tracker_live_seeders") == 1
     assert metric(tracker, "p2p_tracker_files") == 1
@@ -45,13 +46,24 @@ def test_register_then_lookup_uses_the_source_address(tracker):
 
 def test_advertised_host_wins_over_source(tracker):
     ask(tracker, m.Register(port=7000, host="seeder-1", files=[ENTRY]))
-    assert ask(tracker, m.Lookup(file_id=FID)).peers == [m.PeerAddress(host="seeder-1", port=7000)]
+    assert ask(tracker, m.Lookup(file_id=FID)).peers == [("seeder-1", 7000)]
 
 
 def test_lookup_answers_are_capped(tracker):
     for i in range(3):
         ask(tracker, m.Register(port=7000 + i, files=[ENTRY]))
     assert len(ask(tracker, m.Lookup(file_id=FID)).peers) == 2
+
+
+def test_peer_list_is_trimmed_to_fit_a_datagram():
+    registry = CollectorRegistry()
+    seeders = SeederRegistry(ttl=3.0)
+    core = TrackerCore(seeders, TrackerMetrics(registry, seeders), interval=1.0, max_peers=50)
+    for i in range(50):
+        ask(core, m.Register(port=7000 + i, host="h" * 250 + f"{i:03}", files=[ENTRY]))
+    answer = core.handle(m.encode(m.Lookup(file_id=FID)), ("10.0.0.1", 1), 0.0)
+    assert len(answer) <= MAX_DATAGRAM
+    assert 10 <= len(m.decode(answer).peers) < 50
 
 
 def test_unknown_file_gives_empty_answer(tracker):

@@ -59,12 +59,6 @@ class FileSummary(FileEntry):
     seeders: int = Field(ge=0)
 
 
-class PeerAddress(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    host: Host
-    port: Port
-
-
 class Register(_Message):
     """A seeder announces the files it holds. Repeated registrations add files."""
 
@@ -114,7 +108,7 @@ class Ack(_Message):
 class Peers(_Message):
     type: Literal["peers"] = "peers"
     file: FileEntry | None = None
-    peers: list[PeerAddress] = Field(default_factory=list, max_length=MAX_PEERS_PER_ANSWER)
+    peers: list[tuple[Host, Port]] = Field(default_factory=list, max_length=MAX_PEERS_PER_ANSWER)  # [host, port]
 
 
 class Files(_Message):

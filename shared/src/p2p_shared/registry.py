@@ -21,6 +21,31 @@ class RegistryFull(Exception):
     pass
 
 
+class _Holders:
+    """A set with O(1) add and remove and O(k) random sampling: a list plus each key's index."""
+
+    def __init__(self) -> None:
+        self.keys: list[SeederKey] = []
+        self._index: dict[SeederKey, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, key: SeederKey) -> None:
+        if key not in self._index:
+            self._index[key] = len(self.keys)
+            self.keys.append(key)
+
+    def discard(self, key: SeederKey) -> None:
+        index = self._index.pop(key, None)
+        if index is None:
+            return
+        last = self.keys.pop()
+        if index < len(self.keys):
+            self.keys[index] = last
+            self._index[last] = index
+
+
 @dataclass
 class SeederRecord:
     key: SeederKey
@@ -34,7 +59,7 @@ class SeederRegistry:
         self.max_seeders = max_seeders
         self.max_files_per_seeder = max_files_per_seeder
         self._seeders: OrderedDict[SeederKey, SeederRecord] = OrderedDict()
-        self._holders: dict[str, set[SeederKey]] = {}  # file id -> seeders
+        self._holders: dict[str, _Holders] = {}  # file id -> seeders
         self._entries: dict[str, FileEntry] = {}  # file id -> entry (first registration wins)
         self._by_name: dict[str, set[str]] = {}  # name -> file ids
 
@@ -64,7 +89,7 @@ class SeederRegistry:
             if len(record.files) >= self.max_files_per_seeder:
                 raise RegistryFull(f"a seeder may register at most {self.max_files_per_seeder} files")
             record.files[entry.file_id] = entry
-            self._holders.setdefault(entry.file_id, set()).add(key)
+            self._holders.setdefault(entry.file_id, _Holders()).add(key)
             if self._entries.setdefault(entry.file_id, entry) is entry:
                 self._by_name.setdefault(entry.name, set()).add(entry.file_id)
         return result
@@ -117,12 +142,10 @@ class SeederRegistry:
 
     def holders(self, file_id: str, limit: int, rng: random.Random) -> list[SeederKey]:
         """Up to `limit` seeders of the file, in random order so load spreads across seeders."""
-        keys = self._holders.get(file_id, ())
-        if len(keys) <= limit:
-            chosen = list(keys)
-            rng.shuffle(chosen)
-            return chosen
-        return rng.sample(sorted(keys), limit)
+        holders = self._holders.get(file_id)
+        if holders is None:
+            return []
+        return rng.sample(holders.keys, min(limit, len(holders)))
 
     def files(self) -> list[tuple[FileEntry, int]]:
         """Every file with its number of live seeders, most seeded first."""

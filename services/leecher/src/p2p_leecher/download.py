@@ -135,7 +135,7 @@ class Download:
                 reply = await self._lookup(target)
                 found = len(reply.peers)
                 if reply.file is not None and found >= self.options.min_seeders:
-                    return reply.file, [(p.host, p.port) for p in reply.peers]
+                    return reply.file, list(reply.peers)
             except TrackerUnavailable:
                 if loop.time() >= deadline:
                     raise
@@ -239,7 +239,7 @@ class Download:
                     try:
                         # A short budget: the supervisor must not stall while the tracker is away.
                         found = await self._lookup(file_id, budget=2.0)
-                        known = [(p.host, p.port) for p in found.peers] or known
+                        known = list(found.peers) or known
                     except (TrackerUnavailable, TrackerRejected) as exc:
                         log.warning("peer list not refreshed", error=str(exc))
                 active = set(workers.values())

@@ -51,11 +51,15 @@ class TrackerCore:
             if answer is None:
                 return None
             reply = answer
-        try:
-            return messages.encode(reply.model_copy(update={"txn": message.txn}))
-        except LocalProtocolError:  # pragma: no cover - answers are capped to fit
-            log.exception("answer does not fit a datagram")
-            return None
+        reply = reply.model_copy(update={"txn": message.txn})
+        while True:
+            try:
+                return messages.encode(reply)
+            except LocalProtocolError:
+                # Only long advertised host names make a peer list this large: send fewer peers.
+                if not isinstance(reply, messages.Peers) or not reply.peers:
+                    raise
+                reply = reply.model_copy(update={"peers": reply.peers[: len(reply.peers) // 2]})
 
     def _dispatch(self, message: messages.Message, source: tuple[str, int], now: float) -> messages.Reply | None:
         match message:
@@ -90,9 +94,8 @@ class TrackerCore:
                     return messages.Peers()
                 self.metrics.lookups.labels("found").inc()
                 holders = self.registry.holders(entry.file_id, self.max_peers, self.rng)
-                return messages.Peers(
-                    file=entry, peers=[messages.PeerAddress(host=h, port=p) for h, p in holders]
-                )
+                # Hot path: everything in the answer was validated when it was registered.
+                return messages.Peers.model_construct(file=entry, peers=holders, v=PROTOCOL_VERSION, txn=0, type="peers")
             case messages.ListFiles():
                 files = self.registry.files()
                 return messages.Files(
