@@ -10,7 +10,7 @@ COMPOSE := docker compose
 export P2P_UID := $(shell id -u)
 export P2P_GID := $(shell id -g)
 
-.PHONY: install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
+.PHONY: bench install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,3 +65,8 @@ logs:
 
 clean:
 	rm -rf $(VENV) .swarm downloads
+
+# The benchmark: baselines and the swarm in one run; table, bench/results/latest.json and charts.
+bench: install
+	$(BIN)/pip install --quiet -c constraints.txt matplotlib
+	$(PY) -m bench.run $(BENCH_ARGS)

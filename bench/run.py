@@ -171,7 +171,7 @@ def bench_tracker(seconds: float) -> dict:
         address = ("127.0.0.1", port)
         registered = tracker_load.register(address, 1000)
         rate = tracker_load.capacity(address, registered, seconds, cpu=1)
-        at_half = tracker_load.latency(address, registered, rate / 2, seconds=min(seconds, 3.0))
+        at_half = tracker_load.latency(address, registered, rate / 2, seconds=min(seconds, 3.0), cpu=1)
         tracker_load.register(address, 100_000)
         _, rss = proc_stats(tracker.proc.pid)
         rss_now = next(int(line.split()[1]) / 1024 for line in Path(f"/proc/{tracker.proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))

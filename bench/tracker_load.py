@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import random
 import selectors
 import socket
 import statistics
@@ -21,13 +20,26 @@ def seeder_host(i: int) -> str:
     return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
-def _request(i: int, seeders: int, txn: int) -> bytes:
-    """70% heartbeats from registered seeders, 30% lookups, like a swarm at rest."""
-    if i % 10 < 7:
-        message = messages.Heartbeat(txn=txn, port=7000, host=seeder_host(i % seeders))
-    else:
-        message = messages.Lookup(txn=txn, name=FILE.name)
-    return messages.encode(message)
+def _templates(seeders: int) -> list[bytes]:
+    """70% heartbeats from registered seeders, 30% lookups, like a swarm at rest. Encoded once
+    by the real encoder with a txn placeholder, so the generator spends its time sending."""
+    out = []
+    for i in range(max(10, min(seeders, 1000))):
+        if i % 10 < 7:
+            message: messages.Request = messages.Heartbeat(txn=999_999_999, port=7000, host=seeder_host(i % seeders))
+        else:
+            message = messages.Lookup(txn=999_999_999, name=FILE.name)
+        out.append(messages.encode(message).replace(b"999999999", b"%d"))
+    return out
+
+
+def _request(templates: list[bytes], txn: int) -> bytes:
+    return templates[txn % len(templates)] % txn
+
+
+def _txn(reply: bytes) -> int:
+    start = reply.index(b'"txn":') + 6
+    return int(reply[start : reply.index(b",", start)])
 
 
 def _sockets(count: int) -> list[socket.socket]:
@@ -64,6 +76,7 @@ def register(address: tuple[str, int], count: int, window: int = 64) -> int:
 
 
 def _closed_loop(address, seeders: int, seconds: float, sockets: int, window: int, results) -> None:
+    templates = _templates(seeders)
     socks = _sockets(sockets)
     selector = selectors.DefaultSelector()
     for s in socks:
@@ -72,7 +85,7 @@ def _closed_loop(address, seeders: int, seconds: float, sockets: int, window: in
     for s in socks:
         for _ in range(window):
             counter += 1
-            s.sendto(_request(counter, seeders, counter), address)
+            s.sendto(_request(templates, counter), address)
     answered = 0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -85,7 +98,7 @@ def _closed_loop(address, seeders: int, seconds: float, sockets: int, window: in
                     break
                 answered += 1
                 counter += 1
-                s.sendto(_request(counter, seeders, counter), address)
+                s.sendto(_request(templates, counter), address)
     results.put(answered)
     for s in socks:
         s.close()
@@ -110,8 +123,8 @@ def set_affinity(pid: int, cpu: int) -> None:
         pass
 
 
-def latency(address: tuple[str, int], seeders: int, rate: float, seconds: float = 3.0) -> dict[str, float]:
-    """Round-trip times at a fixed request rate (open loop): p50 and p99 in milliseconds."""
+def _open_loop(address, seeders: int, rate: float, seconds: float, results) -> None:
+    templates = _templates(seeders)
     socks = _sockets(64)
     selector = selectors.DefaultSelector()
     for s in socks:
@@ -119,33 +132,45 @@ def latency(address: tuple[str, int], seeders: int, rate: float, seconds: float 
     sent_at: dict[int, float] = {}
     rtts: list[float] = []
     interval = 1.0 / rate
-    start = time.perf_counter()
     total = int(rate * seconds)
     txn = 0
-    rng = random.Random(1)
+    start = time.perf_counter()
     while txn < total or (sent_at and time.perf_counter() - start < seconds + 2):
         now = time.perf_counter()
         while txn < total and start + txn * interval <= now:
             txn += 1
-            rng.choice(socks).sendto(_request(txn, seeders, txn), address)
+            socks[txn % len(socks)].sendto(_request(templates, txn), address)
             sent_at[txn] = time.perf_counter()
-        for key, _ in selector.select(max(0.0, min(interval, start + txn * interval - time.perf_counter()))):
+        wait = max(0.0, start + txn * interval - time.perf_counter()) if txn < total else 0.05
+        for key, _ in selector.select(wait):
             while True:
                 try:
                     data = key.fileobj.recv(65536)
                 except BlockingIOError:
                     break
-                reply = messages.decode(data)
-                t0 = sent_at.pop(reply.txn, None)
+                t0 = sent_at.pop(_txn(data), None)
                 if t0 is not None:
                     rtts.append(time.perf_counter() - t0)
     for s in socks:
         s.close()
     rtts.sort()
-    return {
+    results.put({
         "rate": rate,
-        "answered": len(rtts),
         "sent": total,
+        "answered": len(rtts),
         "p50_ms": 1000 * statistics.median(rtts),
         "p99_ms": 1000 * rtts[int(0.99 * (len(rtts) - 1))],
-    }
+    })
+
+
+def latency(address: tuple[str, int], seeders: int, rate: float, seconds: float = 3.0, cpu: int | None = None) -> dict:
+    """Round-trip times at a fixed request rate (open loop), p50 and p99 in milliseconds, from
+    one load process (pinned to `cpu` if given)."""
+    results: multiprocessing.Queue = multiprocessing.Queue()
+    worker = multiprocessing.Process(target=_open_loop, args=(address, seeders, rate, seconds, results))
+    worker.start()
+    if cpu is not None:
+        set_affinity(worker.pid, cpu)
+    answer = results.get(timeout=seconds + 60)
+    worker.join(10)
+    return answer

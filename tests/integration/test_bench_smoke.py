@@ -1,0 +1,27 @@
+"""The benchmark harness on tiny sizes: it must keep working, whatever the figures."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_quick_run_writes_every_figure(tmp_path):
+    out = tmp_path / "quick.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(out.read_text())
+    head = figures["swarm"]["one_leecher_three_seeders"]
+    assert head["seconds"] > 0 and head["rss_mb"] > 0 and head["seeder_peak_rss_mb"] > 0
+    assert figures["baselines"]["tcp_hash_seconds"] > 0
+    assert set(figures["swarm"]["by_seeders"]) == {"1", "2", "3", "5"}
+    assert figures["many_leechers"]["all_finished"] is True
+    assert figures["startup"]["restart_unchanged_seconds"] > 0
+    assert figures["tracker"]["requests_per_second"] > 100
+    assert figures["tracker"]["half_load"]["answered"] > 0
+    assert "tracker capacity" in result.stdout
