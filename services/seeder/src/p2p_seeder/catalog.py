@@ -25,6 +25,10 @@ class SeededFile:
     manifest: Manifest
     manifest_bytes: bytes
     file_id: str
+    signature: tuple[int, int]  # (size, mtime_ns) when hashed: a changed file is not served
+
+    def changed(self, st: os.stat_result) -> bool:
+        return (st.st_size, st.st_mtime_ns) != self.signature
 
     @property
     def raw_id(self) -> bytes:
@@ -97,4 +101,4 @@ def load_file(path: Path, chunk_size: int, cache: ManifestCache) -> tuple[Seeded
     except OSError as exc:
         raise P2PError(f"cannot seed {path}: {exc}") from None
     data = manifest.encode()
-    return SeededFile(path, manifest, data, manifest.file_id), hash_seconds
+    return SeededFile(path, manifest, data, manifest.file_id, (st.st_size, st.st_mtime_ns)), hash_seconds

@@ -9,6 +9,7 @@ the kernel's socket buffer instead of in our memory.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import BinaryIO
 
@@ -23,6 +24,25 @@ from .catalog import SeededFile
 from .metrics import SeederMetrics
 
 log = structlog.get_logger()
+
+
+async def _send_payload(transport: asyncio.Transport, handle: BinaryIO, offset: int, length: int) -> int:
+    """Send file bytes: os.sendfile straight away while the socket has room (most chunks fit
+    the socket buffer whole), then loop.sendfile, which waits for room, for the rest."""
+    sent = 0
+    sock = transport.get_extra_info("socket")
+    if transport.get_write_buffer_size() == 0 and sock is not None and transport.get_extra_info("sslcontext") is None:
+        while sent < length:
+            try:
+                n = os.sendfile(sock.fileno(), handle.fileno(), offset + sent, length - sent)
+            except BlockingIOError:
+                break
+            if n == 0:
+                return sent
+            sent += n
+    if sent < length:
+        sent += await asyncio.get_running_loop().sendfile(transport, handle, offset + sent, length - sent)
+    return sent
 
 
 class _Refuse(Exception):
@@ -44,6 +64,7 @@ class PeerServer:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.upload_limit = upload_limit  # shared by every connection
+        self._stale: set[str] = set()
         self._active = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -127,12 +148,18 @@ class PeerServer:
                     except OSError as exc:
                         log.error("cannot open seeded file", file=str(seeded.path), error=exc.strerror)
                         raise _Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "file unreadable", file_id, index))
-                loop = asyncio.get_running_loop()
+                if seeded.changed(os.fstat(handle.fileno())):
+                    if seeded.file_id not in self._stale:
+                        self._stale.add(seeded.file_id)
+                        log.warning("file changed on disk since it was hashed; not serving it", file=str(seeded.path))
+                    raise _Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "file changed since hashed", file_id, index))
                 if self.upload_limit is not None:
-                    await asyncio.sleep(self.upload_limit.reserve(length, loop.time()))
+                    await asyncio.sleep(self.upload_limit.reserve(length, asyncio.get_running_loop().time()))
                 writer.write(wire.chunk_header(file_id, index, length))
-                if length:
-                    await loop.sendfile(writer.transport, handle, offset, length)
+                if length and await _send_payload(writer.transport, handle, offset, length) < length:
+                    # The file shrank under us: the frame is cut short, so the stream is unusable.
+                    log.warning("file shrank while being served", file=str(seeded.path))
+                    raise ConnectionAbortedError("short file")
                 self.metrics.chunks_served.inc()
                 self.metrics.bytes_served.inc(length)
                 self.metrics.serve_seconds.observe(time.perf_counter() - started)
