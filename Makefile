@@ -10,7 +10,7 @@ COMPOSE := docker compose
 export P2P_UID := $(shell id -u)
 export P2P_GID := $(shell id -g)
 
-.PHONY: bench install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
+.PHONY: bench fuzz install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-docker: install compose-plugin
 	$(BIN)/pytest tests/docker $(PYTEST_ARGS)
 
 # A tracker, three seeders and a leecher as local processes on a generated demo file.
+# The decoders fuzzed far longer than in `make test` (FUZZ_EXAMPLES inputs per test, 20000 by default).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/unit -k fuzz -q -p no:randomly --hypothesis-show-statistics $(PYTEST_ARGS)
+
 swarm: install
 	$(PY) -m tools.swarm $(SWARM_ARGS)
 

@@ -167,7 +167,8 @@ def bench_tracker(seconds: float) -> dict:
     port = free_port(2)
     tracker = Service("tracker", service_argv(
         "tracker", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--log-format", "json",
-        "--log-level", "warning", "--max-seeders", "200000", "--heartbeat-interval", "600"))
+        "--log-level", "warning", "--max-seeders", "200000", "--heartbeat-interval", "600",
+        "--max-requests-per-address", "0"))  # all load comes from 127.0.0.1
     try:
         tracker_request(("127.0.0.1", port), messages.ListFiles())
         tracker_load.set_affinity(tracker.proc.pid, 0)

@@ -1,16 +1,12 @@
 """Faults on real processes: seeders dying or lying, the tracker restarting."""
 
-import asyncio
 import signal
-import threading
 import time
 
-from p2p_shared import messages, wire
-from p2p_shared.hashing import hash_chunks
-from p2p_shared.manifest import Manifest
-from tools.localswarm import LocalSwarm, free_port, random_file, sha256_file, tracker_request
+from tools.localswarm import LocalSwarm, free_port, random_file, sha256_file
 
 from .conftest import chunks_served, wait_until
+from .hostile import HostilePeer
 
 RATE = "3000000"  # bytes/s per seeder: slow enough that a download can be interrupted midway
 
@@ -51,78 +47,10 @@ def test_every_seeder_gone_clear_error_nothing_at_final_path(tmp_path):
     assert (tmp_path / "out" / "gone.bin.part").exists()  # progress kept for a later run
 
 
-class LyingSeeder:
-    """A hostile peer on real sockets: the right manifest, then corrupt bytes for every chunk."""
-
-    def __init__(self, path, chunk_size: int) -> None:
-        size = path.stat().st_size
-        self.manifest = Manifest(path.name, size, chunk_size, hash_chunks(path, size, chunk_size))
-        self.data = path.read_bytes()
-        self.requests = 0
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        ready.wait(10)
-
-    def _run(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        ready.set()
-        self.loop.run_forever()
-        self.server.close()
-        for task in asyncio.all_tasks(self.loop):
-            task.cancel()
-        self.loop.run_until_complete(asyncio.sleep(0))
-        self.loop.close()
-
-    async def _handle(self, reader, writer) -> None:
-        frames = wire.FrameReader(max_payload=0)
-        try:
-            while data := await reader.read(65536):
-                frames.receive_data(data)
-                while (event := frames.next_event()) is not None:
-                    writer.write(self._answer(event))
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    def _answer(self, event) -> bytes:
-        match event:
-            case wire.Hello():
-                return wire.encode(wire.Hello(1))
-            case wire.GetManifest(file_id):
-                return wire.encode(wire.ManifestData(file_id, self.manifest.encode()))
-            case wire.GetHave(file_id):
-                return wire.encode(wire.Have.full(file_id, self.manifest.num_chunks))
-            case wire.Request(file_id, index):
-                self.requests += 1
-                offset, length = self.manifest.chunk_span(index)
-                payload = bytearray(self.data[offset : offset + length])
-                payload[length // 2] ^= 0xFF
-                return wire.encode(wire.Chunk(file_id, index, memoryview(payload), payload))
-        raise AssertionError(event)
-
-    def register(self, tracker_port: int) -> None:
-        entry = messages.FileEntry(
-            file_id=self.manifest.file_id, name=self.manifest.name, size=self.manifest.size,
-            chunk_size=self.manifest.chunk_size,
-        )
-        reply = tracker_request(("127.0.0.1", tracker_port), messages.Register(port=self.port, files=[entry]))
-        assert reply.type == "ack"
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 def test_lying_seeder_is_caught_and_dropped(tmp_path):
     chunk = 64 << 10
     data = random_file(tmp_path / "seed" / "truth.bin", 4 << 20)
-    liar = LyingSeeder(data, chunk)
+    liar = HostilePeer(data, chunk, "corrupt")
     try:
         with LocalSwarm(tmp_path, heartbeat=10) as swarm:
             swarm.start_tracker()
@@ -155,7 +83,11 @@ def test_tracker_restart_seeders_reappear_and_download_continues(tmp_path):
         swarm.tracker.wait()
         swarm.start_tracker()
         back = time.monotonic()
+        # A new leecher started right away may wait at most one heartbeat interval for seeders.
+        newcomer = swarm.leecher("restart.bin", tmp_path / "new", "--min-seeders", "3", "--wait", str(interval))
         wait_until(lambda: len(swarm.lookup("restart.bin").peers) == 3, timeout=10)
         assert time.monotonic() - back <= interval
         assert leecher.wait(120) == 0, leecher.output
+        assert newcomer.wait(120) == 0, newcomer.output
     assert sha256_file(tmp_path / "out" / "restart.bin") == sha256_file(data)
+    assert sha256_file(tmp_path / "new" / "restart.bin") == sha256_file(data)

@@ -2,6 +2,8 @@ import hashlib
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from p2p_shared.errors import ManifestError
 from p2p_shared.manifest import Manifest, chunk_count, is_file_id
@@ -82,3 +84,21 @@ def test_bad_manifests_are_typed_errors(data):
 def test_is_file_id():
     assert is_file_id("ab" * 32)
     assert not is_file_id("AB" * 32) and not is_file_id("ab" * 31) and not is_file_id("large.txt")
+
+
+@given(st.binary(max_size=300))
+def test_fuzz_any_bytes_decode_to_a_manifest_or_a_typed_error(data):
+    try:
+        Manifest.decode(data)
+    except ManifestError:
+        pass
+
+
+@given(st.binary(min_size=15, max_size=15), st.binary(max_size=40), st.binary(max_size=100))
+def test_fuzz_headers_with_the_right_magic(fields, name, digests):
+    data = b"P2PM" + fields + name + digests
+    try:
+        m = Manifest.decode(data)
+    except ManifestError:
+        return
+    assert m.encode() == data  # whatever decodes is canonical: it encodes back to the same bytes

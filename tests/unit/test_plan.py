@@ -1,6 +1,6 @@
 """The chunk plan: dynamic scheduling, retries elsewhere, endgame."""
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from p2p_shared.plan import ChunkPlan
@@ -80,7 +80,6 @@ def test_resume_skips_chunks_already_done():
     assert plan.done_count == 2
 
 
-@settings(max_examples=200)
 @given(st.integers(1, 30), st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from(["ok", "fail", "drop"])), max_size=200))
 def test_any_schedule_finishes_while_a_peer_remains(num_chunks, steps):
     plan = ChunkPlan(num_chunks)

@@ -30,3 +30,14 @@ def test_retry_delays_fit_a_budget():
     assert backoff_delays(0.5, 5) == [0.5, 1, 2, 4, 8]
     assert fit_budget([0.5, 1, 2, 4, 8], 1.0) == [0.5, 0.5]
     assert sum(fit_budget([0.5, 1, 2, 4, 8], 30)) == 15.5
+
+
+def test_address_limiter_holds_each_address_to_its_rate():
+    from p2p_shared.ratelimit import AddressLimiter
+
+    limiter = AddressLimiter(rate=10, burst=5, max_addresses=2)
+    assert sum(limiter.allow("a", 0.0) for _ in range(20)) == 5  # the burst, then nothing
+    assert limiter.allow("b", 0.0)  # other addresses are not affected
+    assert sum(limiter.allow("a", 1.0) for _ in range(20)) == 5  # a second later: refilled to the burst
+    limiter.allow("c", 1.0)  # a third address evicts the least recently seen (b)
+    assert len(limiter) == 2

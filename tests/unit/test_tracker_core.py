@@ -124,3 +124,15 @@ def test_answers_sent_to_the_tracker_are_not_reflected(tracker):
 def test_other_protocol_version_gets_a_typed_error(tracker):
     reply = ask(tracker, m.Heartbeat(v=2, txn=9, port=7000))
     assert reply.type == "error" and reply.code == "unsupported_version" and reply.txn == 9
+
+
+def test_a_flood_from_one_address_is_dropped_and_counted():
+    from p2p_shared.ratelimit import AddressLimiter
+
+    registry = CollectorRegistry()
+    seeders = SeederRegistry(ttl=3.0)
+    core = TrackerCore(seeders, TrackerMetrics(registry, seeders), 1.0, 50, limiter=AddressLimiter(100, 10))
+    flood = [core.handle(m.encode(m.Register(port=7000 + i)), ("10.6.6.6", 1), 0.0) for i in range(50)]
+    assert sum(a is not None for a in flood) == 10 and len(seeders) == 10
+    assert registry.get_sample_value("p2p_tracker_rate_limited_datagrams_total") == 40
+    assert core.handle(m.encode(m.ListFiles()), ("10.0.0.2", 1), 0.0) is not None  # others still served

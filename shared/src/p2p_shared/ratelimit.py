@@ -7,6 +7,8 @@ whatever the chunk size.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 
 class TokenBucket:
     def __init__(self, rate: float, now: float, burst: float | None = None) -> None:
@@ -23,3 +25,32 @@ class TokenBucket:
         self._stamp = now
         self._tokens -= amount
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def refund(self, amount: int) -> None:
+        """Give back tokens reserved for something that was not sent after all."""
+        self._tokens += amount
+
+
+class AddressLimiter:
+    """A token bucket per source address, for a server that must not let one address flood it.
+    At most `max_addresses` buckets are kept; the least recently seen is forgotten first."""
+
+    def __init__(self, rate: float, burst: float, max_addresses: int = 65536) -> None:
+        self.rate, self.burst, self.max_addresses = rate, burst, max_addresses
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, address: str, now: float) -> bool:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= self.max_addresses:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[address] = TokenBucket(self.rate, now, self.burst)
+        else:
+            self._buckets.move_to_end(address)
+        if bucket.reserve(1, now) > 0:
+            bucket.refund(1)
+            return False
+        return True

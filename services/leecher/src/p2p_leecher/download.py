@@ -22,6 +22,7 @@ import structlog
 from p2p_shared import messages, wire
 from p2p_shared.errors import (
     DownloadError,
+    ManifestError,
     PeerClosed,
     PeerConnectError,
     PeerError,
@@ -34,6 +35,7 @@ from p2p_shared.errors import (
 from p2p_shared.manifest import Manifest, is_file_id
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.plan import ChunkPlan
+from p2p_shared.ratelimit import TokenBucket
 
 from .metrics import LeecherMetrics
 from .output import PartFile, verified_chunks
@@ -56,6 +58,7 @@ class DownloadOptions:
     max_bad_chunks: int = 3
     refresh_interval: float = 5.0
     progress_bar: bool = False
+    max_download_rate: float = 0.0  # bytes/s over all seeders; 0: unlimited
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class Download:
         self._queues: dict[PeerKey, asyncio.Queue] = {}
         self._peer_state: dict[PeerKey, _PeerState] = {}
         self.fetched_bytes = 0
+        self._limit: TokenBucket | None = None
 
     # -- finding the file -------------------------------------------------------------------
 
@@ -165,6 +169,8 @@ class Download:
                     conn.close()
             except (PeerError, RemoteProtocolError) as exc:
                 last = str(exc)
+                if isinstance(exc, ManifestError):
+                    self.metrics.bad_manifests.inc()
                 log.warning("manifest refused", peer=f"{host}:{port}", error=last)
         raise DownloadError(f"no seeder sent a valid manifest for {file_id[:16]}: {last}")
 
@@ -173,6 +179,8 @@ class Download:
     async def run(self, target: str) -> DownloadResult:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        if self.options.max_download_rate:
+            self._limit = TokenBucket(self.options.max_download_rate, started)
         entry, peers = await self.find_seeders(target)
         manifest = await self.fetch_manifest(entry.file_id, peers)
         log.info(
@@ -199,7 +207,8 @@ class Download:
         if done:
             log.info("resuming", path=str(resume), verified_chunks=len(done), of=manifest.num_chunks)
         part = PartFile(final, manifest.size)
-        plan = ChunkPlan(manifest.num_chunks, done=done)
+        # Under a download cap, endgame copies would spend the user's bandwidth on duplicates.
+        plan = ChunkPlan(manifest.num_chunks, done=done, endgame_copies=1 if self._limit else 2)
         done_bytes = sum(manifest.chunk_span(i)[1] for i in done)
         progress = Progress(manifest.name, manifest.size, done_bytes, self.options.progress_bar)
         try:
@@ -340,6 +349,8 @@ class Download:
                 index = plan.next_chunk(peer)
                 if index is None:
                     break
+                if self._limit is not None:  # pace requests: the bytes follow them
+                    await asyncio.sleep(self._limit.reserve(manifest.chunk_span(index)[1], loop.time()))
                 conn.send(wire.Request(raw_id, index))
                 outstanding.add(index)
             if outstanding:

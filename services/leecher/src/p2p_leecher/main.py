@@ -39,6 +39,7 @@ class LeecherSettings(CommonSettings):
     max_bad_chunks: int = Field(3, ge=1)
     progress: Literal["auto", "bar", "log"] = "auto"
     pushgateway: str | None = None
+    max_download_rate: float = Field(0, ge=0)
 
     @field_validator("tracker")
     @classmethod
@@ -61,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, help="seconds to connect and greet a seeder (default 5)")
     p.add_argument("--max-bad-chunks", type=int, help="bad chunks before a seeder is dropped (default 3)")
     p.add_argument("--progress", choices=["auto", "bar", "log"], help="auto: a bar on a terminal, log lines otherwise")
+    p.add_argument("--max-download-rate", type=float, help="bytes/s from all seeders together; 0 (default) is unlimited")
     p.add_argument("--pushgateway", help="Pushgateway URL to push the final metrics to (a batch job is not scraped)")
     add_common_flags(p)
     return p
@@ -107,6 +109,7 @@ async def fetch(settings: LeecherSettings) -> int:
         connect_timeout=settings.connect_timeout,
         max_bad_chunks=settings.max_bad_chunks,
         progress_bar=bar,
+        max_download_rate=settings.max_download_rate,
     )
     tracker = TrackerClient(*parse_host_port(settings.tracker))
     try:

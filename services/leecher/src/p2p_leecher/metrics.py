@@ -13,6 +13,11 @@ class LeecherMetrics:
         self.hash_failures = Counter(
             "p2p_leecher_hash_failures_total", "Chunks whose SHA-256 did not match the manifest", registry=registry
         )
+        self.bad_manifests = Counter(
+            "p2p_leecher_bad_manifests_total",
+            "Manifests refused: not hashing to the file id, or with absurd values",
+            registry=registry,
+        )
         self.peers_dropped = Counter(
             "p2p_leecher_peers_dropped_total", "Peers given up on for this download, by reason", ["reason"], registry=registry
         )

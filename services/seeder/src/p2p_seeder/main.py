@@ -44,6 +44,8 @@ class SeederSettings(CommonSettings):
     metrics_port: int = Field(9102, ge=0, le=65535)
     connection_timeout: float = Field(90.0, gt=0)
     max_connections: int = Field(256, ge=1)
+    max_connections_per_address: int = Field(64, ge=1)
+    handshake_timeout: float = Field(10.0, gt=0)
     cache_dir: Path | None = Field(default_factory=_default_cache_dir)
     no_cache: bool = False
     max_upload_rate: float = Field(0, ge=0, description="bytes per second over all peers; 0 is unlimited")
@@ -70,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, help=f"bytes per chunk (default {DEFAULT_CHUNK_SIZE})")
     p.add_argument("--connection-timeout", type=float, help="seconds an idle peer connection stays open (default 90)")
     p.add_argument("--max-connections", type=int, help="peer connections served at once (default 256)")
+    p.add_argument("--max-connections-per-address", type=int, help="connections from one address at once (default 64)")
+    p.add_argument("--handshake-timeout", type=float, help="seconds a new connection has to say HELLO (default 10)")
     p.add_argument("--cache-dir", type=Path, help="where manifests are cached (default ~/.cache/p2p-seeder)")
     p.add_argument("--max-upload-rate", type=float, help="bytes/s sent to all peers together; 0 (default) is unlimited")
     p.add_argument("--no-cache", action="store_true", default=None, help="always rehash files at start")
@@ -178,7 +182,15 @@ async def serve(settings: SeederSettings) -> int:
     limit = None
     if settings.max_upload_rate:
         limit = TokenBucket(settings.max_upload_rate, asyncio.get_running_loop().time())
-    peers = PeerServer(files, metrics, settings.connection_timeout, settings.max_connections, limit)
+    peers = PeerServer(
+        files,
+        metrics,
+        settings.connection_timeout,
+        settings.max_connections,
+        limit,
+        max_per_address=settings.max_connections_per_address,
+        handshake_timeout=settings.handshake_timeout,
+    )
     try:
         server = await asyncio.start_server(peers.handle, settings.host, settings.port)
     except OSError as exc:

@@ -58,6 +58,8 @@ class PeerServer:
         idle_timeout: float,
         max_connections: int,
         upload_limit: TokenBucket | None = None,
+        max_per_address: int = 64,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.files = {f.raw_id: f for f in files}
         self.metrics = metrics
@@ -65,16 +67,22 @@ class PeerServer:
         self.max_connections = max_connections
         self.upload_limit = upload_limit  # shared by every connection
         self._stale: set[str] = set()
+        self.max_per_address = max_per_address
+        self.handshake_timeout = handshake_timeout
         self._active = 0
+        self._by_address: dict[str, int] = {}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         label = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if self._active >= self.max_connections:
-            log.warning("connection refused: too many peers", peer=label)
+        address = peer[0] if peer else "?"
+        if self._active >= self.max_connections or self._by_address.get(address, 0) >= self.max_per_address:
+            self.metrics.refused.labels("too_many_connections").inc()
+            log.warning("connection refused: too many connections", peer=label)
             writer.close()
             return
         self._active += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
         self.metrics.connections.inc()
         self.metrics.connections_active.inc()
         opened: dict[bytes, BinaryIO] = {}
@@ -82,7 +90,9 @@ class PeerServer:
         greeted = False
         try:
             while True:
-                data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+                # A peer that never says HELLO is dropped sooner than an idle one.
+                timeout = self.idle_timeout if greeted else min(self.idle_timeout, self.handshake_timeout)
+                data = await asyncio.wait_for(reader.read(65536), timeout)
                 if not data:
                     break
                 frames.receive_data(data)
@@ -111,6 +121,9 @@ class PeerServer:
             for f in opened.values():
                 f.close()
             self._active -= 1
+            self._by_address[address] -= 1
+            if not self._by_address[address]:
+                del self._by_address[address]
             self.metrics.connections_active.dec()
             writer.close()
 

@@ -9,6 +9,7 @@ import structlog
 from p2p_shared import PROTOCOL_VERSION, messages
 from p2p_shared.errors import LocalProtocolError, RemoteProtocolError
 from p2p_shared.limits import MAX_FILES_PER_ANSWER
+from p2p_shared.ratelimit import AddressLimiter
 from p2p_shared.registry import RegistryFull, SeederRegistry
 
 from .metrics import TrackerMetrics
@@ -24,15 +25,20 @@ class TrackerCore:
         interval: float,
         max_peers: int,
         rng: random.Random | None = None,
+        limiter: AddressLimiter | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.interval = interval
         self.max_peers = max_peers
         self.rng = rng or random.Random()
+        self.limiter = limiter
 
     def handle(self, data: bytes, source: tuple[str, int], now: float) -> bytes | None:
         """Answer one datagram, or None to drop it. Never raises for bad input."""
+        if self.limiter is not None and not self.limiter.allow(source[0], now):
+            self.metrics.rate_limited.inc()
+            return None
         try:
             message = messages.decode(data)
         except RemoteProtocolError as exc:

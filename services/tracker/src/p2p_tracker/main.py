@@ -11,6 +11,7 @@ from pydantic import Field
 
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.ratelimit import AddressLimiter
 from p2p_shared.registry import SeederRegistry
 from p2p_shared.settings import CommonSettings, add_common_flags, build_settings
 
@@ -28,6 +29,7 @@ class TrackerSettings(CommonSettings):
     missed_heartbeats: int = Field(3, ge=1, description="heartbeats missed before a seeder expires")
     max_peers: int = Field(50, ge=1, le=50, description="seeders in one lookup answer")
     max_seeders: int = Field(100_000, ge=1)
+    max_requests_per_address: float = Field(200.0, ge=0, description="datagrams/s one address may send; 0: no limit")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--missed-heartbeats", type=int, help="missed heartbeats before expiry (default 3)")
     p.add_argument("--max-peers", type=int, help="seeders in one lookup answer (default 50)")
     p.add_argument("--max-seeders", type=int, help="registry capacity (default 100000)")
+    p.add_argument("--max-requests-per-address", type=float, help="datagrams/s one address may send, bursts of twice that (default 200; 0 turns it off)")
     add_common_flags(p)
     return p
 
@@ -65,7 +68,11 @@ async def serve(settings: TrackerSettings) -> int:
     seeders = SeederRegistry(
         ttl=settings.heartbeat_interval * settings.missed_heartbeats, max_seeders=settings.max_seeders
     )
-    core = TrackerCore(seeders, TrackerMetrics(registry, seeders), settings.heartbeat_interval, settings.max_peers)
+    rate = settings.max_requests_per_address
+    limiter = AddressLimiter(rate, 2 * rate) if rate else None
+    core = TrackerCore(
+        seeders, TrackerMetrics(registry, seeders), settings.heartbeat_interval, settings.max_peers, limiter=limiter
+    )
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
     loop = asyncio.get_running_loop()
     try:

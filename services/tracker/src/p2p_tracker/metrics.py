@@ -26,6 +26,11 @@ class TrackerMetrics:
         self.expirations = Counter(
             "p2p_tracker_expirations_total", "Seeders forgotten after missed heartbeats", registry=registry
         )
+        self.rate_limited = Counter(
+            "p2p_tracker_rate_limited_datagrams_total",
+            "Datagrams dropped because their source address sent too many",
+            registry=registry,
+        )
         self.lookups = Counter("p2p_tracker_lookups_total", "File lookups, by result", ["result"], registry=registry)
         for reason in ("invalid", "too_large", "unexpected", "unsupported_version"):
             self.malformed.labels(reason)

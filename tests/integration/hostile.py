@@ -1,0 +1,101 @@
+"""A hostile peer on real sockets, speaking the real protocol, misbehaving on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from p2p_shared import messages, wire
+from p2p_shared.hashing import hash_chunks
+from p2p_shared.manifest import Manifest, file_id_of
+from tools.localswarm import tracker_request
+
+
+class HostilePeer:
+    """Serves `path` under its true manifest, except as `behaviour` says:
+
+    - "corrupt": every chunk arrives with one byte flipped;
+    - "cut": the connection closes halfway through the first chunk's payload;
+    - "bad-manifest": the manifest sent does not hash to the file id;
+    - bytes: a raw manifest (absurd values, a hostile name) announced and served as is.
+    """
+
+    def __init__(self, path: Path, chunk_size: int, behaviour: str | bytes) -> None:
+        size = path.stat().st_size
+        self.manifest = Manifest(path.name, size, chunk_size, hash_chunks(path, size, chunk_size))
+        self.behaviour = behaviour
+        self.announced = behaviour if isinstance(behaviour, bytes) else self.manifest.encode()
+        self.file_id = file_id_of(self.announced)
+        self.data = path.read_bytes()
+        self.requests = 0
+        self.manifests_sent = 0
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+        self.server.close()
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+
+    async def _handle(self, reader, writer) -> None:
+        frames = wire.FrameReader(max_payload=0)
+        try:
+            while data := await reader.read(65536):
+                frames.receive_data(data)
+                while (event := frames.next_event()) is not None:
+                    answer, hang_up = self._answer(event)
+                    writer.write(answer)
+                    if hang_up:
+                        await writer.drain()
+                        return
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def _answer(self, event) -> tuple[bytes, bool]:
+        match event:
+            case wire.Hello():
+                return wire.encode(wire.Hello(1)), False
+            case wire.GetManifest(file_id):
+                self.manifests_sent += 1
+                body = self.announced + (b"x" if self.behaviour == "bad-manifest" else b"")
+                return wire.encode(wire.ManifestData(file_id, body)), False
+            case wire.GetHave(file_id):
+                return wire.encode(wire.Have.full(file_id, self.manifest.num_chunks)), False
+            case wire.Request(file_id, index):
+                self.requests += 1
+                offset, length = self.manifest.chunk_span(index)
+                payload = bytearray(self.data[offset : offset + length])
+                if self.behaviour != "cut":
+                    payload[length // 2] ^= 0xFF
+                frame = wire.encode(wire.Chunk(file_id, index, memoryview(payload), payload))
+                if self.behaviour == "cut":
+                    return frame[: len(frame) // 2], True
+                return frame, False
+        raise AssertionError(event)
+
+    def register(self, tracker_port: int, name: str | None = None) -> None:
+        """Announce the file to the tracker (under `name` when the manifest's own is refused)."""
+        entry = messages.FileEntry(
+            file_id=self.file_id, name=name or self.manifest.name, size=self.manifest.size,
+            chunk_size=self.manifest.chunk_size,
+        )
+        reply = tracker_request(("127.0.0.1", tracker_port), messages.Register(port=self.port, files=[entry]))
+        assert reply.type == "ack", reply
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

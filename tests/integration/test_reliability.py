@@ -1,0 +1,228 @@
+"""Faults and bad input on real processes: every guarantee of the reliability issue, tested."""
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+from p2p_leecher.output import verified_chunks
+from p2p_shared.hashing import hash_chunks
+from p2p_shared.manifest import Manifest
+from tools.localswarm import LocalSwarm, free_port, random_file, sha256_file
+
+from .conftest import chunks_served, wait_until
+from .hostile import HostilePeer
+
+CHUNK = 512 * 1024
+
+
+def events_named(service, name):
+    return [e for e in service.events() if e.get("event") == name]
+
+
+def test_seeder_closing_mid_chunk_the_chunk_is_fetched_elsewhere_at_once(tmp_path):
+    data = random_file(tmp_path / "seed" / "cut.bin", 8 << 20)
+    cutter = HostilePeer(data, CHUNK, "cut")
+    try:
+        with LocalSwarm(tmp_path, heartbeat=10) as swarm:
+            swarm.start_tracker()
+            for _ in range(2):
+                swarm.add_seeder([data])
+            cutter.register(swarm.tracker_port)
+            started = time.monotonic()
+            leecher = swarm.leecher("cut.bin", tmp_path / "out", "--min-seeders", "3", "--chunk-timeout", "30")
+            assert leecher.wait(60) == 0, leecher.output
+            elapsed = time.monotonic() - started
+    finally:
+        cutter.close()
+    assert sha256_file(tmp_path / "out" / "cut.bin") == sha256_file(data)
+    if cutter.requests:  # the leecher picked it: it failed at once, not after the 30 s chunk timeout
+        failed = events_named(leecher, "seeder failed")
+        assert [e["peer"] for e in failed] == [f"127.0.0.1:{cutter.port}"]
+        assert "closed" in failed[0]["reason"] or "lost" in failed[0]["reason"]
+        assert elapsed < 15
+
+
+def test_slow_seeder_does_not_hold_the_download_back(tmp_path):
+    data = random_file(tmp_path / "seed" / "slow.bin", 8 << 20)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        slow = swarm.add_seeder([data], "--max-upload-rate", "40000")  # a chunk takes 12 s here
+        for _ in range(2):
+            swarm.add_seeder([data])
+        started = time.monotonic()
+        leecher = swarm.leecher("slow.bin", tmp_path / "out", "--min-seeders", "3")
+        assert leecher.wait(60) == 0, leecher.output
+        elapsed = time.monotonic() - started
+    assert sha256_file(tmp_path / "out" / "slow.bin") == sha256_file(data)
+    # The slow seeder's chunks were requested again from fast ones (endgame): no 12 s wait.
+    assert elapsed < 6, elapsed
+    assert slow.proc.returncode is not None
+
+
+def test_manifest_that_does_not_hash_to_the_file_id_is_refused(tmp_path):
+    data = random_file(tmp_path / "seed" / "m.bin", 1 << 20)
+    liar = HostilePeer(data, CHUNK, "bad-manifest")
+    try:
+        with LocalSwarm(tmp_path, heartbeat=10) as swarm:
+            swarm.start_tracker()
+            liar.register(swarm.tracker_port)
+            alone = swarm.leecher(liar.file_id, tmp_path / "out", "--wait", "1")
+            assert alone.wait(60) == 1
+            assert "no seeder sent a valid manifest" in alone.output and "Traceback" not in alone.output
+            assert [e["peer"] for e in events_named(alone, "manifest refused")] == [f"127.0.0.1:{liar.port}"]
+            swarm.add_seeder([data])
+            both = swarm.leecher(liar.file_id, tmp_path / "out", "--min-seeders", "2")
+            assert both.wait(60) == 0, both.output
+    finally:
+        liar.close()
+    assert sha256_file(tmp_path / "out" / "m.bin") == sha256_file(data)
+
+
+def raw_manifest(name: bytes, size: int, chunk_size: int, digests: int) -> bytes:
+    return b"P2PM" + struct.pack("!BQIH", 1, size, chunk_size, len(name)) + name + bytes(32 * digests)
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        raw_manifest(b"../../evil.bin", 1, 4, 1),
+        raw_manifest(b"/tmp/evil.bin", 1, 4, 1),
+        raw_manifest(b"evil.bin", 10, 0, 0),  # chunk size 0
+        raw_manifest(b"evil.bin", 2**63 + 1, 4, 0),  # absurd size
+        raw_manifest(b"evil.bin", 10, 4, 7),  # digests do not match the chunk count
+    ],
+    ids=["dotdot", "absolute", "chunk-0", "huge", "count"],
+)
+def test_absurd_or_hostile_manifests_are_refused_and_nothing_is_written(tmp_path, manifest):
+    data = random_file(tmp_path / "seed" / "evil.bin", 1000)
+    evil = HostilePeer(data, CHUNK, manifest)
+    out = tmp_path / "deep" / "out"
+    try:
+        with LocalSwarm(tmp_path, heartbeat=10) as swarm:
+            swarm.start_tracker()
+            evil.register(swarm.tracker_port, name="evil.bin")
+            leecher = swarm.leecher(evil.file_id, out, "--wait", "1")
+            assert leecher.wait(60) == 1
+    finally:
+        evil.close()
+    assert "no seeder sent a valid manifest" in leecher.output and "Traceback" not in leecher.output
+    assert not out.exists() or list(out.iterdir()) == []
+    assert [p for p in tmp_path.rglob("*evil*") if p.parent.name != "seed"] == []
+    assert not os.path.exists("/tmp/evil.bin")
+
+
+def test_killed_leecher_resumes_fetching_only_missing_and_damaged_chunks(tmp_path):
+    data = random_file(tmp_path / "seed" / "resume.bin", 24 << 20)
+    manifest = Manifest("resume.bin", data.stat().st_size, CHUNK, hash_chunks(data, data.stat().st_size, CHUNK))
+    out = tmp_path / "out"
+    part = out / "resume.bin.part"
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        ports = [free_port() for _ in range(3)]
+        for port in ports:
+            swarm.add_seeder([data], "--max-upload-rate", "3000000", "--metrics-port", str(port))
+        first = swarm.leecher("resume.bin", out, "--min-seeders", "3")
+        wait_until(lambda: sum(chunks_served(p) for p in ports) >= 16)
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        kept = verified_chunks(part, manifest)
+        assert 8 <= len(kept) < manifest.num_chunks
+        damaged = min(kept)
+        with open(part, "r+b") as f:  # damage a verified chunk while the leecher is stopped
+            f.seek(manifest.chunk_span(damaged)[0] + 100)
+            f.write(b"\0\1\2\3")
+        second = swarm.leecher("resume.bin", out, "--min-seeders", "3")
+        assert second.wait(120) == 0, second.output
+    assert sha256_file(out / "resume.bin") == sha256_file(data)
+    missing = set(range(manifest.num_chunks)) - (kept - {damaged})
+    [summary] = events_named(second, "summary")
+    assert summary["fetched_bytes"] == sum(manifest.chunk_span(i)[1] for i in missing)
+    assert events_named(second, "resuming")[0]["verified_chunks"] == len(kept) - 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_gives_a_clear_error_and_nothing_at_the_final_path(tmp_path):
+    data = random_file(tmp_path / "seed" / "big.bin", 16 << 20)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        with LocalSwarm(tmp_path) as swarm:
+            swarm.start_tracker()
+            swarm.add_seeder([data])
+            leecher = swarm.leecher("big.bin", small)
+            assert leecher.wait(60) == 1
+        assert "No space left on device" in leecher.output and "Traceback" not in leecher.output
+        assert not (small / "big.bin").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_seeder_stops_serving_a_file_changed_after_hashing(tmp_path):
+    data = random_file(tmp_path / "seed" / "changing.bin", 4 << 20)
+    copy = tmp_path / "other" / "changing.bin"
+    copy.parent.mkdir()
+    copy.write_bytes(data.read_bytes())
+    with LocalSwarm(tmp_path, heartbeat=10) as swarm:
+        swarm.start_tracker()
+        changed = swarm.add_seeder([copy])
+        with open(copy, "r+b") as f:  # the file is edited in place after the seeder hashed it
+            f.seek(100)
+            f.write(b"edited")
+        alone = swarm.leecher("changing.bin", tmp_path / "out1", "--wait", "2")
+        assert alone.wait(60) == 1
+        assert not (tmp_path / "out1" / "changing.bin").exists()
+        changed.wait_for("file changed on disk since it was hashed; not serving it")
+        swarm.add_seeder([data])
+        both = swarm.leecher("changing.bin", tmp_path / "out2", "--min-seeders", "2")
+        assert both.wait(60) == 0, both.output
+    assert sha256_file(tmp_path / "out2" / "changing.bin") == sha256_file(data)
+
+
+def transfer_seconds(leecher) -> float:
+    """From the first chunk request to the last verified byte, by the leecher's own log."""
+    from datetime import datetime
+
+    stamp = {e["event"]: datetime.fromisoformat(e["timestamp"]) for e in leecher.events()}
+    return (stamp[f"Download complete. File size: {10_000_000} bytes"] - stamp["downloading"]).total_seconds()
+
+
+@pytest.mark.parametrize("side", ["upload", "download"])
+def test_bandwidth_limits_hold_within_ten_percent(tmp_path, side):
+    rate = 1_000_000
+    data = random_file(tmp_path / "seed" / "paced.bin", 10_000_000)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        seeder_args = ["--max-upload-rate", str(rate)] if side == "upload" else []
+        leecher_args = ["--max-download-rate", str(rate)] if side == "download" else []
+        for _ in range(2):
+            swarm.add_seeder([data], *seeder_args)
+        leecher = swarm.leecher("paced.bin", tmp_path / "out", "--min-seeders", "2", *leecher_args)
+        assert leecher.wait(60) == 0, leecher.output
+    # Two seeders each limited to `rate` upload together at 2x; the leecher's limit is global.
+    expected = data.stat().st_size / (2 * rate if side == "upload" else rate)
+    assert abs(transfer_seconds(leecher) - expected) <= 0.1 * expected
+
+
+def test_seeder_drops_silent_connections_and_caps_them_per_address(tmp_path):
+    data = random_file(tmp_path / "seed" / "fd.bin", 1000)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        seeder = swarm.add_seeder([data], "--handshake-timeout", "1", "--max-connections-per-address", "8")
+        fds = lambda: len(os.listdir(f"/proc/{seeder.proc.pid}/fd"))  # noqa: E731
+        baseline = fds()
+        silent = [socket.create_connection(("127.0.0.1", seeder.port), timeout=10) for _ in range(8)]
+        extra = socket.create_connection(("127.0.0.1", seeder.port), timeout=10)
+        assert extra.recv(1) == b""  # over the per-address cap: closed at once
+        extra.close()
+        for sock in silent:  # never said HELLO: each is closed after the handshake timeout
+            assert sock.recv(1) == b""
+            sock.close()
+        wait_until(lambda: fds() == baseline, timeout=10)
+        leecher = swarm.leecher("fd.bin", tmp_path / "out")
+        assert leecher.wait(60) == 0, leecher.output
