@@ -68,6 +68,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM: since exec, unlike getrusage's figure)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 async def push_metrics(gateway: str | None, registry: CollectorRegistry) -> None:
     """A leecher is a batch job: its final metrics go to a Pushgateway, as Prometheus advises."""
     if not gateway:
@@ -129,7 +141,14 @@ async def fetch(settings: LeecherSettings) -> int:
     log.info(f"Download complete. File size: {result.size} bytes")
     log.info(f"Successfully downloaded {result.path.name}")
     rate = result.fetched_bytes / max(result.seconds, 1e-9) / 1e6
-    log.info("summary", path=str(result.path), seconds=round(result.seconds, 3), fetched_bytes=result.fetched_bytes, mb_per_s=round(rate, 1))
+    log.info(
+        "summary",
+        path=str(result.path),
+        seconds=round(result.seconds, 3),
+        fetched_bytes=result.fetched_bytes,
+        mb_per_s=round(rate, 1),
+        peak_rss_mb=peak_rss_mb(),
+    )
     return 0
 
 
