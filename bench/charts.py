@@ -48,7 +48,15 @@ def draw(results: dict, folder: Path) -> None:
     right.set_xlabel("seeders used")
     right.set_ylabel(f"seconds for {gib:g} GiB")
     right.set_ylim(bottom=0)
-    right.set_title("more seeders, never slower")
+    right.set_title("by seeders used (median of rounds)")
     fig.tight_layout()
     fig.savefig(folder / "scaling.png", dpi=110)
     plt.close(fig)
+
+
+if __name__ == "__main__":  # redraw from a results file: python -m bench.charts [latest.json]
+    import json
+    import sys
+
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest.json")
+    draw(json.loads(source.read_text()), source.parent)
