@@ -20,15 +20,22 @@ def seeder_host(i: int) -> str:
     return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
-def _templates(seeders: int) -> list[bytes]:
+def connection_id(address: tuple[str, int]) -> int:
+    """One id serves every socket of this host: the tracker binds ids to the source address."""
+    from tools.localswarm import tracker_request
+
+    return tracker_request(address, messages.Connect()).conn
+
+
+def _templates(seeders: int, conn: int) -> list[bytes]:
     """70% heartbeats from registered seeders, 30% lookups, like a swarm at rest. Encoded once
     by the real encoder with a txn placeholder, so the generator spends its time sending."""
     out = []
     for i in range(max(10, min(seeders, 1000))):
         if i % 10 < 7:
-            message: messages.Request = messages.Heartbeat(txn=999_999_999, port=7000, host=seeder_host(i % seeders))
+            message: messages.Request = messages.Heartbeat(txn=999_999_999, conn=conn, port=7000, host=seeder_host(i % seeders))
         else:
-            message = messages.Lookup(txn=999_999_999, name=FILE.name)
+            message = messages.Lookup(txn=999_999_999, conn=conn, name=FILE.name)
         out.append(messages.encode(message).replace(b"999999999", b"%d"))
     return out
 
@@ -53,20 +60,21 @@ def _sockets(count: int) -> list[socket.socket]:
 
 def register(address: tuple[str, int], count: int, window: int = 64) -> int:
     """Register `count` seeders (distinct advertised hosts), `window` at a time; returns acks."""
+    conn = connection_id(address)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(2.0)
     acked, sent = 0, 0
     pending: set[int] = set()
     while acked < count:
         while sent < count and len(pending) < window:
-            sock.sendto(messages.encode(messages.Register(txn=sent + 1, port=7000, host=seeder_host(sent), files=[FILE])), address)
+            sock.sendto(messages.encode(messages.Register(txn=sent + 1, conn=conn, port=7000, host=seeder_host(sent), files=[FILE])), address)
             pending.add(sent + 1)
             sent += 1
         try:
             reply = messages.decode(sock.recv(65536))
         except TimeoutError:  # lost datagrams: send those again
             for txn in sorted(pending):
-                sock.sendto(messages.encode(messages.Register(txn=txn, port=7000, host=seeder_host(txn - 1), files=[FILE])), address)
+                sock.sendto(messages.encode(messages.Register(txn=txn, conn=conn, port=7000, host=seeder_host(txn - 1), files=[FILE])), address)
             continue
         if reply.txn in pending:
             pending.discard(reply.txn)
@@ -75,8 +83,8 @@ def register(address: tuple[str, int], count: int, window: int = 64) -> int:
     return acked
 
 
-def _closed_loop(address, seeders: int, seconds: float, sockets: int, window: int, results) -> None:
-    templates = _templates(seeders)
+def _closed_loop(address, seeders: int, conn: int, seconds: float, sockets: int, window: int, results) -> None:
+    templates = _templates(seeders, conn)
     socks = _sockets(sockets)
     selector = selectors.DefaultSelector()
     for s in socks:
@@ -107,7 +115,7 @@ def _closed_loop(address, seeders: int, seconds: float, sockets: int, window: in
 def capacity(address: tuple[str, int], seeders: int, seconds: float = 5.0, cpu: int | None = None) -> float:
     """Sustained answers per second, from one load process (pinned to `cpu` if given)."""
     results: multiprocessing.Queue = multiprocessing.Queue()
-    worker = multiprocessing.Process(target=_closed_loop, args=(address, seeders, seconds, 64, 2, results))
+    worker = multiprocessing.Process(target=_closed_loop, args=(address, seeders, connection_id(address), seconds, 64, 2, results))
     worker.start()
     if cpu is not None:
         set_affinity(worker.pid, cpu)
@@ -123,8 +131,8 @@ def set_affinity(pid: int, cpu: int) -> None:
         pass
 
 
-def _open_loop(address, seeders: int, rate: float, seconds: float, results) -> None:
-    templates = _templates(seeders)
+def _open_loop(address, seeders: int, conn: int, rate: float, seconds: float, results) -> None:
+    templates = _templates(seeders, conn)
     socks = _sockets(64)
     selector = selectors.DefaultSelector()
     for s in socks:
@@ -167,7 +175,7 @@ def latency(address: tuple[str, int], seeders: int, rate: float, seconds: float 
     """Round-trip times at a fixed request rate (open loop), p50 and p99 in milliseconds, from
     one load process (pinned to `cpu` if given)."""
     results: multiprocessing.Queue = multiprocessing.Queue()
-    worker = multiprocessing.Process(target=_open_loop, args=(address, seeders, rate, seconds, results))
+    worker = multiprocessing.Process(target=_open_loop, args=(address, seeders, connection_id(address), rate, seconds, results))
     worker.start()
     if cpu is not None:
         set_affinity(worker.pid, cpu)

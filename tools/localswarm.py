@@ -148,7 +148,10 @@ def service_argv(role: str, *args: str) -> list[str]:
 
 
 def tracker_request(address: tuple[str, int], message: messages.Request, timeout: float = 1.0, attempts: int = 5):
-    """A blocking request to the tracker over real UDP, for tests and tools."""
+    """A blocking request to the tracker over real UDP, for tests and tools (connects first)."""
+    if isinstance(message, messages.ProvenRequest) and message.conn is None:
+        connected = tracker_request(address, messages.Connect(), timeout, attempts)
+        message = message.model_copy(update={"conn": connected.conn})
     data = messages.encode(message)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)

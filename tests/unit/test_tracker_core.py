@@ -25,6 +25,10 @@ def tracker():
 
 
 def ask(core, message, source=("10.0.0.1", 5555), now=0.0):
+    """One request as a well-behaved client sends it: with a connection id for its address."""
+    if isinstance(message, m.ProvenRequest) and message.conn is None:
+        connected = m.decode(core.handle(m.encode(m.Connect()), source, now))
+        message = message.model_copy(update={"conn": connected.conn})
     answer = core.handle(m.encode(message), source, now)
     return None if answer is None else m.decode(answer)
 
@@ -61,7 +65,8 @@ def test_peer_list_is_trimmed_to_fit_a_datagram():
     core = TrackerCore(seeders, TrackerMetrics(registry, seeders), interval=1.0, max_peers=50)
     for i in range(50):
         ask(core, m.Register(port=7000 + i, host="h" * 250 + f"{i:03}", files=[ENTRY]))
-    answer = core.handle(m.encode(m.Lookup(file_id=FID)), ("10.0.0.1", 1), 0.0)
+    conn = core.ids.issue("10.0.0.1", 0.0)
+    answer = core.handle(m.encode(m.Lookup(conn=conn, file_id=FID)), ("10.0.0.1", 1), 0.0)
     assert len(answer) <= MAX_DATAGRAM
     assert 10 <= len(m.decode(answer).peers) < 50
 
@@ -132,7 +137,43 @@ def test_a_flood_from_one_address_is_dropped_and_counted():
     registry = CollectorRegistry()
     seeders = SeederRegistry(ttl=3.0)
     core = TrackerCore(seeders, TrackerMetrics(registry, seeders), 1.0, 50, limiter=AddressLimiter(100, 10))
-    flood = [core.handle(m.encode(m.Register(port=7000 + i)), ("10.6.6.6", 1), 0.0) for i in range(50)]
+    conn = core.ids.issue("10.6.6.6", 0.0)
+    flood = [core.handle(m.encode(m.Register(conn=conn, port=7000 + i)), ("10.6.6.6", 1), 0.0) for i in range(50)]
     assert sum(a is not None for a in flood) == 10 and len(seeders) == 10
-    assert registry.get_sample_value("p2p_tracker_rate_limited_datagrams_total") == 40
-    assert core.handle(m.encode(m.ListFiles()), ("10.0.0.2", 1), 0.0) is not None  # others still served
+    assert registry.get_sample_value("p2p_tracker_refused_datagrams_total", {"reason": "rate_limited"}) == 40
+    assert core.handle(m.encode(m.Connect()), ("10.0.0.2", 1), 0.0) is not None  # others still served
+
+
+def test_requests_without_a_connection_id_get_only_a_short_error(tracker):
+    ask(tracker, m.Register(port=7000, files=[ENTRY]))
+    request = m.encode(m.Lookup(txn=5, file_id=FID))
+    answer = tracker.handle(request, ("10.9.9.9", 1), 0.0)
+    assert m.decode(answer) == m.ErrorReply(txn=5, code="connect_first")
+    assert len(answer) <= len(request)  # no amplification towards an address that did not ask
+    assert metric(tracker, "p2p_tracker_refused_datagrams_total", reason="unconnected") == 1
+    # A spoofed registration (an id issued to another address) records nothing.
+    stolen = m.decode(tracker.handle(m.encode(m.Connect()), ("10.0.0.1", 1), 0.0)).conn
+    spoofed = tracker.handle(m.encode(m.Register(conn=stolen, port=9999)), ("10.7.7.7", 1), 0.0)
+    assert m.decode(spoofed).code == "connect_first" and ("10.7.7.7", 9999) not in tracker.registry
+
+
+def test_connection_ids_expire(tracker):
+    conn = m.decode(tracker.handle(m.encode(m.Connect()), ("10.0.0.1", 1), 0.0)).conn
+    assert ask(tracker, m.ListFiles(conn=conn), now=100.0).type == "files"
+    assert ask(tracker, m.ListFiles(conn=conn), now=130.0).code == "connect_first"
+
+
+def test_with_a_swarm_secret_only_sealed_datagrams_count():
+    from p2p_shared.auth import Sealer
+
+    registry = CollectorRegistry()
+    seeders = SeederRegistry(ttl=3.0)
+    core = TrackerCore(seeders, TrackerMetrics(registry, seeders), 1.0, 50, sealer=Sealer(b"s" * 16))
+    member = Sealer(b"s" * 16)
+    assert core.handle(m.encode(m.Connect()), ("10.0.0.1", 1), 1000.0) is None  # unsigned: dropped
+    assert core.handle(Sealer(b"x" * 16).seal(m.encode(m.Connect()), 1000.0), ("10.0.0.1", 1), 1000.0) is None
+    sealed = member.seal(m.encode(m.Connect(txn=3)), 1000.0)
+    answer = core.handle(sealed, ("10.0.0.1", 1), 1000.0)
+    assert m.decode(member.open(answer, 1000.0)).type == "connected"
+    assert core.handle(sealed, ("10.0.0.1", 1), 1001.0) is None  # replayed
+    assert registry.get_sample_value("p2p_tracker_refused_datagrams_total", {"reason": "unauthenticated"}) == 3

@@ -38,7 +38,7 @@ def _check_host(host: str) -> str:
 
 
 Host = Annotated[str, Field(min_length=1, max_length=MAX_HOST_CHARS), AfterValidator(_check_host)]
-ErrorCode = Literal["malformed", "unsupported_version", "unknown_seeder", "not_found", "full"]
+ErrorCode = Literal["malformed", "unsupported_version", "unknown_seeder", "not_found", "full", "connect_first"]
 
 
 class _Message(BaseModel):
@@ -59,7 +59,25 @@ class FileSummary(FileEntry):
     seeders: int = Field(ge=0)
 
 
-class Register(_Message):
+class ProvenRequest(_Message):
+    """A request that must carry a valid connection id (see p2p_shared.auth)."""
+
+
+    conn: int | None = Field(None, ge=0, le=2**64 - 1)  # connection id from `connected`
+
+
+class Connect(_Message):
+    """Ask for a connection id: proof that the sender receives at its address."""
+
+    type: Literal["connect"] = "connect"
+
+
+class Connected(_Message):
+    type: Literal["connected"] = "connected"
+    conn: int = Field(ge=0, le=2**64 - 1)
+
+
+class Register(ProvenRequest):
     """A seeder announces the files it holds. Repeated registrations add files."""
 
     type: Literal["register"] = "register"
@@ -68,19 +86,19 @@ class Register(_Message):
     files: list[FileEntry] = Field(default_factory=list, max_length=MAX_FILES_PER_REGISTER)
 
 
-class Heartbeat(_Message):
+class Heartbeat(ProvenRequest):
     type: Literal["heartbeat"] = "heartbeat"
     port: Port
     host: Host | None = None
 
 
-class Unregister(_Message):
+class Unregister(ProvenRequest):
     type: Literal["unregister"] = "unregister"
     port: Port
     host: Host | None = None
 
 
-class Lookup(_Message):
+class Lookup(ProvenRequest):
     """Which live seeders hold this file? Exactly one of `name` and `file_id`."""
 
     type: Literal["lookup"] = "lookup"
@@ -94,7 +112,7 @@ class Lookup(_Message):
         return self
 
 
-class ListFiles(_Message):
+class ListFiles(ProvenRequest):
     type: Literal["list_files"] = "list_files"
 
 
@@ -123,8 +141,8 @@ class ErrorReply(_Message):
     message: str = Field("", max_length=512)
 
 
-Request = Register | Heartbeat | Unregister | Lookup | ListFiles
-Reply = Ack | Peers | Files | ErrorReply
+Request = Connect | Register | Heartbeat | Unregister | Lookup | ListFiles
+Reply = Connected | Ack | Peers | Files | ErrorReply
 Message = Request | Reply
 
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Annotated[Message, Field(discriminator="type")])

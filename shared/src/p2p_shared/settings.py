@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogFormat = Literal["auto", "console", "json"]
@@ -24,6 +24,14 @@ class CommonSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(0, ge=0, le=65535)
+    swarm_secret: SecretStr | None = Field(None, min_length=16)  # from P2P_SWARM_SECRET only
+
+    def secret_bytes(self) -> bytes | None:
+        return self.swarm_secret.get_secret_value().encode() if self.swarm_secret else None
+
+    def warn_if_open(self, log, role: str) -> None:
+        if self.swarm_secret is None:
+            log.warning(f"no swarm secret (P2P_SWARM_SECRET): any host that reaches this {role} is trusted")
 
 
 def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:

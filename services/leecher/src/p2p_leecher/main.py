@@ -91,7 +91,7 @@ async def push_metrics(gateway: str | None, registry: CollectorRegistry) -> None
 
 
 async def list_files(settings: LeecherSettings) -> int:
-    tracker = TrackerClient(*parse_host_port(settings.tracker))
+    tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
     try:
         reply = await tracker.request(messages.ListFiles())
     finally:
@@ -123,7 +123,8 @@ async def fetch(settings: LeecherSettings) -> int:
         progress_bar=bar,
         max_download_rate=settings.max_download_rate,
     )
-    tracker = TrackerClient(*parse_host_port(settings.tracker))
+    settings.warn_if_open(log, "leecher")
+    tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
     try:
         assert settings.target is not None
         result = await Download(tracker, options, metrics).run(settings.target)

@@ -158,6 +158,7 @@ class TrackerLink:
 
 async def serve(settings: SeederSettings) -> int:
     stop = stop_event()
+    settings.warn_if_open(log, "seeder")
     registry = CollectorRegistry()
     metrics = SeederMetrics(registry)
     cache = ManifestCache(None if settings.no_cache else settings.cache_dir)
@@ -196,7 +197,7 @@ async def serve(settings: SeederSettings) -> int:
     except OSError as exc:
         raise P2PError(f"cannot listen on tcp {settings.host}:{settings.port}: {exc.strerror}") from None
     log.info("seeder listening", host=settings.host, port=settings.port, files=len(files))
-    client = TrackerClient(*parse_host_port(settings.tracker))
+    client = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
     link = TrackerLink(client, settings, files, metrics)
     try:
         await link.run(stop)

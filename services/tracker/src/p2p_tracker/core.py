@@ -7,6 +7,7 @@ import random
 import structlog
 
 from p2p_shared import PROTOCOL_VERSION, messages
+from p2p_shared.auth import AuthError, ConnectionIds, Sealer
 from p2p_shared.errors import LocalProtocolError, RemoteProtocolError
 from p2p_shared.limits import MAX_FILES_PER_ANSWER
 from p2p_shared.ratelimit import AddressLimiter
@@ -26,6 +27,8 @@ class TrackerCore:
         max_peers: int,
         rng: random.Random | None = None,
         limiter: AddressLimiter | None = None,
+        ids: ConnectionIds | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
@@ -33,12 +36,21 @@ class TrackerCore:
         self.max_peers = max_peers
         self.rng = rng or random.Random()
         self.limiter = limiter
+        self.ids = ids or ConnectionIds()
+        self.sealer = sealer  # the swarm secret, when one is set
 
     def handle(self, data: bytes, source: tuple[str, int], now: float) -> bytes | None:
         """Answer one datagram, or None to drop it. Never raises for bad input."""
         if self.limiter is not None and not self.limiter.allow(source[0], now):
-            self.metrics.rate_limited.inc()
+            self.metrics.refused.labels("rate_limited").inc()
             return None
+        if self.sealer is not None:
+            try:
+                data = self.sealer.open(data, now)
+            except AuthError as exc:
+                self.metrics.refused.labels("unauthenticated").inc()
+                log.debug("datagram refused", source=source[0], reason=exc.reason)
+                return None
         try:
             message = messages.decode(data)
         except RemoteProtocolError as exc:
@@ -52,6 +64,12 @@ class TrackerCore:
             reply: messages.Reply = messages.ErrorReply(
                 code="unsupported_version", message=f"this tracker speaks version {PROTOCOL_VERSION}"
             )
+        elif isinstance(message, messages.Connect):
+            reply = messages.Connected(conn=self.ids.issue(source[0], now))
+        elif isinstance(message, messages.ProvenRequest) and not self.ids.valid(message.conn, source[0], now):
+            # Unproven sender: a short answer only, so a spoofed source gets nothing bigger than it sent.
+            self.metrics.refused.labels("unconnected").inc()
+            reply = messages.ErrorReply(code="connect_first")
         else:
             answer = self._dispatch(message, source, now)
             if answer is None:
@@ -60,7 +78,8 @@ class TrackerCore:
         reply = reply.model_copy(update={"txn": message.txn})
         while True:
             try:
-                return messages.encode(reply)
+                data = messages.encode(reply)
+                return data if self.sealer is None else self.sealer.seal(data, now)
             except LocalProtocolError:
                 # Only long advertised host names make a peer list this large: send fewer peers.
                 if not isinstance(reply, messages.Peers) or not reply.peers:

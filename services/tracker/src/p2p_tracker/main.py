@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 
 import structlog
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
+from p2p_shared.auth import Sealer
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import run, serve_metrics, stop_event
 from p2p_shared.ratelimit import AddressLimiter
@@ -54,7 +56,7 @@ class _TrackerProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        answer = self.core.handle(data, addr, asyncio.get_running_loop().time())
+        answer = self.core.handle(data, addr, time.time())
         if answer is not None and self.transport is not None:
             self.transport.sendto(answer, addr)
 
@@ -70,8 +72,15 @@ async def serve(settings: TrackerSettings) -> int:
     )
     rate = settings.max_requests_per_address
     limiter = AddressLimiter(rate, 2 * rate) if rate else None
+    secret = settings.secret_bytes()
+    settings.warn_if_open(log, "tracker")
     core = TrackerCore(
-        seeders, TrackerMetrics(registry, seeders), settings.heartbeat_interval, settings.max_peers, limiter=limiter
+        seeders,
+        TrackerMetrics(registry, seeders),
+        settings.heartbeat_interval,
+        settings.max_peers,
+        limiter=limiter,
+        sealer=Sealer(secret) if secret else None,
     )
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
     loop = asyncio.get_running_loop()
@@ -90,7 +99,7 @@ async def serve(settings: TrackerSettings) -> int:
                 await asyncio.wait_for(stop.wait(), sweep)
             except TimeoutError:
                 pass
-            core.expire(loop.time())
+            core.expire(time.time())
     finally:
         transport.close()
     log.info("tracker stopped")

@@ -26,14 +26,18 @@ class TrackerMetrics:
         self.expirations = Counter(
             "p2p_tracker_expirations_total", "Seeders forgotten after missed heartbeats", registry=registry
         )
-        self.rate_limited = Counter(
-            "p2p_tracker_rate_limited_datagrams_total",
-            "Datagrams dropped because their source address sent too many",
+        self.refused = Counter(
+            "p2p_tracker_refused_datagrams_total",
+            "Well-formed datagrams refused: rate_limited, unconnected (no valid connection id), "
+            "unauthenticated (swarm secret)",
+            ["reason"],
             registry=registry,
         )
         self.lookups = Counter("p2p_tracker_lookups_total", "File lookups, by result", ["result"], registry=registry)
         for reason in ("invalid", "too_large", "unexpected", "unsupported_version"):
             self.malformed.labels(reason)
+        for reason in ("rate_limited", "unconnected", "unauthenticated"):
+            self.refused.labels(reason)
         for result in ("new", "refreshed", "rejected"):
             self.registrations.labels(result)
         for result in ("ok", "unknown"):

@@ -1,8 +1,8 @@
 """`p2p-health tracker|seeder`: the container healthcheck. Exit 0 when the service answers.
 
-The tracker is healthy when it answers a file list over UDP; a seeder when it completes the
-peer HELLO over TCP (it listens only once its files are hashed). Ports come from the same
-P2P_PORT variable the service reads.
+The tracker is healthy when it answers `connect` over UDP; a seeder when it answers the peer
+HELLO over TCP (it listens only once its files are hashed). Ports and the swarm secret come
+from the same P2P_PORT and P2P_SWARM_SECRET variables the service reads.
 """
 
 from __future__ import annotations
@@ -10,15 +10,21 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 from .. import PROTOCOL_VERSION, messages, wire
+from ..auth import Sealer
 
 
 def tracker_ok(port: int, timeout: float) -> bool:
+    secret = os.environ.get("P2P_SWARM_SECRET")
+    sealer = Sealer(secret.encode()) if secret else None
+    data = messages.encode(messages.Connect(txn=1))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.sendto(messages.encode(messages.ListFiles(txn=1)), ("127.0.0.1", port))
-        return messages.decode(sock.recv(65536)).type == "files"
+        sock.sendto(data if sealer is None else sealer.seal(data, time.time()), ("127.0.0.1", port))
+        answer = sock.recv(65536)
+        return messages.decode(answer if sealer is None else sealer.open(answer, time.time())).type == "connected"
 
 
 def seeder_ok(port: int, timeout: float) -> bool:
@@ -30,7 +36,8 @@ def seeder_ok(port: int, timeout: float) -> bool:
             if not data:
                 return False
             reader.receive_data(data)
-        return isinstance(event, wire.Hello)
+        # A seeder with a swarm secret refuses our unauthenticated HELLO: it still answered.
+        return isinstance(event, wire.Hello) or (isinstance(event, wire.Error) and event.code == wire.ErrorCode.UNAUTHORIZED)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 
 from .. import messages
-from ..errors import RemoteProtocolError, TrackerUnavailable
+from ..auth import Sealer
+from ..errors import RemoteProtocolError, TrackerRejected, TrackerUnavailable
 from ..retry import backoff_delays, fit_budget
 
 
@@ -20,8 +22,12 @@ class _ClientProtocol(asyncio.DatagramProtocol):
 
 
 class TrackerClient:
-    def __init__(self, host: str, port: int, *, first_timeout: float = 0.5, attempts: int = 5) -> None:
+    def __init__(
+        self, host: str, port: int, *, first_timeout: float = 0.5, attempts: int = 5, secret: bytes | None = None
+    ) -> None:
         self.host, self.port = host, port
+        self._sealer = Sealer(secret) if secret else None
+        self._connection: tuple[int, float] | None = None  # (id, valid until loop time)
         self._delays = backoff_delays(first_timeout, attempts)
         self._transport: asyncio.DatagramTransport | None = None
         self._family: int | None = None
@@ -51,8 +57,10 @@ class TrackerClient:
         if self._address is None or tuple(addr[:2]) != tuple(self._address[:2]):
             return  # not from the tracker we asked
         try:
+            if self._sealer is not None:
+                data = self._sealer.open(data, time.time())
             reply = messages.decode(data)
-        except RemoteProtocolError:
+        except RemoteProtocolError:  # AuthError included: not from our tracker
             return
         waiter = self._waiting.get(reply.txn)
         if waiter is not None and not waiter.done():
@@ -61,11 +69,32 @@ class TrackerClient:
     async def request(self, message: messages.Request, budget: float | None = None) -> messages.Reply:
         """Send until answered; TrackerUnavailable after the last attempt times out.
 
-        `budget` caps the total time spent, for periodic messages whose next round is a retry
-        of its own (heartbeats, peer-list refreshes)."""
+        Requests other than `connect` carry a connection id, fetched (and renewed when the
+        tracker asks) here. `budget` caps the time of each exchange, for periodic messages whose
+        next round is a retry of its own (heartbeats, peer-list refreshes)."""
+        if isinstance(message, messages.Connect):
+            return await self._exchange(message, budget)
+        for _ in range(2):
+            proven = message.model_copy(update={"conn": await self._connection_id(budget)})
+            reply = await self._exchange(proven, budget)
+            if not (isinstance(reply, messages.ErrorReply) and reply.code == "connect_first"):
+                break
+            self._connection = None  # expired, or a restarted tracker: connect again
+        return reply
+
+    async def _connection_id(self, budget: float | None) -> int:
+        now = asyncio.get_running_loop().time()
+        if self._connection is None or now >= self._connection[1]:
+            reply = await self._exchange(messages.Connect(), budget)
+            if not isinstance(reply, messages.Connected):
+                raise TrackerRejected(getattr(reply, "code", "malformed"), f"unexpected {reply.type} answer to connect")
+            self._connection = (reply.conn, now + 50.0)  # ids last 60 to 120 s at the tracker
+        return self._connection[0]
+
+    async def _exchange(self, message: messages.Request, budget: float | None) -> messages.Reply:
         delays = self._delays if budget is None else fit_budget(self._delays, budget)
         txn = self._rng.randrange(1, 2**32)
-        data = messages.encode(message.model_copy(update={"txn": txn}))
+        payload = messages.encode(message.model_copy(update={"txn": txn}))
         waiter = asyncio.get_running_loop().create_future()
         self._waiting[txn] = waiter
         try:
@@ -73,6 +102,8 @@ class TrackerClient:
                 try:
                     address = await self._resolve()
                     assert self._transport is not None
+                    # Sealed again on every attempt: the tracker refuses a repeated nonce.
+                    data = payload if self._sealer is None else self._sealer.seal(payload, time.time())
                     self._transport.sendto(data, address)
                 except OSError:
                     await asyncio.sleep(delay)

@@ -1,0 +1,100 @@
+"""Proofs without I/O: connection ids against spoofed UDP sources, and the optional swarm secret.
+
+Connection ids (as in BitTorrent's UDP tracker protocol): the tracker answers `connect` with an
+id derived from its own key, the client's address and the current time bucket. It keeps no
+state, yet a request carrying a valid id proves the sender can receive at its address, so the
+tracker never sends a large answer, or records a seeder, at an address that did not ask.
+
+The swarm secret: with one set, every tracker datagram is `payload | ts | nonce | mac`, the mac
+an HMAC-SHA256 of all before it; receivers refuse wrong macs, stale timestamps and repeated
+nonces. Peer connections prove the secret by a challenge-response in their handshake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections import OrderedDict
+
+from .errors import RemoteProtocolError
+
+
+class ConnectionIds:
+    def __init__(self, key: bytes | None = None, lifetime: float = 60.0) -> None:
+        self.key = key or os.urandom(32)
+        self.lifetime = lifetime
+
+    def _for(self, address: str, bucket: int) -> int:
+        mac = hmac.digest(self.key, f"{address}|{bucket}".encode(), "sha256")
+        return int.from_bytes(mac[:8], "big")
+
+    def issue(self, address: str, now: float) -> int:
+        return self._for(address, int(now // self.lifetime))
+
+    def valid(self, connection_id: int | None, address: str, now: float) -> bool:
+        """Ids stay valid for one to two lifetimes (the current and the previous bucket)."""
+        if connection_id is None:
+            return False
+        bucket = int(now // self.lifetime)
+        return any(hmac.compare_digest(
+            self._for(address, b).to_bytes(8, "big"), connection_id.to_bytes(8, "big"))
+            for b in (bucket, bucket - 1)) if 0 <= connection_id < 2**64 else False
+
+
+class AuthError(RemoteProtocolError):
+    """A message that fails the swarm secret: wrong mac, stale, or replayed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not authenticated: {reason}")
+        self.reason = reason
+
+
+_TRAILER = struct.Struct("!qQ32s")  # timestamp (ms), nonce, mac
+
+
+class Sealer:
+    """Signs and checks datagrams with the swarm secret. `now` is wall-clock seconds."""
+
+    def __init__(self, secret: bytes, window: float = 30.0, max_nonces: int = 1 << 16) -> None:
+        self.secret = secret
+        self.window = window
+        self.max_nonces = max_nonces
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    @property
+    def overhead(self) -> int:
+        return _TRAILER.size
+
+    def seal(self, payload: bytes, now: float, nonce: int | None = None) -> bytes:
+        nonce = int.from_bytes(os.urandom(8), "big") if nonce is None else nonce
+        head = payload + struct.pack("!qQ", int(now * 1000), nonce)
+        return head + hmac.digest(self.secret, head, "sha256")
+
+    def open(self, datagram: bytes, now: float) -> bytes:
+        """The payload of a sealed datagram, or AuthError."""
+        if len(datagram) < _TRAILER.size:
+            raise AuthError("no signature")
+        head, mac = datagram[:-32], datagram[-32:]
+        if not hmac.compare_digest(hmac.digest(self.secret, head, "sha256"), mac):
+            raise AuthError("bad signature")
+        stamp, nonce = struct.unpack_from("!qQ", head, len(head) - 16)
+        if abs(now - stamp / 1000) > self.window:
+            raise AuthError("stale timestamp")
+        key = head[-16:]
+        self._forget(now)
+        if key in self._seen:
+            raise AuthError("replayed")
+        self._seen[key] = now
+        return head[:-16]
+
+    def _forget(self, now: float) -> None:
+        # Nonces older than the window cannot come back (their timestamp would be stale).
+        while self._seen and (len(self._seen) >= self.max_nonces or now - next(iter(self._seen.values())) > 2 * self.window):
+            self._seen.popitem(last=False)
+
+
+def peer_proof(secret: bytes, role: bytes, client_nonce: bytes, server_nonce: bytes) -> bytes:
+    """What each side of a peer connection sends to prove it holds the swarm secret."""
+    return hmac.digest(secret, b"p2p-peer-auth|" + role + b"|" + client_nonce + server_nonce, "sha256")
