@@ -16,6 +16,8 @@ FID_HEX = FID.hex()
 # (event, exact bytes on the wire). Expected bytes are spelled out, not produced by encode().
 TABLE = [
     (wire.Hello(1), b"\x01\x00\x00\x00\x04" + b"\x00\x01\x00\x00"),
+    (wire.Hello(1, wire.FLAG_AUTH, b"N" * 16), b"\x01\x00\x00\x00\x14" + b"\x00\x01\x00\x01" + b"N" * 16),
+    (wire.Auth(b"P" * 32), b"\x09\x00\x00\x00\x20" + b"P" * 32),
     (wire.GetManifest(FID), b"\x02\x00\x00\x00\x20" + FID),
     (wire.ManifestData(FID, b"MANI"), b"\x03\x00\x00\x00\x24" + FID + b"MANI"),
     (wire.GetHave(FID), b"\x04\x00\x00\x00\x20" + FID),
@@ -104,7 +106,9 @@ def test_have_helpers():
 
 BAD = [
     ("unknown type", b"\x63\x00\x00\x00\x00"),
-    ("hello too long", b"\x01\x00\x00\x00\x05" + bytes(5)),
+    ("hello with a short nonce", b"\x01\x00\x00\x00\x05" + bytes(5)),
+    ("hello too long", b"\x01\x00\x00\x00\x15" + bytes(21)),
+    ("auth too short", b"\x09\x00\x00\x00\x1f" + bytes(31)),
     ("request too short", b"\x06\x00\x00\x00\x10" + bytes(16)),
     ("huge length", b"\x03\xff\xff\xff\xff"),
     ("chunk over limit", struct.pack("!BI", 7, 36 + MAX_CHUNK_SIZE + 1)),

@@ -37,6 +37,7 @@ class FrameType(IntEnum):
     REQUEST = 6
     CHUNK = 7
     ERROR = 8
+    AUTH = 9
 
 
 class ErrorCode(IntEnum):
@@ -45,12 +46,25 @@ class ErrorCode(IntEnum):
     BAD_REQUEST = 3
     UNSUPPORTED_VERSION = 4
     UNAVAILABLE = 5  # the seeder cannot read the file right now
+    UNAUTHORIZED = 6  # no proof of the swarm secret
+
+
+FLAG_AUTH = 1  # HELLO flag: the sender holds the swarm secret; its 16-byte nonce follows
+NONCE_BYTES = 16
 
 
 @dataclass(frozen=True, slots=True)
 class Hello:
     version: int
     flags: int = 0
+    nonce: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Proof of the swarm secret: an HMAC over both HELLO nonces (see p2p_shared.auth)."""
+
+    proof: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +133,7 @@ class Error:
     index: int = 0
 
 
-Event = Hello | GetManifest | ManifestData | GetHave | Have | Request | Chunk | Error
+Event = Hello | Auth | GetManifest | ManifestData | GetHave | Have | Request | Chunk | Error
 
 
 def _frame(kind: FrameType, body: bytes) -> bytes:
@@ -135,8 +149,14 @@ def _check_id(file_id: bytes) -> bytes:
 def encode(event: Event) -> bytes:
     """The exact bytes of one frame (for CHUNK, header and payload together)."""
     match event:
-        case Hello(version, flags):
-            return _frame(FrameType.HELLO, _HELLO.pack(version, flags))
+        case Hello(version, flags, nonce):
+            if len(nonce) not in (0, NONCE_BYTES):
+                raise LocalProtocolError("HELLO nonce must be empty or 16 bytes")
+            return _frame(FrameType.HELLO, _HELLO.pack(version, flags) + nonce)
+        case Auth(proof):
+            if len(proof) != 32:
+                raise LocalProtocolError("AUTH proof must be 32 bytes")
+            return _frame(FrameType.AUTH, proof)
         case GetManifest(file_id):
             return _frame(FrameType.GET_MANIFEST, _check_id(file_id))
         case ManifestData(file_id, data):
@@ -166,7 +186,8 @@ def chunk_header(file_id: bytes, index: int, length: int) -> bytes:
 
 # Body length bounds per frame type: (minimum, maximum). Checked before allocating the body.
 _BOUNDS = {
-    FrameType.HELLO: (_HELLO.size, _HELLO.size),
+    FrameType.HELLO: (_HELLO.size, _HELLO.size + NONCE_BYTES),
+    FrameType.AUTH: (32, 32),
     FrameType.GET_MANIFEST: (FILE_ID_BYTES, FILE_ID_BYTES),
     FrameType.MANIFEST: (FILE_ID_BYTES, FILE_ID_BYTES + max_manifest_bytes()),
     FrameType.GET_HAVE: (FILE_ID_BYTES, FILE_ID_BYTES),
@@ -271,7 +292,12 @@ class FrameReader:
 
 def _decode_body(kind: FrameType, body: bytearray) -> Event:
     if kind == FrameType.HELLO:
-        return Hello(*_HELLO.unpack(body))
+        nonce = bytes(body[_HELLO.size :])
+        if len(nonce) not in (0, NONCE_BYTES):
+            raise RemoteProtocolError("HELLO nonce must be empty or 16 bytes")
+        return Hello(*_HELLO.unpack_from(body), nonce)
+    if kind == FrameType.AUTH:
+        return Auth(bytes(body))
     if kind == FrameType.GET_MANIFEST:
         return GetManifest(bytes(body))
     if kind == FrameType.MANIFEST:

@@ -59,6 +59,7 @@ class DownloadOptions:
     refresh_interval: float = 5.0
     progress_bar: bool = False
     max_download_rate: float = 0.0  # bytes/s over all seeders; 0: unlimited
+    secret: bytes | None = None  # the swarm secret, proven to every seeder
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,9 @@ class Download:
         last = "no seeder to ask"
         for host, port in peers:
             try:
-                conn = await open_peer(host, port, chunk_size=1, depth=0, timeout=self.options.connect_timeout)
+                conn = await open_peer(
+                    host, port, chunk_size=1, depth=0, timeout=self.options.connect_timeout, secret=self.options.secret
+                )
                 try:
                     conn.send(wire.GetManifest(bytes.fromhex(file_id)))
                     data = await conn.expect(wire.ManifestData, self.options.chunk_timeout)
@@ -311,7 +314,12 @@ class Download:
         self, peer: PeerKey, file_id: str, manifest: Manifest, plan: ChunkPlan, part: PartFile, progress: Progress
     ) -> None:
         opts = self.options
-        conn = await open_peer(*peer, chunk_size=manifest.chunk_size, depth=opts.depth, timeout=opts.connect_timeout)
+        try:
+            conn = await open_peer(
+                *peer, chunk_size=manifest.chunk_size, depth=opts.depth, timeout=opts.connect_timeout, secret=opts.secret
+            )
+        except PeerRejected as exc:  # not in our swarm, or not speaking our protocol
+            raise PeerBanned(str(exc)) from None
         self._queues[peer] = conn.events
         try:
             raw_id = bytes.fromhex(file_id)

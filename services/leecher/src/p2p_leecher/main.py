@@ -122,6 +122,7 @@ async def fetch(settings: LeecherSettings) -> int:
         max_bad_chunks=settings.max_bad_chunks,
         progress_bar=bar,
         max_download_rate=settings.max_download_rate,
+        secret=settings.secret_bytes(),
     )
     settings.warn_if_open(log, "leecher")
     tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())

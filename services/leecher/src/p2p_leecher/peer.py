@@ -9,8 +9,11 @@ events on a queue that the download's worker for this peer consumes.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
 
 from p2p_shared import PROTOCOL_VERSION, wire
+from p2p_shared.auth import peer_proof
 from p2p_shared.errors import PeerClosed, PeerConnectError, PeerError, PeerRejected, PeerTimeout, RemoteProtocolError
 
 MAX_QUEUED_EVENTS = 1024
@@ -108,8 +111,11 @@ class PeerConnection:
             self._transport.abort()
 
 
-async def open_peer(host: str, port: int, *, chunk_size: int, depth: int, timeout: float) -> PeerConnection:
-    """Connect and exchange HELLO; OS errors become PeerConnectError."""
+async def open_peer(
+    host: str, port: int, *, chunk_size: int, depth: int, timeout: float, secret: bytes | None = None
+) -> PeerConnection:
+    """Connect and exchange HELLO (and with a swarm secret, proofs both ways); OS errors become
+    PeerConnectError."""
     conn = PeerConnection(f"{host}:{port}", chunk_size, depth)
     loop = asyncio.get_running_loop()
     try:
@@ -118,10 +124,18 @@ async def open_peer(host: str, port: int, *, chunk_size: int, depth: int, timeou
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise PeerConnectError(f"cannot connect to {host}:{port}: {reason}") from None
     try:
-        conn.send(wire.Hello(PROTOCOL_VERSION))
+        nonce = os.urandom(wire.NONCE_BYTES) if secret else b""
+        conn.send(wire.Hello(PROTOCOL_VERSION, wire.FLAG_AUTH if secret else 0, nonce))
         hello = await conn.expect(wire.Hello, timeout)
         if hello.version != PROTOCOL_VERSION:
             raise PeerError(f"{conn.label} speaks protocol version {hello.version}")
+        if secret:
+            if not hello.flags & wire.FLAG_AUTH or len(hello.nonce) != wire.NONCE_BYTES:
+                raise PeerRejected("unauthorized", f"{conn.label} does not hold the swarm secret")
+            proof = await conn.expect(wire.Auth, timeout)
+            if not hmac.compare_digest(proof.proof, peer_proof(secret, b"server", nonce, hello.nonce)):
+                raise PeerRejected("unauthorized", f"{conn.label} gave a wrong proof of the swarm secret")
+            conn.send(wire.Auth(peer_proof(secret, b"client", nonce, hello.nonce)))
     except BaseException:
         conn.close()
         raise

@@ -191,6 +191,7 @@ async def serve(settings: SeederSettings) -> int:
         limit,
         max_per_address=settings.max_connections_per_address,
         handshake_timeout=settings.handshake_timeout,
+        secret=settings.secret_bytes(),
     )
     try:
         server = await asyncio.start_server(peers.handle, settings.host, settings.port)

@@ -30,5 +30,5 @@ class SeederMetrics:
             self.heartbeats.labels(result)
         for result in ("ok", "refused"):
             self.registrations.labels(result)
-        for code in ("unknown_file", "bad_index", "bad_request", "unsupported_version", "unavailable", "too_many_connections"):
+        for code in ("unknown_file", "bad_index", "bad_request", "unsupported_version", "unavailable", "too_many_connections", "unauthorized"):
             self.refused.labels(code)

@@ -9,6 +9,7 @@ the kernel's socket buffer instead of in our memory.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 import time
 from typing import BinaryIO
@@ -17,6 +18,7 @@ import structlog
 
 from p2p_shared import PROTOCOL_VERSION
 from p2p_shared import wire
+from p2p_shared.auth import peer_proof
 from p2p_shared.errors import RemoteProtocolError
 from p2p_shared.ratelimit import TokenBucket
 
@@ -45,6 +47,11 @@ async def _send_payload(transport: asyncio.Transport, handle: BinaryIO, offset: 
     return sent
 
 
+class _Handshake:
+    client_nonce = b""
+    server_nonce = b""
+
+
 class _Refuse(Exception):
     def __init__(self, error: wire.Error, close: bool = False) -> None:
         self.error, self.close = error, close
@@ -60,6 +67,7 @@ class PeerServer:
         upload_limit: TokenBucket | None = None,
         max_per_address: int = 64,
         handshake_timeout: float = 10.0,
+        secret: bytes | None = None,
     ) -> None:
         self.files = {f.raw_id: f for f in files}
         self.metrics = metrics
@@ -69,6 +77,7 @@ class PeerServer:
         self._stale: set[str] = set()
         self.max_per_address = max_per_address
         self.handshake_timeout = handshake_timeout
+        self.secret = secret
         self._active = 0
         self._by_address: dict[str, int] = {}
 
@@ -87,6 +96,7 @@ class PeerServer:
         self.metrics.connections_active.inc()
         opened: dict[bytes, BinaryIO] = {}
         frames = wire.FrameReader(max_payload=0)  # peers never send us chunk payloads
+        handshake = _Handshake()
         greeted = False
         try:
             while True:
@@ -99,7 +109,7 @@ class PeerServer:
                 while (event := frames.next_event()) is not None:
                     try:
                         if not greeted:
-                            greeted = self._greet(event, writer)
+                            greeted = self._greet(event, writer, handshake)
                         else:
                             await self._answer(event, writer, opened)
                     except _Refuse as refusal:
@@ -127,7 +137,14 @@ class PeerServer:
             self.metrics.connections_active.dec()
             writer.close()
 
-    def _greet(self, event: wire.Event, writer: asyncio.StreamWriter) -> bool:
+    def _greet(self, event: wire.Event, writer: asyncio.StreamWriter, handshake: _Handshake) -> bool:
+        """HELLO, and with a swarm secret a challenge-response both ways. True once done."""
+        if handshake.server_nonce:  # we sent our HELLO and proof; the client's proof is due
+            assert self.secret is not None
+            expected = peer_proof(self.secret, b"client", handshake.client_nonce, handshake.server_nonce)
+            if isinstance(event, wire.Auth) and hmac.compare_digest(event.proof, expected):
+                return True
+            raise _Refuse(wire.Error(wire.ErrorCode.UNAUTHORIZED, "wrong proof of the swarm secret"), close=True)
         if not isinstance(event, wire.Hello):
             raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, "expected HELLO first"), close=True)
         if event.version != PROTOCOL_VERSION:
@@ -135,8 +152,18 @@ class PeerServer:
                 wire.Error(wire.ErrorCode.UNSUPPORTED_VERSION, f"this seeder speaks version {PROTOCOL_VERSION}"),
                 close=True,
             )
-        writer.write(wire.encode(wire.Hello(PROTOCOL_VERSION)))
-        return True
+        if self.secret is None:
+            writer.write(wire.encode(wire.Hello(PROTOCOL_VERSION)))
+            return True
+        if not event.flags & wire.FLAG_AUTH or len(event.nonce) != wire.NONCE_BYTES:
+            raise _Refuse(wire.Error(wire.ErrorCode.UNAUTHORIZED, "this swarm needs its secret"), close=True)
+        handshake.client_nonce, handshake.server_nonce = event.nonce, os.urandom(wire.NONCE_BYTES)
+        proof = peer_proof(self.secret, b"server", handshake.client_nonce, handshake.server_nonce)
+        writer.write(
+            wire.encode(wire.Hello(PROTOCOL_VERSION, wire.FLAG_AUTH, handshake.server_nonce))
+            + wire.encode(wire.Auth(proof))
+        )
+        return False
 
     def _file(self, file_id: bytes, index: int = 0) -> SeededFile:
         seeded = self.files.get(file_id)
