@@ -76,3 +76,32 @@ async def test_peer_handshake_needs_the_same_secret_on_both_sides(tmp_path):
             await open_peer("127.0.0.1", member.port, chunk_size=1, depth=0, timeout=5)
         with pytest.raises(PeerRejected, match="does not hold the swarm secret"):
             await open_peer("127.0.0.1", outsider.port, chunk_size=1, depth=0, timeout=5, secret=SECRET.encode())
+
+
+def test_mutual_tls_on_the_chunk_channel(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    certs = tmp_path / "certs"
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([str(repo / "deploy" / "make-certs.sh"), str(certs)], check=True, capture_output=True)
+    data = random_file(tmp_path / "seed" / "secret.bin", 5 << 20)
+    seeder_tls = ["--tls-cert", str(certs / "seeder.crt"), "--tls-key", str(certs / "seeder.key"),
+                  "--tls-ca", str(certs / "ca.crt")]
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        seeders = [swarm.add_seeder([data], *seeder_tls) for _ in range(2)]
+        member = swarm.leecher("secret.bin", tmp_path / "out", "--min-seeders", "2", "--tls-ca", str(certs / "ca.crt"),
+                               "--tls-cert", str(certs / "leecher.crt"), "--tls-key", str(certs / "leecher.key"))
+        assert member.wait(60) == 0, member.output
+        assert sha256_file(tmp_path / "out" / "secret.bin") == sha256_file(data)
+        # Without a client certificate, or without TLS at all, the seeders serve nothing.
+        no_cert = swarm.leecher("secret.bin", tmp_path / "out2", "--wait", "2", "--tls-ca", str(certs / "ca.crt"))
+        plain = swarm.leecher("secret.bin", tmp_path / "out3", "--wait", "2")
+        assert no_cert.wait(60) == 1 and plain.wait(60) == 1
+        assert not (tmp_path / "out2" / "secret.bin").exists() and not (tmp_path / "out3" / "secret.bin").exists()
+        # And the payload never crosses in clear: a plain HELLO gets no protocol answer.
+        with socket.create_connection(("127.0.0.1", seeders[0].port), timeout=10) as tcp:
+            tcp.sendall(wire.encode(wire.Hello(1)))
+            answer = tcp.recv(4096)
+        assert wire.FRAME_HEADER.size > len(answer) or answer[0] not in (1, 8)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import ssl
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ class DownloadOptions:
     progress_bar: bool = False
     max_download_rate: float = 0.0  # bytes/s over all seeders; 0: unlimited
     secret: bytes | None = None  # the swarm secret, proven to every seeder
+    tls: ssl.SSLContext | None = None  # TLS to seeders, when set
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ class Download:
         for host, port in peers:
             try:
                 conn = await open_peer(
-                    host, port, chunk_size=1, depth=0, timeout=self.options.connect_timeout, secret=self.options.secret
+                    host, port, chunk_size=1, depth=0, timeout=self.options.connect_timeout,
+                    secret=self.options.secret, tls=self.options.tls,
                 )
                 try:
                     conn.send(wire.GetManifest(bytes.fromhex(file_id)))
@@ -316,7 +319,8 @@ class Download:
         opts = self.options
         try:
             conn = await open_peer(
-                *peer, chunk_size=manifest.chunk_size, depth=opts.depth, timeout=opts.connect_timeout, secret=opts.secret
+                *peer, chunk_size=manifest.chunk_size, depth=opts.depth, timeout=opts.connect_timeout,
+                secret=opts.secret, tls=opts.tls,
             )
         except PeerRejected as exc:  # not in our swarm, or not speaking our protocol
             raise PeerBanned(str(exc)) from None

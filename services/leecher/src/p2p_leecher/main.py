@@ -16,6 +16,7 @@ from p2p_shared import messages
 from p2p_shared.errors import P2PError
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import run, serve_metrics
+from p2p_shared.net.tls import client_context
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.settings import CommonSettings, add_common_flags, build_settings, parse_host_port
 
@@ -40,6 +41,9 @@ class LeecherSettings(CommonSettings):
     progress: Literal["auto", "bar", "log"] = "auto"
     pushgateway: str | None = None
     max_download_rate: float = Field(0, ge=0)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @field_validator("tracker")
     @classmethod
@@ -63,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-chunks", type=int, help="bad chunks before a seeder is dropped (default 3)")
     p.add_argument("--progress", choices=["auto", "bar", "log"], help="auto: a bar on a terminal, log lines otherwise")
     p.add_argument("--max-download-rate", type=float, help="bytes/s from all seeders together; 0 (default) is unlimited")
+    p.add_argument("--tls-ca", type=Path, help="talk TLS to seeders, accepting certificates signed by this CA")
+    p.add_argument("--tls-cert", type=Path, help="client certificate for seeders that require one (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="private key of --tls-cert")
     p.add_argument("--pushgateway", help="Pushgateway URL to push the final metrics to (a batch job is not scraped)")
     add_common_flags(p)
     return p
@@ -123,6 +130,7 @@ async def fetch(settings: LeecherSettings) -> int:
         progress_bar=bar,
         max_download_rate=settings.max_download_rate,
         secret=settings.secret_bytes(),
+        tls=client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls_ca else None,
     )
     settings.warn_if_open(log, "leecher")
     tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())

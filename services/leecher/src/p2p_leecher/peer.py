@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import ssl
 
 from p2p_shared import PROTOCOL_VERSION, wire
 from p2p_shared.auth import peer_proof
@@ -112,14 +113,24 @@ class PeerConnection:
 
 
 async def open_peer(
-    host: str, port: int, *, chunk_size: int, depth: int, timeout: float, secret: bytes | None = None
+    host: str,
+    port: int,
+    *,
+    chunk_size: int,
+    depth: int,
+    timeout: float,
+    secret: bytes | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> PeerConnection:
     """Connect and exchange HELLO (and with a swarm secret, proofs both ways); OS errors become
     PeerConnectError."""
     conn = PeerConnection(f"{host}:{port}", chunk_size, depth)
     loop = asyncio.get_running_loop()
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: _PeerProtocol(conn), host, port), timeout)
+        await asyncio.wait_for(
+            loop.create_connection(lambda: _PeerProtocol(conn), host, port, ssl=tls, server_hostname="" if tls else None),
+            timeout,
+        )
     except (OSError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise PeerConnectError(f"cannot connect to {host}:{port}: {reason}") from None

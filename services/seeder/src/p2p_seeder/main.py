@@ -18,6 +18,7 @@ from p2p_shared.errors import P2PError, TrackerUnavailable
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FILES_PER_REGISTER
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.net.tls import server_context
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.ratelimit import TokenBucket
 from p2p_shared.settings import CommonSettings, add_common_flags, build_settings, parse_host_port
@@ -46,6 +47,9 @@ class SeederSettings(CommonSettings):
     max_connections: int = Field(256, ge=1)
     max_connections_per_address: int = Field(64, ge=1)
     handshake_timeout: float = Field(10.0, gt=0)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     cache_dir: Path | None = Field(default_factory=_default_cache_dir)
     no_cache: bool = False
     max_upload_rate: float = Field(0, ge=0, description="bytes per second over all peers; 0 is unlimited")
@@ -76,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--handshake-timeout", type=float, help="seconds a new connection has to say HELLO (default 10)")
     p.add_argument("--cache-dir", type=Path, help="where manifests are cached (default ~/.cache/p2p-seeder)")
     p.add_argument("--max-upload-rate", type=float, help="bytes/s sent to all peers together; 0 (default) is unlimited")
+    p.add_argument("--tls-cert", type=Path, help="serve peers over TLS with this certificate (and --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="private key of --tls-cert")
+    p.add_argument("--tls-ca", type=Path, help="with TLS: require leechers to show a certificate signed by this CA")
     p.add_argument("--no-cache", action="store_true", default=None, help="always rehash files at start")
     add_common_flags(p)
     return p
@@ -193,11 +200,22 @@ async def serve(settings: SeederSettings) -> int:
         handshake_timeout=settings.handshake_timeout,
         secret=settings.secret_bytes(),
     )
+    tls = None
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise P2PError("TLS needs both --tls-cert and --tls-key")
+        tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
     try:
-        server = await asyncio.start_server(peers.handle, settings.host, settings.port)
+        server = await asyncio.start_server(
+            peers.handle, settings.host, settings.port, ssl=tls,
+            ssl_handshake_timeout=settings.handshake_timeout if tls else None,
+        )
     except OSError as exc:
         raise P2PError(f"cannot listen on tcp {settings.host}:{settings.port}: {exc.strerror}") from None
-    log.info("seeder listening", host=settings.host, port=settings.port, files=len(files))
+    log.info(
+        "seeder listening", host=settings.host, port=settings.port, files=len(files),
+        tls="mutual" if tls and settings.tls_ca else bool(tls),
+    )
     client = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
     link = TrackerLink(client, settings, files, metrics)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 import time
 
@@ -28,7 +29,15 @@ def tracker_ok(port: int, timeout: float) -> bool:
 
 
 def seeder_ok(port: int, timeout: float) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    cert = os.environ.get("P2P_TLS_CERT")
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as plain:
+        sock = plain
+        if cert:  # its own certificate is also a client certificate the seeder accepts
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.load_cert_chain(cert, os.environ.get("P2P_TLS_KEY"))
+            sock = context.wrap_socket(plain)
         sock.sendall(wire.encode(wire.Hello(PROTOCOL_VERSION)))
         reader = wire.FrameReader(max_payload=0)
         while (event := reader.next_event()) is None:
