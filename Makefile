@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PYTEST_ARGS ?=
 SWARM_ARGS ?=
-COMPOSE := docker compose
+COMPOSE := docker compose $(if $(TLS),-f docker-compose.yml -f docker-compose.tls.yml)
 # The leecher container writes ./downloads as the user who runs make.
 export P2P_UID := $(shell id -u)
 export P2P_GID := $(shell id -g)
 
-.PHONY: bench fuzz install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
+.PHONY: bench certs fuzz install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,14 @@ compose-plugin: install
 images: install compose-plugin
 	deploy/build-images.sh
 
-# The full swarm with monitoring, detached; then follow the leecher job to its end.
-up: images
+# A swarm CA and certificates for TLS on the chunk channel (certs/).
+certs: certs/ca.crt
+
+certs/ca.crt:
+	deploy/make-certs.sh certs
+
+# The full swarm with monitoring, detached; then follow the leecher job to its end. TLS=1: mutual TLS.
+up: images $(if $(TLS),certs)
 	mkdir -p downloads
 	@if grep -q '^GRAFANA_AVAILABLE=1' .env; then \
 		$(COMPOSE) up --detach; \

@@ -47,3 +47,8 @@ def test_bad_values_exit_2_with_one_line(capsys, monkeypatch):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("p2p-leecher: error: tracker") and "\n" not in err
+
+
+def test_empty_tls_variables_mean_no_tls(monkeypatch):
+    monkeypatch.setenv("P2P_TLS_CA", "")
+    assert build_settings(LeecherSettings, leecher_parser(), ["x"]).tls_ca is None

@@ -45,6 +45,11 @@ class LeecherSettings(CommonSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
+    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _unset(cls, value):
+        return None if value == "" else value  # P2P_TLS_CA= turns TLS off
+
     @field_validator("tracker")
     @classmethod
     def _tracker(cls, value: str) -> str:

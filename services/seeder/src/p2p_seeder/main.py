@@ -59,6 +59,11 @@ class SeederSettings(CommonSettings):
     def _split(cls, value):
         return [p for p in value.split(",") if p] if isinstance(value, str) else value
 
+    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _unset(cls, value):
+        return None if value == "" else value  # P2P_TLS_CA= turns TLS off
+
     @field_validator("tracker")
     @classmethod
     def _tracker(cls, value: str) -> str:
