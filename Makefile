@@ -37,7 +37,7 @@ test-docker: install compose-plugin
 # A tracker, three seeders and a leecher as local processes on a generated demo file.
 # The decoders fuzzed far longer than in `make test` (FUZZ_EXAMPLES inputs per test, 20000 by default).
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/unit -k fuzz -q -p no:randomly --hypothesis-show-statistics $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/unit -k fuzz -q --hypothesis-show-statistics $(PYTEST_ARGS)
 
 swarm: install
 	$(PY) -m tools.swarm $(SWARM_ARGS)

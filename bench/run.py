@@ -188,6 +188,26 @@ def bench_seeder_killed(files: dict[str, Path], work: Path, repeat: int) -> dict
     return {"undisturbed_seconds": statistics.median(normal), "one_seeder_killed_seconds": statistics.median(faulted)}
 
 
+def bench_tls(files: dict[str, Path], work: Path, repeat: int) -> dict:
+    """The cost of mutual TLS on the chunk channel: 1 GiB from 3 seeders, with and without."""
+    certs = work / "certs"
+    subprocess.run([str(Path(__file__).parents[1] / "deploy" / "make-certs.sh"), str(certs)], check=True, capture_output=True)
+    seeder_tls = ["--tls-cert", str(certs / "seeder.crt"), "--tls-key", str(certs / "seeder.key"), "--tls-ca", str(certs / "ca.crt")]
+    leecher_tls = ["--tls-ca", str(certs / "ca.crt"), "--tls-cert", str(certs / "leecher.crt"), "--tls-key", str(certs / "leecher.key")]
+    out = work / "tls-out"
+    plain, tls = [], []
+    with LocalSwarm(work / "plain-swarm", heartbeat=30) as open_swarm, LocalSwarm(work / "tls-swarm", heartbeat=30) as tls_swarm:
+        for swarm, extra in ((open_swarm, []), (tls_swarm, seeder_tls)):
+            swarm.start_tracker()
+            for _ in range(3):
+                swarm.add_seeder([files["main.bin"]], "--cache-dir", str(work / "manifest-cache"), *extra)
+        for _ in range(repeat):
+            plain.append(download(open_swarm, "main.bin", out)["seconds"])
+            tls.append(download(tls_swarm, "main.bin", out, *leecher_tls)["seconds"])
+    clean(out)
+    return {"plain_seconds": statistics.median(plain), "tls_seconds": statistics.median(tls)}
+
+
 def bench_startup(data: Path, work: Path, tracker_addr: str) -> dict:
     cache = work / "startup-cache"
 
@@ -264,6 +284,9 @@ def table(results: dict) -> str:
     f = results["fault"]
     rows.append((f"{size_gib:g} GiB, one of 3 seeders SIGKILLed midway / undisturbed", f"{f['one_seeder_killed_seconds']:.2f} s / {f['undisturbed_seconds']:.2f} s",
                  f"{f['one_seeder_killed_seconds'] / f['undisturbed_seconds']:.2f}x"))
+    t_ = results["tls"]
+    rows.append((f"{size_gib:g} GiB over mutual TLS / plain", f"{t_['tls_seconds']:.2f} s / {t_['plain_seconds']:.2f} s",
+                 f"{t_['tls_seconds'] / t_['plain_seconds']:.2f}x"))
     rows.append(("tracker capacity (one core)", f"{t['requests_per_second']:.0f} req/s", ""))
     rows.append(("tracker latency at half load p50 / p99", f"{t['half_load']['p50_ms']:.2f} / {t['half_load']['p99_ms']:.2f} ms", ""))
     rows.append(("tracker memory, 100,000 seeders", f"{t['rss_mb_100k_seeders']:.0f} MB", ""))
@@ -310,6 +333,8 @@ def main() -> int:
             results["startup"] = bench_startup(files["main.bin"], work, swarm.tracker_addr)
         print("a seeder killed mid-download", flush=True)
         results["fault"] = bench_seeder_killed(files, work, repeat)
+        print("mutual TLS", flush=True)
+        results["tls"] = bench_tls(files, work, repeat)
         print("tracker load", flush=True)
         results["tracker"] = bench_tracker(2.0 if args.quick else 5.0)
     results["baselines"]["tcp_hash_ratio"] = statistics.median(results["baselines"]["ratio_per_round"])
