@@ -95,3 +95,45 @@ def test_bad_frames_get_an_error_then_close_and_others_are_still_served(one_seed
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         _, chunk = talk(s, wire.Hello(1), wire.Request(fid, 0))
     assert bytes(chunk.data) == content[:400]
+
+
+def test_frame_cut_off_by_eof_closes_only_that_connection(one_seeder):
+    port, fid, content = one_seeder
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(wire.encode(wire.Hello(1)) + wire.encode(wire.Request(fid, 0))[:20])
+        s.shutdown(socket.SHUT_WR)  # EOF in the middle of a frame
+        received = b""
+        while data := s.recv(65536):
+            received += data
+    reader = wire.FrameReader()
+    reader.receive_data(received)
+    assert reader.next_event() == wire.Hello(1) and reader.next_event() is None  # nothing served for half a frame
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        _, chunk = talk(s, wire.Hello(1), wire.Request(fid, 1))
+    assert bytes(chunk.data) == content[400:800]
+
+
+def test_a_flood_of_pipelined_requests_is_bounded_and_others_are_served(tmp_path):
+    data = random_file(tmp_path / "seed" / "flood.bin", 4 << 20)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        seeder = swarm.add_seeder([data])
+        fid = bytes.fromhex(swarm.lookup("flood.bin").file.file_id)
+        flood = socket.create_connection(("127.0.0.1", seeder.port), timeout=10)
+        flood.setblocking(False)
+        request = wire.encode(wire.Request(fid, 7))
+        burst = wire.encode(wire.Hello(1)) + request * 50_000  # 2 MB of requests for 26 GB of answers
+        sent = 0
+        try:
+            while sent < len(burst):  # until the seeder stops reading: it answers before it reads on
+                sent += flood.send(burst[sent:])
+        except BlockingIOError:
+            pass
+        assert sent < len(burst)
+        with socket.create_connection(("127.0.0.1", seeder.port), timeout=10) as other:
+            _, chunk = talk(other, wire.Hello(1), wire.Request(fid, 0))
+        assert bytes(chunk.data) == data.read_bytes()[: 512 * 1024]
+        status = open(f"/proc/{seeder.proc.pid}/status").read()
+        rss_mb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+        assert rss_mb < 100
+        flood.close()
