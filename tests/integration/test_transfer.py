@@ -71,11 +71,12 @@ def test_existing_identical_file_is_kept_and_different_one_refused(seeded, tmp_p
     swarm, work = seeded
     (tmp_path / "one-byte.bin").write_bytes((work / "seed" / "one-byte.bin").read_bytes())
     assert swarm.leecher("one-byte.bin", tmp_path).wait(60) == 0
-    (tmp_path / "one-chunk.bin").write_bytes(b"mine")
-    leecher = swarm.leecher("one-chunk.bin", tmp_path)
-    assert leecher.wait(60) == 1
-    assert (tmp_path / "one-chunk.bin").read_bytes() == b"mine"
-    assert "already exists and differs" in leecher.output and "Traceback" not in leecher.output
+    for name in ("one-chunk.bin", "empty.bin"):  # an empty file has no chunk to compare: sizes differ
+        (tmp_path / name).write_bytes(b"mine")
+        leecher = swarm.leecher(name, tmp_path)
+        assert leecher.wait(60) == 1
+        assert (tmp_path / name).read_bytes() == b"mine"
+        assert "already exists and differs" in leecher.output and "Traceback" not in leecher.output
 
 
 def test_unknown_file_fails_after_the_wait_with_one_line(swarm, tmp_path):

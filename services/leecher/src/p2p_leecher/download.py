@@ -204,7 +204,8 @@ class Download:
             raise DownloadError(f"cannot create output folder {out}: {exc.strerror}") from None
         final = out / manifest.name
         if final.exists():
-            if len(await asyncio.to_thread(verified_chunks, final, manifest)) == manifest.num_chunks:
+            same_size = final.stat().st_size == manifest.size  # (an empty manifest has no chunk to compare)
+            if same_size and len(await asyncio.to_thread(verified_chunks, final, manifest)) == manifest.num_chunks:
                 log.info("already downloaded; verified the existing copy", path=str(final))
                 return DownloadResult(final, manifest.size, loop.time() - started, 0)
             raise DownloadError(f"{final} already exists and differs from {manifest.name}; move it or pick another -o")
