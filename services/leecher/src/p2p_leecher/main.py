@@ -175,4 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         return run(list_files(settings))
     if not settings.target:
         cli.error("give a file name or file id to download (or --list)")
-    return run(fetch(settings))
+    return run(fetch(settings), loop_factory=fast_loop())
+
+
+def fast_loop():
+    """uvloop where it is installed: it cut the leecher's CPU time per GiB by about a quarter
+    here (python -m bench.uvloop_ab). The seeder keeps asyncio's loop for its sendfile."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
@@ -30,10 +30,11 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> None:
         raise P2PError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
 
 
-def run(main: Coroutine) -> int:
+def run(main: Coroutine, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> int:
     """Run a service's async main; expected failures become one log line and exit code 1."""
     try:
-        return asyncio.run(main)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main)
     except P2PError as exc:
         structlog.get_logger().error(str(exc))
         return 1
