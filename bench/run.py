@@ -343,8 +343,11 @@ def main() -> int:
     print(table(results))
     if not args.quick:
         from .charts import draw
+        from .readme import update
 
         draw(results, args.out.parent)
+        if args.out.resolve() == (RESULTS / "latest.json").resolve():
+            update(results)
     print(f"results in {args.out}")
     return 0
 

@@ -12,7 +12,6 @@ nonces. Peer connections prove the secret by a challenge-response in their hands
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import struct
@@ -35,12 +34,13 @@ class ConnectionIds:
 
     def valid(self, connection_id: int | None, address: str, now: float) -> bool:
         """Ids stay valid for one to two lifetimes (the current and the previous bucket)."""
-        if connection_id is None:
+        if connection_id is None or not 0 <= connection_id < 2**64:
             return False
+        given = connection_id.to_bytes(8, "big")
         bucket = int(now // self.lifetime)
-        return any(hmac.compare_digest(
-            self._for(address, b).to_bytes(8, "big"), connection_id.to_bytes(8, "big"))
-            for b in (bucket, bucket - 1)) if 0 <= connection_id < 2**64 else False
+        return any(
+            hmac.compare_digest(self._for(address, b).to_bytes(8, "big"), given) for b in (bucket, bucket - 1)
+        )
 
 
 class AuthError(RemoteProtocolError):

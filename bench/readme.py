@@ -1,0 +1,66 @@
+"""Keep the README's Performance table true: `make bench` rewrites it from the results it wrote.
+`python -m bench.readme` does the same from bench/results/latest.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def table(r: dict) -> str:
+    b, s, head = r["baselines"], r["swarm"], r["swarm"]["one_leecher_three_seeders"]
+    sizes = sorted(s["by_size"].values(), key=lambda x: x["bytes"])
+    label = lambda n: f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB"  # noqa: E731
+    seeders = sorted(s["by_seeders"], key=int)
+    st, t, m, f, tls = r["startup"], r["tracker"], r["many_leechers"], r["fault"], r["tls"]
+    ratios = ", ".join(f"{x:.2f}" for x in b["ratio_per_round"])
+    m_ = r["machine"]
+    rows = [
+        ("hashlib SHA-256, one core, in memory", f"{b['hashlib_seconds']:.2f} s ({r['main_bytes'] / b['hashlib_seconds'] / 1e6:.0f} MB/s)"),
+        ("baseline: one TCP stream, `sendfile` → `recv_into` 512 KiB + SHA-256 + `pwrite`", f"{b['tcp_hash_seconds']:.2f} s"),
+        ("the same without hashing", f"{b['tcp_nohash_seconds']:.2f} s"),
+        ("**leecher, 3 seeders, process start to verified, fsynced file at its final path**",
+         f"**{head['seconds']:.2f} s ({head['mb_per_s']:.0f} MB/s): {b['tcp_hash_ratio']:.2f}x the baseline** (per round: {ratios})"),
+        ("leecher peak RSS / seeder peak RSS", f"{head['rss_mb']:.0f} MB / {head['seeder_peak_rss_mb']:.0f} MB"),
+        ("CPU seconds per GiB: leecher, all seeders, tracker",
+         f"{head['leecher_cpu_seconds_per_gib']:.2f}, {head['seeder_cpu_seconds_per_gib']:.2f}, {head['tracker_cpu_seconds_per_gib']:.3f}"),
+        (f"file size {', '.join(label(x['bytes']) for x in sizes)}: time", ", ".join(f"{x['seconds']:.2f}" for x in sizes) + " s"),
+        ("the same sizes: leecher peak RSS", ", ".join(f"{x['rss_mb']:.0f}" for x in sizes) + " MB"),
+        (f"{', '.join(seeders)} seeders", ", ".join(f"{s['by_seeders'][k]['seconds']:.2f}" for k in seeders) + " s"),
+        (f"{m['leechers']} leechers at once, {label(r['many_bytes'])} each, 3 seeders",
+         f"{'all finished' if m['all_finished'] else 'NOT all finished'}; {m['seconds']:.2f} s, {m['aggregate_mb_per_s']:.0f} MB/s aggregate"),
+        ("one of 3 seeders SIGKILLed after 100 chunks / undisturbed", f"{f['one_seeder_killed_seconds']:.2f} s / {f['undisturbed_seconds']:.2f} s"),
+        ("mutual TLS on the chunk channel / plain", f"{tls['tls_seconds']:.2f} s / {tls['plain_seconds']:.2f} s ({tls['tls_seconds'] / tls['plain_seconds']:.1f}x)"),
+        ("seeder start-up hashing vs hashlib on one thread, same file",
+         f"{st['seeder_hash_seconds']:.2f} s vs {st['hashlib_one_thread_seconds']:.2f} s ({st['seeder_hash_seconds'] / st['hashlib_one_thread_seconds']:.2f}x: both cores)"),
+        ("seeder start to registered / restart with the file unchanged (manifest cache)",
+         f"{st['seeder_start_to_registered_seconds']:.2f} s / {st['restart_unchanged_seconds']:.2f} s (process start included)"),
+        ("tracker, one core, lookups and heartbeats from 64 source ports", f"{t['requests_per_second']:,.0f} requests/s"),
+        ("tracker latency at half that load, p50 / p99", f"{t['half_load']['p50_ms']:.2f} / {t['half_load']['p99_ms']:.2f} ms"),
+        ("tracker memory with 100,000 registered seeders", f"{t['rss_mb_100k_seeders']:.0f} MB"),
+    ]
+    lines = [
+        f"Run on {m_['cpus']} cores ({m_['cpu']}), {m_['platform']}, Python {m_['python']}, {r['date']}; "
+        f"medians of {r['repeat']} rounds.",
+        "",
+        f"| measurement ({label(r['main_bytes'])} of random data unless said) | result |",
+        "| --- | --- |",
+        *(f"| {a} | {b_} |" for a, b_ in rows),
+    ]
+    return "\n".join(lines)
+
+
+def update(results: dict, readme: Path = README) -> None:
+    text = readme.read_text()
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    readme.write_text(f"{before}{START}\n{table(results)}\n{END}{after}")
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest.json"
+    update(json.loads(source.read_text()))
