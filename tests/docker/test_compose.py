@@ -189,15 +189,17 @@ def test_seeder_killed_mid_download_the_leecher_still_succeeds(swarm):
     assert swarm.downloaded_sha256() == expected
 
 
-def test_compose_swarm_with_mutual_tls(images, tmp_path):
-    """The TLS override: seeders serve only over mutual TLS, and the leecher job still succeeds."""
+def test_compose_swarm_with_mutual_tls_and_a_swarm_secret(images, tmp_path):
+    """The TLS override and a swarm secret: seeders serve only over mutual TLS to members, and
+    the leecher job still succeeds."""
     if not (REPO / "certs" / "ca.crt").exists():
         subprocess.run([str(REPO / "deploy" / "make-certs.sh"), str(REPO / "certs")], check=True, capture_output=True)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     settings = {**images, "COMPOSE_PROJECT_NAME": f"p2ptls{os.getpid()}", "SEEDERS": "2", "MIN_SEEDERS": "2",
                 "DEMO_SIZE_MIB": "8", "PROMETHEUS_PORT": "0", "DOWNLOAD_DIR": str(downloads),
-                "P2P_UID": str(os.getuid()), "P2P_GID": str(os.getgid())}
+                "P2P_UID": str(os.getuid()), "P2P_GID": str(os.getgid()),
+                "P2P_SWARM_SECRET": "a compose test secret"}
     env_file = tmp_path / "tls.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     compose = DockerCompose(REPO, compose_file_name=["docker-compose.yml", "docker-compose.tls.yml"],
@@ -206,8 +208,9 @@ def test_compose_swarm_with_mutual_tls(images, tmp_path):
     try:
         base = compose.compose_command_property
         run = lambda *a: subprocess.run([*base, *a], cwd=REPO, capture_output=True, text=True, timeout=300)  # noqa: E731
-        logs = run("logs", "seeder").stdout
+        logs = run("logs", "seeder", "tracker").stdout
         assert '"tls": "mutual"' in logs, logs
+        assert "no swarm secret" not in logs
         result = run("run", "--rm", "-T", "leecher")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Successfully downloaded demo.bin" in result.stdout + result.stderr

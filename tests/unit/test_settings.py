@@ -52,3 +52,13 @@ def test_bad_values_exit_2_with_one_line(capsys, monkeypatch):
 def test_empty_tls_variables_mean_no_tls(monkeypatch):
     monkeypatch.setenv("P2P_TLS_CA", "")
     assert build_settings(LeecherSettings, leecher_parser(), ["x"]).tls_ca is None
+
+
+def test_swarm_secret_comes_from_the_environment_and_empty_means_none(monkeypatch):
+    monkeypatch.setenv("P2P_SWARM_SECRET", "")
+    assert build_settings(LeecherSettings, leecher_parser(), ["x"]).secret_bytes() is None
+    monkeypatch.setenv("P2P_SWARM_SECRET", "s" * 16)
+    assert build_settings(LeecherSettings, leecher_parser(), ["x"]).secret_bytes() == b"s" * 16
+    monkeypatch.setenv("P2P_SWARM_SECRET", "short")
+    with pytest.raises(SystemExit):
+        build_settings(LeecherSettings, leecher_parser(), ["x"])

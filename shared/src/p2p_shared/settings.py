@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogFormat = Literal["auto", "console", "json"]
@@ -25,6 +25,11 @@ class CommonSettings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(0, ge=0, le=65535)
     swarm_secret: SecretStr | None = Field(None, min_length=16)  # from P2P_SWARM_SECRET only
+
+    @field_validator("swarm_secret", mode="before")
+    @classmethod
+    def _no_empty_secret(cls, value):
+        return None if value == "" else value  # compose passes P2P_SWARM_SECRET= when unset
 
     def secret_bytes(self) -> bytes | None:
         return self.swarm_secret.get_secret_value().encode() if self.swarm_secret else None
