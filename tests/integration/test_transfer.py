@@ -163,3 +163,13 @@ def test_no_target_is_a_usage_error():
     result = subprocess.run([sys.executable, "-m", "p2p_leecher"], capture_output=True, text=True,
                             env={"PATH": "/usr/bin"})
     assert result.returncode == 2 and "give a file name" in result.stderr
+
+
+def test_make_swarm_runs_end_to_end():
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "tools.swarm", "--size-mib", "4"], cwd=repo,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "Successfully downloaded demo.bin" in lines
+    assert lines[-1].startswith("summary: 4 MiB from 3 seeders") and lines[-1].endswith("sha256 matches")
