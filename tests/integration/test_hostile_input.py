@@ -1,5 +1,6 @@
 """Bad input to real services: answered with typed errors or dropped, never a crash."""
 
+import os
 import socket
 import struct
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from p2p_shared import messages, wire
 from tools.localswarm import LocalSwarm, Service, free_port, random_file, service_argv, tracker_request
 
-from .conftest import scrape
+from .conftest import scrape, wait_until
 
 
 def test_tracker_survives_garbage_and_counts_it(tmp_path):
@@ -118,7 +119,9 @@ def test_a_flood_of_pipelined_requests_is_bounded_and_others_are_served(tmp_path
     data = random_file(tmp_path / "seed" / "flood.bin", 4 << 20)
     with LocalSwarm(tmp_path) as swarm:
         swarm.start_tracker()
-        seeder = swarm.add_seeder([data])
+        seeder = swarm.add_seeder([data], "--connection-timeout", "2")
+        fds = lambda: len(os.listdir(f"/proc/{seeder.proc.pid}/fd"))  # noqa: E731
+        baseline = fds()
         fid = bytes.fromhex(swarm.lookup("flood.bin").file.file_id)
         flood = socket.create_connection(("127.0.0.1", seeder.port), timeout=10)
         flood.setblocking(False)
@@ -137,4 +140,7 @@ def test_a_flood_of_pipelined_requests_is_bounded_and_others_are_served(tmp_path
         status = Path(f"/proc/{seeder.proc.pid}/status").read_text()
         rss_mb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
         assert rss_mb < 100
+        # The flooder never reads: after the connection timeout the seeder drops it (its socket
+        # and the file it was sending from), while our end is still open.
+        wait_until(lambda: fds() == baseline, timeout=30)
         flood.close()

@@ -110,15 +110,15 @@ class PeerServer:
                     try:
                         if not greeted:
                             greeted = self._greet(event, writer, handshake)
-                        else:
-                            await self._answer(event, writer, opened)
+                        else:  # a peer that stops reading is dropped like an idle one
+                            await asyncio.wait_for(self._answer(event, writer, opened), self.idle_timeout)
                     except _Refuse as refusal:
                         self.metrics.refused.labels(refusal.error.code.name.lower()).inc()
                         writer.write(wire.encode(refusal.error))
                         if refusal.close:
                             await writer.drain()
                             return
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), self.idle_timeout)
         except TimeoutError:
             log.debug("idle connection closed", peer=label)
         except RemoteProtocolError as exc:
