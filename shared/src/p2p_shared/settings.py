@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -55,6 +56,19 @@ def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, in
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT with a port from 1 to 65535")
     return host, int(port)
+
+
+class TlsSettings(CommonSettings):
+    """The common settings and the TLS files of the chunk channel (seeder and leecher)."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _unset(cls, value):
+        return None if value == "" else value  # P2P_TLS_CA= turns TLS off
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

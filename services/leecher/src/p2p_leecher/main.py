@@ -18,7 +18,7 @@ from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import run, serve_metrics
 from p2p_shared.net.tls import client_context
 from p2p_shared.net.tracker_client import TrackerClient
-from p2p_shared.settings import CommonSettings, add_common_flags, build_settings, parse_host_port
+from p2p_shared.settings import TlsSettings, add_common_flags, build_settings, parse_host_port
 
 from .download import Download, DownloadOptions
 from .metrics import LeecherMetrics
@@ -26,7 +26,7 @@ from .metrics import LeecherMetrics
 log = structlog.get_logger()
 
 
-class LeecherSettings(CommonSettings):
+class LeecherSettings(TlsSettings):
     target: str | None = Field(None, min_length=1)
     list: bool = False
     tracker: str = "127.0.0.1:6969"
@@ -41,14 +41,6 @@ class LeecherSettings(CommonSettings):
     progress: Literal["auto", "bar", "log"] = "auto"
     pushgateway: str | None = None
     max_download_rate: float = Field(0, ge=0)
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-
-    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
-    @classmethod
-    def _unset(cls, value):
-        return None if value == "" else value  # P2P_TLS_CA= turns TLS off
 
     @field_validator("tracker")
     @classmethod

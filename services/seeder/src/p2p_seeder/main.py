@@ -21,7 +21,7 @@ from p2p_shared.net.service import run, serve_metrics, stop_event
 from p2p_shared.net.tls import server_context
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.ratelimit import TokenBucket
-from p2p_shared.settings import CommonSettings, add_common_flags, build_settings, parse_host_port
+from p2p_shared.settings import TlsSettings, add_common_flags, build_settings, parse_host_port
 
 from .catalog import ManifestCache, SeededFile, load_file
 from .metrics import SeederMetrics
@@ -35,7 +35,7 @@ def _default_cache_dir() -> Path:
     return Path(base) / "p2p-seeder"
 
 
-class SeederSettings(CommonSettings):
+class SeederSettings(TlsSettings):
     file: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("large_text_file.txt")])
     host: str = "0.0.0.0"
     port: int = Field(7000, ge=1, le=65535)
@@ -47,9 +47,6 @@ class SeederSettings(CommonSettings):
     max_connections: int = Field(256, ge=1)
     max_connections_per_address: int = Field(64, ge=1)
     handshake_timeout: float = Field(10.0, gt=0)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
     cache_dir: Path | None = Field(default_factory=_default_cache_dir)
     no_cache: bool = False
     max_upload_rate: float = Field(0, ge=0, description="bytes per second over all peers; 0 is unlimited")
@@ -58,11 +55,6 @@ class SeederSettings(CommonSettings):
     @classmethod
     def _split(cls, value):
         return [p for p in value.split(",") if p] if isinstance(value, str) else value
-
-    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
-    @classmethod
-    def _unset(cls, value):
-        return None if value == "" else value  # P2P_TLS_CA= turns TLS off
 
     @field_validator("tracker")
     @classmethod
