@@ -32,7 +32,8 @@ def table(r: dict) -> str:
         ("the same sizes: leecher peak RSS", ", ".join(f"{x['rss_mb']:.0f}" for x in sizes) + " MB"),
         (f"{', '.join(seeders)} seeders", ", ".join(f"{s['by_seeders'][k]['seconds']:.2f}" for k in seeders) + " s"),
         (f"{m['leechers']} leechers at once, {label(r['many_bytes'])} each, 3 seeders",
-         f"{'all finished' if m['all_finished'] else 'NOT all finished'}; {m['seconds']:.2f} s, {m['aggregate_mb_per_s']:.0f} MB/s aggregate"),
+         f"{'all finished' if m['all_finished'] else 'NOT all finished'}; {m['seconds']:.2f} s, {m['aggregate_mb_per_s']:.0f} MB/s aggregate"
+         + (f", seeders sent {m['seeder_egress_bytes'] / 2**20:.0f} MiB" if "seeder_egress_bytes" in m else "")),
         ("one of 3 seeders SIGKILLed after 100 chunks / undisturbed", f"{f['one_seeder_killed_seconds']:.2f} s / {f['undisturbed_seconds']:.2f} s"),
         ("mutual TLS on the chunk channel / plain", f"{tls['tls_seconds']:.2f} s / {tls['plain_seconds']:.2f} s ({tls['tls_seconds'] / tls['plain_seconds']:.1f}x)"),
         ("seeder start-up hashing vs hashlib on one thread, same file",

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from p2p_shared import messages
-from tools.localswarm import LocalSwarm, Service, free_port, random_file, service_argv, tracker_request
+from tools.localswarm import LocalSwarm, Service, free_port, random_file, scrape, service_argv, tracker_request
 
 from . import baselines, tracker_load
 
@@ -49,14 +49,18 @@ def median_of(repeat: int, measure) -> float:
     return statistics.median(measure() for _ in range(repeat))
 
 
+def memory_mb(pid: int, field: str = "VmHWM") -> float:
+    """A memory figure of a running process from /proc (VmHWM: peak RSS; VmRSS: current)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def proc_stats(pid: int) -> tuple[float, float]:
     """(CPU seconds so far, peak RSS in MB) of a running process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return cpu, int(line.split()[1]) / 1024
-    return cpu, 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), memory_mb(pid)
 
 
 def download(swarm: LocalSwarm, name: str, out: Path, *args: str) -> dict:
@@ -133,8 +137,14 @@ def bench_swarm(swarm: LocalSwarm, files: dict[str, Path], work: Path, repeat: i
     return base, result
 
 
-def bench_many_leechers(swarm: LocalSwarm, name: str, size: int, work: Path, count: int = 8) -> dict:
-    egress_before = [proc_stats(s.proc.pid)[0] for s in swarm.seeders[:3]]
+def egress_bytes(metrics_ports: list[int]) -> float:
+    return sum(scrape(port)[("p2p_seeder_bytes_served_total", ())] for port in metrics_ports)
+
+
+def bench_many_leechers(swarm: LocalSwarm, metrics_ports: list[int], name: str, size: int, work: Path, count: int = 8) -> dict:
+    """`count` leechers at once, each from 3 of the swarm's seeders; egress summed over all seeders."""
+    cpu_before = sum(proc_stats(s.proc.pid)[0] for s in swarm.seeders)
+    egress_before = egress_bytes(metrics_ports)
     outs = [work / f"many{i}" for i in range(count)]
     for out in outs:
         clean(out)
@@ -144,27 +154,22 @@ def bench_many_leechers(swarm: LocalSwarm, name: str, size: int, work: Path, cou
     wall = time.perf_counter() - started
     for out in outs:
         clean(out)
-    cpu = sum(proc_stats(s.proc.pid)[0] for s in swarm.seeders[:3]) - sum(egress_before)
     return {
         "leechers": count,
         "all_finished": all(c == 0 for c in codes),
         "seconds": wall,
         "aggregate_mb_per_s": count * size / wall / 1e6,
-        "seeder_cpu_seconds": cpu,
+        "seeder_egress_bytes": egress_bytes(metrics_ports) - egress_before,
+        "seeder_cpu_seconds": sum(proc_stats(s.proc.pid)[0] for s in swarm.seeders) - cpu_before,
     }
 
 
 def bench_seeder_killed(files: dict[str, Path], work: Path, repeat: int) -> dict:
     """1 GiB from 3 seeders, undisturbed and with one seeder SIGKILLed after 100 chunks served."""
     import signal
-    import urllib.request
 
     def served(port: int) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith("p2p_seeder_chunks_served_total "):
-                    return float(line.split()[1])
-        return 0.0
+        return scrape(port)[("p2p_seeder_chunks_served_total", ())]
 
     out = work / "fault-out"
     normal, faulted = [], []
@@ -250,8 +255,8 @@ def bench_tracker(seconds: float) -> dict:
         runs = [tracker_load.latency(address, registered, rate / 2, seconds=min(seconds, 3.0), cpu=1) for _ in range(3)]
         at_half = sorted(runs, key=lambda r: r["p99_ms"])[1]  # the median run by p99
         tracker_load.register(address, 100_000)
-        _, rss = proc_stats(tracker.proc.pid)
-        rss_now = next(int(line.split()[1]) / 1024 for line in Path(f"/proc/{tracker.proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+        rss = memory_mb(tracker.proc.pid)
+        rss_now = memory_mb(tracker.proc.pid, "VmRSS")
     finally:
         tracker.stop()
     return {"requests_per_second": rate, "half_load": at_half, "rss_mb_100k_seeders": rss_now, "peak_rss_mb": rss}
@@ -277,7 +282,8 @@ def table(results: dict) -> str:
         rows.append((f"{k} seeder(s), {size_gib:g} GiB", f"{r['seconds']:.2f} s", ""))
     m = results["many_leechers"]
     rows.append((f"{m['leechers']} leechers at once, {results['many_bytes'] / MiB:.0f} MiB each",
-                 f"{m['seconds']:.2f} s", f"{m['aggregate_mb_per_s']:.0f} MB/s aggregate, all finished: {m['all_finished']}"))
+                 f"{m['seconds']:.2f} s", f"{m['aggregate_mb_per_s']:.0f} MB/s aggregate, seeder egress "
+                 f"{m['seeder_egress_bytes'] / MiB:.0f} MiB, all finished: {m['all_finished']}"))
     rows.append(("seeder start: hashlib one thread / seeder hashing", f"{st['hashlib_one_thread_seconds']:.2f} s / {st['seeder_hash_seconds']:.2f} s",
                  f"{st['seeder_hash_seconds'] / st['hashlib_one_thread_seconds']:.2f}x"))
     rows.append(("seeder start to registered / restart unchanged", f"{st['seeder_start_to_registered_seconds']:.2f} s / {st['restart_unchanged_seconds']:.2f} s", ""))
@@ -322,13 +328,13 @@ def main() -> int:
             swarm.start_tracker()
             print("seeders hashing", flush=True)
             all_files = list(dict.fromkeys(files.values()))
-            swarm.add_seeder(all_files)  # hashes once; the others start from its manifest cache
-            for _ in range(4):
-                swarm.add_seeder(all_files)
+            metrics_ports = [free_port() for _ in range(5)]
+            for port in metrics_ports:  # the first hashes; the others start from its manifest cache
+                swarm.add_seeder(all_files, "--metrics-port", str(port))
             print("baselines and downloads", flush=True)
             results["baselines"], results["swarm"] = bench_swarm(swarm, files, work, repeat, list(sizes))
             print("eight leechers", flush=True)
-            results["many_leechers"] = bench_many_leechers(swarm, "many.bin", many_size, work)
+            results["many_leechers"] = bench_many_leechers(swarm, metrics_ports, "many.bin", many_size, work)
             print("seeder start-up", flush=True)
             results["startup"] = bench_startup(files["main.bin"], work, swarm.tracker_addr)
         print("a seeder killed mid-download", flush=True)

@@ -17,8 +17,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from p2p_shared import messages
 
@@ -145,6 +148,17 @@ class Service:
 
 def service_argv(role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"p2p_{role}", *args]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """Every sample of a real /metrics endpoint, keyed by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def tracker_request(address: tuple[str, int], message: messages.Request, timeout: float = 1.0, attempts: int = 5):

@@ -1,21 +1,6 @@
-import urllib.request
-
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from tools.localswarm import LocalSwarm, scrape  # noqa: F401 (the tests import scrape from here)
 
-from tools.localswarm import LocalSwarm
-
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """Every sample of a real /metrics endpoint, keyed by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 @pytest.fixture

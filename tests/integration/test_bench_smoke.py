@@ -20,7 +20,9 @@ def test_bench_quick_run_writes_every_figure(tmp_path):
     assert head["seconds"] > 0 and head["rss_mb"] > 0 and head["seeder_peak_rss_mb"] > 0
     assert figures["baselines"]["tcp_hash_seconds"] > 0
     assert set(figures["swarm"]["by_seeders"]) == {"1", "2", "3", "5"}
-    assert figures["many_leechers"]["all_finished"] is True
+    many = figures["many_leechers"]
+    assert many["all_finished"] is True
+    assert many["seeder_egress_bytes"] >= many["leechers"] * figures["many_bytes"]  # every copy came from seeders
     assert figures["startup"]["restart_unchanged_seconds"] > 0
     assert figures["tracker"]["requests_per_second"] > 100
     assert figures["tracker"]["half_load"]["answered"] > 0
