@@ -6,11 +6,8 @@ PY := $(BIN)/python
 PYTEST_ARGS ?=
 SWARM_ARGS ?=
 COMPOSE := docker compose $(if $(TLS),-f docker-compose.yml -f docker-compose.tls.yml)
-# The leecher container writes ./downloads as the user who runs make.
-export P2P_UID := $(shell id -u)
-export P2P_GID := $(shell id -g)
 
-.PHONY: bench certs fuzz install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
+.PHONY: bench certs fuzz install preflight test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +18,12 @@ $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.t
 
 install: $(BIN)/p2p-leecher
 
-test: install
-	-@deploy/install-compose.sh >/dev/null
+# Checks Docker, Compose, the image route and the host tools the tests use; installs what is
+# missing (as root) and says what it found. Missing pieces skip their tests, or fail under CI.
+preflight: install
+	@deploy/preflight.sh test
+
+test: install preflight
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -31,7 +32,7 @@ test-unit: install
 test-integration: install
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-test-docker: install compose-plugin
+test-docker: install preflight
 	$(BIN)/pytest tests/docker $(PYTEST_ARGS)
 
 # A tracker, three seeders and a leecher as local processes on a generated demo file.
@@ -46,7 +47,8 @@ compose-plugin: install
 	@deploy/install-compose.sh >/dev/null
 
 # Every image `docker compose up` needs; air-gapped machines get local Debian-based images.
-images: install compose-plugin
+images: install
+	@deploy/preflight.sh up
 	deploy/build-images.sh
 
 # A swarm CA and certificates for TLS on the chunk channel (certs/).
@@ -57,13 +59,10 @@ certs/ca.crt:
 
 # The full swarm with monitoring, detached; then follow the leecher job to its end. TLS=1: mutual TLS.
 up: images $(if $(TLS),certs)
+	@grep -q '^GRAFANA_AVAILABLE=1' .env || \
+		echo "Grafana skipped: no Grafana image here and no registry to pull one; Prometheus is on http://127.0.0.1:9090"
 	mkdir -p downloads
-	@if grep -q '^GRAFANA_AVAILABLE=1' .env; then \
-		$(COMPOSE) up --detach; \
-	else \
-		echo "Grafana skipped: no Grafana image here and no registry to pull one; Prometheus is on http://localhost:9090"; \
-		$(COMPOSE) up --detach tracker seeder pushgateway prometheus leecher; \
-	fi
+	$(COMPOSE) up --detach
 	$(COMPOSE) logs --follow --no-log-prefix leecher
 	@exit $$($(COMPOSE) ps --all --format '{{.ExitCode}}' leecher)
 
@@ -74,7 +73,8 @@ logs:
 	$(COMPOSE) logs --follow
 
 clean:
-	rm -rf $(VENV) .swarm downloads
+	rm -rf $(VENV) .swarm
+	find downloads -mindepth 1 ! -name .gitkeep -delete
 
 # The benchmark: baselines and the swarm in one run; table, bench/results/latest.json and charts.
 bench: install

@@ -7,7 +7,8 @@
 # `docker import`s it as the base; Python dependencies are downloaded from PyPI on the host as
 # wheels into deploy/wheels and installed with --no-index; Prometheus and the Pushgateway come
 # from Debian's packages in a second local image. There is no Grafana package in Debian, so
-# Grafana is left out, and `make up` says so.
+# Grafana is left out: its service sits behind the `grafana` Compose profile, which .env turns
+# on only when a Grafana image is there, so a plain `docker compose up` works either way.
 #
 # The choice is written to .env, which docker compose reads.
 set -euo pipefail
@@ -97,5 +98,6 @@ PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE
 PUSHGATEWAY_IMAGE=$PUSHGATEWAY_IMAGE
 GRAFANA_IMAGE=$GRAFANA_IMAGE
 GRAFANA_AVAILABLE=$grafana
+COMPOSE_PROFILES=$([ "$grafana" = 1 ] && echo grafana)
 ENV
 say "images ready ($mode); settings in .env"

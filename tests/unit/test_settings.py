@@ -40,13 +40,48 @@ def test_positional_target_from_environment(monkeypatch):
     assert build_settings(LeecherSettings, leecher_parser(), ["other"]).target == "other"
 
 
-def test_bad_values_exit_2_with_one_line(capsys, monkeypatch):
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["x", "--tracker", "nocolon"], {}, "--tracker (P2P_TRACKER) 'nocolon' is not HOST:PORT with a port from 1 to 65535"),
+        (["x", "--min-seeders", "0"], {}, "--min-seeders (P2P_MIN_SEEDERS) must be at least 1, not '0'"),
+        (["x"], {"P2P_MIN_SEEDERS": "many"}, "--min-seeders (P2P_MIN_SEEDERS) must be a whole number, not 'many'"),
+        (["x"], {"P2P_WAIT": "soon"}, "--wait (P2P_WAIT) must be a number, not 'soon'"),
+        (["x", "--max-peers", "51"], {}, "--max-peers (P2P_MAX_PEERS) must be at most 50, not '51'"),
+        (["x"], {"P2P_PROGRESS": "fancy"}, "--progress (P2P_PROGRESS) must be one of 'auto', 'bar' or 'log', not 'fancy'"),
+        (["x"], {"P2P_WAIT_FOR_FILE": "perhaps"}, "--wait-for-file (P2P_WAIT_FOR_FILE) must be true or false, not 'perhaps'"),
+        # The secret is never echoed back.
+        (["x"], {"P2P_SWARM_SECRET": "hunter2"}, "P2P_SWARM_SECRET must be at least 16 characters long"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line_naming_the_flag_and_its_variable(capsys, monkeypatch, argv, env, expected):
     monkeypatch.delenv("P2P_TARGET", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as exit_info:
-        build_settings(LeecherSettings, leecher_parser(), ["x", "--tracker", "nocolon"])
+        build_settings(LeecherSettings, leecher_parser(), argv)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("p2p-leecher: error: tracker") and "\n" not in err
+    assert capsys.readouterr().err == f"p2p-leecher: error: {expected}\n"
+
+
+def test_help_shows_every_flag_with_its_variable_and_default(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        build_settings(SeederSettings, seeder_parser(), ["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "[P2P_PORT; default: 7000]" in text
+    assert "[P2P_FILE; default: large_text_file.txt]" in text
+    assert "[P2P_TLS_CA; default: unset]" in text and "[P2P_NO_CACHE; default: off]" in text
+    assert "(default " not in text  # said once, in the bracket
+    flags = {a.dest for a in seeder_parser()._actions if a.option_strings} - {"help", "version"}
+    assert all(f"[P2P_{dest.upper()}; default: " in text for dest in flags)
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_settings(LeecherSettings, leecher_parser(), ["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == "p2p-leecher 0.1.0\n"
 
 
 def test_empty_tls_variables_mean_no_tls(monkeypatch):

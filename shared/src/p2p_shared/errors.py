@@ -54,6 +54,11 @@ class TrackerUnavailable(P2PError):
     """No answer from the tracker after every retry."""
 
 
+class TrackerUnreachable(TrackerUnavailable):
+    """The tracker's name does not resolve, or nothing listens on its port: known at once,
+    without waiting for every retry. Services retry later; a one-shot command says so and stops."""
+
+
 class TrackerRejected(P2PError):
     """The tracker answered with a typed error."""
 

@@ -8,7 +8,9 @@ overrides, so the model stays the single source of defaults and validation.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -26,6 +28,7 @@ class CommonSettings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(0, ge=0, le=65535)
     swarm_secret: SecretStr | None = Field(None, min_length=16)  # from P2P_SWARM_SECRET only
+    health_file: Path | None = None
 
     @field_validator("swarm_secret", mode="before")
     @classmethod
@@ -71,27 +74,101 @@ class TlsSettings(CommonSettings):
         return None if value == "" else value  # P2P_TLS_CA= turns TLS off
 
 
+def package_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version(parser.prog)}")
     group = parser.add_argument_group("logging and metrics")
     group.add_argument("--log-format", choices=["auto", "console", "json"], help="auto: console on a terminal, JSON otherwise")
     group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     group.add_argument("--metrics-host", help="address the metrics endpoint binds")
     group.add_argument("--metrics-port", type=int, help="Prometheus metrics port; 0 turns it off")
+    group.add_argument("--health-file", type=Path, help="a file kept fresh while the service is healthy (for container healthchecks)")
 
 
 S = TypeVar("S", bound=BaseSettings)
 
+# pydantic's error types, said in our words; anything else falls back to pydantic's message.
+_WORDS = {
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+    "literal_error": "must be one of {expected}",
+    "string_too_short": "must be at least {min_length} characters long",
+    "too_short": "must be at least {min_length} characters long",
+    "missing": "is required",
+}
+
+
+def env_name(field: str) -> str:
+    return f"P2P_{field.upper()}"
+
+
+def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each setting's name as a user gives it: `--min-seeders (P2P_MIN_SEEDERS)`."""
+    names = {}
+    for action in parser._actions:
+        if action.option_strings:
+            names[action.dest] = f"{max(action.option_strings, key=len)} ({env_name(action.dest)})"
+        elif action.dest != "help":
+            names[action.dest] = f"{action.dest.upper()} ({env_name(action.dest)})"
+    return names
+
+
+def describe_error(error: dict, names: dict[str, str]) -> str:
+    """One pydantic error as one line that names the flag and its variable."""
+    field = str(error["loc"][0]) if error["loc"] else "settings"
+    name = names.get(field, env_name(field))
+    if error["type"] == "value_error":
+        what = str(error["ctx"]["error"])
+    elif error["type"] in _WORDS:
+        what = _WORDS[error["type"]].format(**error.get("ctx", {}))
+    else:
+        what = error["msg"][:1].lower() + error["msg"][1:]
+    secret = "secret" in field
+    # Our own validators' messages quote the value already.
+    quiet = secret or error["type"] in ("missing", "value_error")
+    given = "" if quiet else f", not {error['input']!r}"
+    return f"{name} {what}{given}"
+
+
+def _document(parser: argparse.ArgumentParser, model: type[BaseSettings]) -> None:
+    """Every flag's help ends with its variable and default, taken from the model itself."""
+    for action in parser._actions:
+        field = model.model_fields.get(action.dest)
+        if field is None:
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(str(d) for d in default)
+        shown = {None: "unset", False: "off", True: "on"}.get(default, default)
+        text = re.sub(r"\s*\(default [^()]*\)", "", action.help or "")
+        text = re.sub(r"\s*\(env P2P_\w+\)", "", text)
+        action.help = f"{text} [{env_name(action.dest)}; default: {shown}]".strip()
+
 
 def build_settings(model: type[S], parser: argparse.ArgumentParser, argv: list[str] | None) -> S:
     """Flags override P2P_* variables, which override defaults. Bad values exit 2 with one line."""
+    _document(parser, model)
     for action in parser._actions:
-        if action.dest != "help":
+        if action.dest not in ("help", "version"):
             action.default = argparse.SUPPRESS  # unset flags fall through to env and defaults
+        if action.dest in model.model_fields:
+            action.type = None  # the model converts and checks flags and variables alike
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     try:
         return model(**given)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"])
-        print(f"{parser.prog}: error: {field}: {first['msg']}", file=sys.stderr)
+        print(f"{parser.prog}: error: {describe_error(first, _flag_names(parser))}", file=sys.stderr)
         raise SystemExit(2) from None

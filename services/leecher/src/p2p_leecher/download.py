@@ -32,6 +32,7 @@ from p2p_shared.errors import (
     RemoteProtocolError,
     TrackerRejected,
     TrackerUnavailable,
+    TrackerUnreachable,
 )
 from p2p_shared.manifest import Manifest, is_file_id
 from p2p_shared.net.tracker_client import TrackerClient
@@ -52,6 +53,7 @@ class DownloadOptions:
     output_dir: Path
     min_seeders: int = 1
     wait: float = 30.0
+    wait_for_file: bool = False  # keep looking up a file the tracker does not know, for `wait` s
     max_peers: int = 8
     depth: int = 4
     chunk_timeout: float = 30.0
@@ -133,7 +135,10 @@ class Download:
         return reply
 
     async def find_seeders(self, target: str) -> tuple[messages.FileEntry, list[PeerKey]]:
-        """Wait (at most `wait` seconds) until `min_seeders` live seeders hold the file."""
+        """Wait (at most `wait` seconds) until `min_seeders` live seeders hold the file.
+
+        A file the tracker does not know is reported after one lookup, unless asked to wait
+        for it; a tracker that cannot be reached at all (no such host, closed port) at once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.wait
         delay, found, said = 0.25, 0, False
@@ -143,6 +148,13 @@ class Download:
                 found = len(reply.peers)
                 if reply.file is not None and found >= self.options.min_seeders:
                     return reply.file, list(reply.peers)
+                if reply.file is None and not self.options.wait_for_file:
+                    raise DownloadError(
+                        f"{target} is not on the network: tracker {self.tracker.label} knows no live holder of it"
+                        " (`p2p-leecher --list` shows the files it knows; --wait-for-file waits for it)"
+                    )
+            except TrackerUnreachable:
+                raise
             except TrackerUnavailable:
                 if loop.time() >= deadline:
                     raise

@@ -33,6 +33,7 @@ class LeecherSettings(TlsSettings):
     output_dir: Path = Path(".")
     min_seeders: int = Field(1, ge=1)
     wait: float = Field(30.0, ge=0)
+    wait_for_file: bool = False
     max_peers: int = Field(8, ge=1, le=50)
     pipeline_depth: int = Field(4, ge=1, le=64)
     chunk_timeout: float = Field(30.0, gt=0)
@@ -57,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", type=Path, help="folder for the downloaded file (default .)")
     p.add_argument("--min-seeders", type=int, help="seeders to wait for before starting (default 1)")
     p.add_argument("--wait", type=float, help="seconds to wait for seeders, at start and when all are lost (default 30)")
+    p.add_argument("--wait-for-file", action="store_true", default=None, help="wait (--wait seconds) for a file the tracker does not know yet, instead of failing at once")
     p.add_argument("--max-peers", type=int, help="seeders downloaded from at once (default 8)")
     p.add_argument("--pipeline-depth", type=int, help="requests in flight per seeder (default 4)")
     p.add_argument("--chunk-timeout", type=float, help="seconds a seeder may stay silent with requests pending (default 30)")
@@ -119,6 +121,7 @@ async def fetch(settings: LeecherSettings) -> int:
         output_dir=settings.output_dir,
         min_seeders=settings.min_seeders,
         wait=settings.wait,
+        wait_for_file=settings.wait_for_file,
         max_peers=settings.max_peers,
         depth=settings.pipeline_depth,
         chunk_timeout=settings.chunk_timeout,

@@ -17,7 +17,7 @@ from p2p_shared import messages
 from p2p_shared.errors import P2PError, TrackerUnavailable
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FILES_PER_REGISTER
 from p2p_shared.logs import configure_logging
-from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import server_context
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.ratelimit import TokenBucket
@@ -110,6 +110,7 @@ class TrackerLink:
         self.metrics = metrics
         self.interval = 5.0  # until the tracker tells us its own
         self.registered = False
+        self.registered_once = asyncio.Event()
 
     async def register(self) -> None:
         for start in range(0, max(1, len(self.entries)), MAX_FILES_PER_REGISTER):
@@ -122,6 +123,7 @@ class TrackerLink:
                 self.interval = reply.interval
         self.metrics.registrations.labels("ok").inc()
         self.registered = True
+        self.registered_once.set()
         log.info("registered with tracker", tracker=self.client.label, files=len(self.entries), interval=self.interval)
 
     async def beat(self) -> None:
@@ -215,9 +217,16 @@ async def serve(settings: SeederSettings) -> int:
     )
     client = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
     link = TrackerLink(client, settings, files, metrics)
+
+    async def healthy_once_registered() -> None:  # serving and known to the tracker
+        await link.registered_once.wait()
+        await keep_healthy(settings.health_file, stop)
+
+    health = asyncio.create_task(healthy_once_registered())
     try:
         await link.run(stop)
     finally:
+        health.cancel()
         server.close()
         await link.unregister()
         client.close()

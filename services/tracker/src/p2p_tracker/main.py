@@ -12,7 +12,7 @@ from pydantic import Field
 
 from p2p_shared.auth import Sealer
 from p2p_shared.logs import configure_logging
-from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.ratelimit import AddressLimiter
 from p2p_shared.registry import SeederRegistry
 from p2p_shared.settings import CommonSettings, add_common_flags, build_settings
@@ -93,6 +93,7 @@ async def serve(settings: TrackerSettings) -> int:
         return 1
     log.info("tracker listening", host=settings.host, port=settings.port, metrics_port=settings.metrics_port)
     sweep = min(settings.heartbeat_interval, 5.0)
+    health = asyncio.create_task(keep_healthy(settings.health_file, stop))
     try:
         while not stop.is_set():
             try:
@@ -102,6 +103,7 @@ async def serve(settings: TrackerSettings) -> int:
             core.expire(time.time())
     finally:
         transport.close()
+        health.cancel()
     log.info("tracker stopped")
     return 0
 

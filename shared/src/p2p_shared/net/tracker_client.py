@@ -9,7 +9,7 @@ import time
 
 from .. import messages
 from ..auth import Sealer
-from ..errors import RemoteProtocolError, TrackerRejected, TrackerUnavailable
+from ..errors import RemoteProtocolError, TrackerRejected, TrackerUnavailable, TrackerUnreachable
 from ..retry import backoff_delays, fit_budget
 
 
@@ -19,6 +19,11 @@ class _ClientProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         self._client._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # The socket is connected, so an ICMP "port unreachable" comes back as this error.
+        if isinstance(exc, ConnectionRefusedError):
+            self._client._on_refused()
 
 
 class TrackerClient:
@@ -30,7 +35,6 @@ class TrackerClient:
         self._connection: tuple[int, float] | None = None  # (id, valid until loop time)
         self._delays = backoff_delays(first_timeout, attempts)
         self._transport: asyncio.DatagramTransport | None = None
-        self._family: int | None = None
         self._address: tuple | None = None
         self._waiting: dict[int, asyncio.Future] = {}
         self._rng = random.Random()
@@ -39,19 +43,27 @@ class TrackerClient:
     def label(self) -> str:
         return f"{self.host}:{self.port}"
 
-    async def _resolve(self) -> tuple:
+    async def _resolve(self) -> None:
         # Resolved on every attempt: in containers a restarted tracker may come back elsewhere.
+        # The socket is connected to the address, so the kernel reports a closed port to us.
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        try:
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            raise TrackerUnreachable(f"cannot resolve the tracker's host {self.host!r}: {exc.strerror}") from None
         family, _, _, _, address = infos[0]
-        if self._transport is None or family != self._family:
+        if self._transport is None or address != self._address:
             self.close()
             self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: _ClientProtocol(self), family=family
+                lambda: _ClientProtocol(self), family=family, remote_addr=address
             )
-            self._family = family
-        self._address = address
-        return address
+            self._address = address
+
+    def _on_refused(self) -> None:
+        error = TrackerUnreachable(f"tracker {self.label} refused: nothing listens on udp port {self.port}")
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(error)
 
     def _on_datagram(self, data: bytes, addr) -> None:
         if self._address is None or tuple(addr[:2]) != tuple(self._address[:2]):
@@ -100,11 +112,13 @@ class TrackerClient:
         try:
             for delay in delays:
                 try:
-                    address = await self._resolve()
+                    await self._resolve()
                     assert self._transport is not None
                     # Sealed again on every attempt: the tracker refuses a repeated nonce.
                     data = payload if self._sealer is None else self._sealer.seal(payload, time.time())
-                    self._transport.sendto(data, address)
+                    self._transport.sendto(data)
+                except TrackerUnreachable:
+                    raise
                 except OSError:
                     await asyncio.sleep(delay)
                     continue
@@ -121,3 +135,4 @@ class TrackerClient:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+            self._address = None
