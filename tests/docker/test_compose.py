@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.parse
@@ -15,9 +16,6 @@ import pytest
 from testcontainers.compose import DockerCompose
 
 from .conftest import REPO
-
-SERVICES = ["tracker", "seeder", "pushgateway", "prometheus"]
-
 
 def eventually(check, timeout: float = 60.0, every: float = 0.5):
     """Poll something that has no event to wait on (Prometheus scrapes every few seconds)."""
@@ -35,11 +33,20 @@ def eventually(check, timeout: float = 60.0, every: float = 0.5):
 
 
 class Swarm:
-    def __init__(self, compose: DockerCompose, downloads: Path) -> None:
+    def __init__(self, compose: DockerCompose, downloads: Path, up: subprocess.Popen, output) -> None:
         self.compose = compose
         self.downloads = downloads
-        host, port = compose.get_service_host_and_port("prometheus", 9090)
-        self.prometheus = f"http://127.0.0.1:{port}"
+        self.up = up
+        self._output = output
+
+    def up_output(self) -> str:
+        self._output.seek(0)
+        return self._output.read()
+
+    @functools.cached_property
+    def prometheus(self) -> str:
+        port = eventually(lambda: self.run("port", "prometheus", "9090", check=False).stdout.strip().rsplit(":", 1)[-1])
+        return f"http://127.0.0.1:{port}"
 
     def run(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
@@ -78,9 +85,11 @@ class Swarm:
 
 @pytest.fixture(scope="module")
 def swarm(images, tmp_path_factory):
+    """The swarm started the way the README says: a plain `docker compose up`, attached; only
+    settings change (five seeders, a small file). The download folder does not exist yet, so
+    Docker creates it as root, as it does for a user who has none."""
     work = tmp_path_factory.mktemp("compose")
     downloads = work / "downloads"
-    downloads.mkdir()
     settings = {
         **images,
         "COMPOSE_PROJECT_NAME": f"p2ptest{os.getpid()}",
@@ -90,30 +99,40 @@ def swarm(images, tmp_path_factory):
         "PROMETHEUS_PORT": "0",
         "GRAFANA_PORT": "0",
         "DOWNLOAD_DIR": str(downloads),
-        "P2P_UID": str(os.getuid()),
-        "P2P_GID": str(os.getgid()),
     }
     env_file = work / "test.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-    compose = DockerCompose(REPO, env_file=str(env_file), services=SERVICES, wait=True)
-    compose.start()
+    compose = DockerCompose(REPO, env_file=str(env_file))
+    output = open(work / "compose-up.log", "w+")
+    up = subprocess.Popen([*compose.compose_command_property, "up"], cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
     try:
-        yield Swarm(compose, downloads)
+        yield Swarm(compose, downloads, up, output)
     finally:
+        up.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
         subprocess.run(
             [*compose.compose_command_property, "down", "--volumes", "--remove-orphans", "--timeout", "10"],
             cwd=REPO, capture_output=True,
         )
+        output.close()
 
 
 @pytest.fixture(scope="module")
 def leecher_job(swarm):
-    """The compose leecher job, run once as `docker compose up` runs it."""
-    swarm.run("up", "--detach", "leecher")
-    swarm.run("wait", "leecher", check=False)
-    exit_code = swarm.run("ps", "--all", "--format", "{{.ExitCode}}", "leecher").stdout.strip()
+    """The leecher job of that `docker compose up`, to its end."""
+
+    def leecher_exited():
+        """the leecher job exited"""
+        rows = swarm.run("ps", "--all", "--format", "{{.State}} {{.ExitCode}}", "leecher", check=False).stdout.split()
+        assert swarm.up.poll() is None, swarm.up_output()
+        return len(rows) == 2 and rows[0] == "exited" and rows
+
+    rows = eventually(leecher_exited, timeout=600, every=1.0)
     logs = swarm.run("logs", "--no-log-prefix", "leecher").stdout
-    return int(exit_code), logs
+    return int(rows[1]), logs
 
 
 def test_five_seeders_are_registered_and_scraped(swarm):
@@ -129,11 +148,16 @@ def test_five_seeders_are_registered_and_scraped(swarm):
     eventually(seeder_targets_up)
 
 
-def test_leecher_job_downloads_the_exact_file(swarm, leecher_job):
+def test_leecher_job_downloads_the_exact_file_from_every_seeder(swarm, leecher_job):
     exit_code, logs = leecher_job
     assert exit_code == 0, logs
     assert "Successfully downloaded demo.bin" in logs
     assert swarm.downloaded_sha256() == swarm.seed_sha256
+    # No MIN_SEEDERS given: the leecher started once all five were registered, and used them all.
+    started = [json.loads(line) for line in logs.splitlines() if '"downloading"' in line]
+    assert started and started[0]["seeders"] == 5, logs
+    # The folder Docker created as root was handed to the image's user; the file is theirs.
+    assert (swarm.downloads / "demo.bin").stat().st_uid == 10001
 
 
 def test_metrics_are_nonzero_where_they_should_be(swarm, leecher_job):
@@ -160,7 +184,7 @@ def test_scale_down_the_tracker_forgets_and_a_new_run_succeeds(swarm, leecher_jo
     swarm.run("up", "--detach", "--wait", "--no-recreate", "--scale", "seeder=2", "seeder")
     assert eventually(lambda: swarm.seeders_listed() == 2, timeout=30)
     (swarm.downloads / "demo.bin").unlink()
-    result = swarm.run("run", "--rm", "-T", "-e", "P2P_MIN_SEEDERS=2", "leecher", check=False)
+    result = swarm.run("run", "--rm", "-T", "leecher", check=False)  # no setting follows the scale
     assert result.returncode == 0, result.stdout + result.stderr
     assert swarm.downloaded_sha256() == swarm.seed_sha256
 
@@ -198,7 +222,6 @@ def test_compose_swarm_with_mutual_tls_and_a_swarm_secret(images, tmp_path):
     downloads.mkdir()
     settings = {**images, "COMPOSE_PROJECT_NAME": f"p2ptls{os.getpid()}", "SEEDERS": "2", "MIN_SEEDERS": "2",
                 "DEMO_SIZE_MIB": "8", "PROMETHEUS_PORT": "0", "DOWNLOAD_DIR": str(downloads),
-                "P2P_UID": str(os.getuid()), "P2P_GID": str(os.getgid()),
                 "P2P_SWARM_SECRET": "a compose test secret"}
     env_file = tmp_path / "tls.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))

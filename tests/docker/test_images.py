@@ -2,23 +2,44 @@
 
 import subprocess
 import time
+import uuid
 
 import docker
 import pytest
-from testcontainers.core.container import DockerContainer
 
 
-def wait_healthy(container: DockerContainer, timeout: float = 120) -> None:
-    wrapped = container.get_wrapped_container()
+def wait_healthy(container, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        wrapped.reload()
-        state = wrapped.attrs["State"]
+        container.reload()
+        state = container.attrs["State"]
         if state["Health"]["Status"] == "healthy":
             return
-        assert state["Status"] == "running", wrapped.logs().decode()
+        assert state["Status"] == "running", container.logs().decode()
         time.sleep(0.5)
-    raise AssertionError(f"not healthy within {timeout}s:\n{wrapped.logs().decode()}")
+    raise AssertionError(f"not healthy within {timeout}s:\n{container.logs().decode()}")
+
+
+@pytest.fixture
+def network():
+    client = docker.from_env()
+    net = client.networks.create(f"p2p-test-{uuid.uuid4().hex[:8]}")
+    containers = []
+    yield client, net, containers
+    for container in containers:
+        container.remove(force=True)
+    net.remove()
+
+
+def metrics_of(container, port: int) -> str:
+    code = f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+    result = container.exec_run(["python3", "-c", code])
+    assert result.exit_code == 0, result.output
+    return result.output.decode()
+
+
+def sample(metrics: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name))
 
 
 def test_images_build_offline_when_no_registry_answers(images):
@@ -28,34 +49,82 @@ def test_images_build_offline_when_no_registry_answers(images):
         assert images["OFFLINE"] == "1"
         out = client.containers.run(images["BASE_IMAGE"], ["cat", "/etc/debian_version"], remove=True)
         assert out.decode().startswith("12.")
-    for role in ("tracker", "seeder", "leecher"):
+    for role in ("tracker", "seeder"):
         config = client.images.get(f"p2p-{role}:latest").attrs["Config"]
         assert config["User"] == "p2p"
         assert config["Entrypoint"] == [f"p2p-{role}"]
+    leecher = client.images.get("p2p-leecher:latest").attrs["Config"]
+    assert leecher["Entrypoint"] == ["p2p-as-owner", "p2p-leecher"]
     for image in (images["PROMETHEUS_IMAGE"], images["PUSHGATEWAY_IMAGE"]):
         client.images.get(image)
 
 
-def test_tracker_turns_healthy(images):
-    with DockerContainer("p2p-tracker:latest") as tracker:
-        wait_healthy(tracker)
-
-
-def test_seeder_turns_healthy_once_its_files_are_hashed(images):
-    # No tracker here: the seeder still serves (and keeps trying to register).
-    with DockerContainer("p2p-seeder:latest").with_command(["-f", "/etc/os-release"]) as seeder:
-        wait_healthy(seeder)
-
-
-def test_leecher_image_runs_its_command(images):
-    result = subprocess.run(["docker", "run", "--rm", "p2p-leecher:latest", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "p2p-leecher" in result.stdout
+def test_tracker_and_seeder_turn_healthy_without_being_counted_as_clients(images, network):
+    """Healthy once serving (a seeder: once registered), checked without a probe connection:
+    after several healthchecks the tracker has seen only the seeder, and the seeder no peer."""
+    client, net, containers = network
+    env = {"P2P_HEARTBEAT_INTERVAL": "2"}
+    tracker = client.containers.run("p2p-tracker:latest", detach=True, network=net.name, environment=env)
+    containers.append(tracker)
+    net.disconnect(tracker)
+    net.connect(tracker, aliases=["tracker"])
+    seeder = client.containers.run(
+        "p2p-seeder:latest", ["-f", "/etc/os-release", "--tracker", "tracker:6969"], detach=True, network=net.name
+    )
+    containers.append(seeder)
+    wait_healthy(tracker)
+    wait_healthy(seeder)
+    deadline = time.monotonic() + 60
+    while len(seeder.attrs["State"]["Health"]["Log"]) < 3 and time.monotonic() < deadline:
+        time.sleep(1)
+        seeder.reload()
+    assert len(seeder.attrs["State"]["Health"]["Log"]) >= 3
+    assert sample(metrics_of(seeder, 9102), "p2p_seeder_connections_total") == 0
+    tracker_metrics = metrics_of(tracker, 9101)
+    assert sample(tracker_metrics, 'p2p_tracker_datagrams_total{type="connect"}') <= 2  # the seeder's own
+    assert sample(tracker_metrics, "p2p_tracker_lookups_total") == 0
 
 
 @pytest.mark.parametrize("role", ["tracker", "seeder"])
-def test_healthcheck_fails_when_nothing_answers(images, role):
-    result = subprocess.run(
-        ["docker", "run", "--rm", "--entrypoint", "p2p-health", f"p2p-{role}:latest", role],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 1 and "not healthy" in result.stderr
+def test_healthcheck_needs_a_fresh_health_file(images, role):
+    """The image's own HEALTHCHECK command, run where the service is not running."""
+    client = docker.from_env()
+    test = client.images.get(f"p2p-{role}:latest").attrs["Config"]["Healthcheck"]["Test"]
+    assert test[0] == "CMD-SHELL"
+    check = test[1]
+
+    def run(setup: str) -> int:
+        result = subprocess.run(
+            ["docker", "run", "--rm", "--entrypoint", "sh", f"p2p-{role}:latest", "-c", f"{setup}; {check}"],
+            capture_output=True, text=True,
+        )
+        return result.returncode
+
+    assert run("true") != 0  # no file: the service never got going
+    assert run('touch -d "-1 minute" "$P2P_HEALTH_FILE"') != 0  # stale: the service stalled
+    assert run('touch "$P2P_HEALTH_FILE"') == 0
+
+
+def test_leecher_image_runs_its_command(images):
+    result = subprocess.run(["docker", "run", "--rm", "p2p-leecher:latest", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("p2p-leecher ")
+
+
+def test_leecher_runs_as_the_owner_of_its_download_folder(images, tmp_path):
+    """Files land owned by whoever owns the folder; a root-owned one is given to p2p first."""
+    mine, docker_made = tmp_path / "mine", tmp_path / "made-by-docker"
+    mine.mkdir()
+    subprocess.run(["chown", "4321:4322", str(mine)], check=True)
+
+    def identity(folder) -> str:
+        result = subprocess.run(
+            ["docker", "run", "--rm", "-v", f"{folder}:/downloads", "--entrypoint", "p2p-as-owner",
+             "p2p-leecher:latest", "sh", "-c", "echo $(id -u) $(id -g)"],
+            capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stdout.split())
+
+    assert identity(mine) == "4321 4322"
+    assert identity(docker_made) == "10001 10001"
+    assert docker_made.stat().st_uid == 10001

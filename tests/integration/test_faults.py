@@ -84,7 +84,9 @@ def test_tracker_restart_seeders_reappear_and_download_continues(tmp_path):
         swarm.start_tracker()
         back = time.monotonic()
         # A new leecher started right away may wait at most one heartbeat interval for seeders.
-        newcomer = swarm.leecher("restart.bin", tmp_path / "new", "--min-seeders", "3", "--wait", str(interval))
+        newcomer = swarm.leecher(
+            "restart.bin", tmp_path / "new", "--min-seeders", "3", "--wait", str(interval), "--wait-for-file"
+        )
         wait_until(lambda: len(swarm.lookup("restart.bin").peers) == 3, timeout=10)
         assert time.monotonic() - back <= interval
         assert leecher.wait(120) == 0, leecher.output

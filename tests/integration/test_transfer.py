@@ -79,10 +79,10 @@ def test_existing_identical_file_is_kept_and_different_one_refused(seeded, tmp_p
         assert "already exists and differs" in leecher.output and "Traceback" not in leecher.output
 
 
-def test_unknown_file_fails_after_the_wait_with_one_line(swarm, tmp_path):
-    leecher = swarm.leecher("nothing-here.bin", tmp_path, "--wait", "1")
+def test_unknown_file_with_wait_for_file_fails_after_the_wait_with_one_line(swarm, tmp_path):
+    leecher = swarm.leecher("nothing-here.bin", tmp_path, "--wait", "1", "--wait-for-file")
     assert leecher.wait(30) == 1
-    assert "no seeder holds nothing-here.bin" in leecher.output
+    assert "no seeder holds nothing-here.bin (waited 1s)" in leecher.output
     assert "Traceback" not in leecher.output
     assert list(tmp_path.iterdir()) == []
 
