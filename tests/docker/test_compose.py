@@ -105,8 +105,17 @@ def swarm(images, tmp_path_factory):
     compose = DockerCompose(REPO, env_file=str(env_file))
     output = open(work / "compose-up.log", "w+")
     up = subprocess.Popen([*compose.compose_command_property, "up"], cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+    swarm = Swarm(compose, downloads, up, output)
+
+    def all_healthy():
+        """the tracker and five seeders healthy (compose then starts the leecher)"""
+        rows = swarm.run("ps", "--format", "{{.Service}} {{.Health}}", "tracker", "seeder", check=False).stdout.split("\n")
+        assert up.poll() is None, swarm.up_output()
+        return sum(row.endswith(" healthy") for row in rows) == 6
+
     try:
-        yield Swarm(compose, downloads, up, output)
+        eventually(all_healthy, timeout=300, every=1.0)
+        yield swarm
     finally:
         up.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
         try:
