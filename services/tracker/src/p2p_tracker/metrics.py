@@ -1,10 +1,12 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from p2p_shared.metrics import register_service_metrics
 from p2p_shared.registry import SeederRegistry
 
 
 class TrackerMetrics:
     def __init__(self, registry: CollectorRegistry, seeders: SeederRegistry) -> None:
+        register_service_metrics(registry, "p2p-tracker")
         self.datagrams = Counter(
             "p2p_tracker_datagrams_total", "Datagrams received, by message type", ["type"], registry=registry
         )

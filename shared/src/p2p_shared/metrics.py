@@ -1,0 +1,27 @@
+"""What every service's registry exposes besides its own metrics: the process (CPU, memory, open
+files, start time) and which build runs (`p2p_build_info{version}`, always 1, the usual way to
+put a version on a dashboard or join it to other series)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
+
+
+def package_version(distribution: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def register_service_metrics(registry: CollectorRegistry, distribution: str) -> None:
+    # `_created` series double every counter's cardinality and no dashboard or rule here reads
+    # them. The switch is process-wide in prometheus_client, so it is thrown when a service
+    # builds its registry, not when this module is imported.
+    prometheus_client.disable_created_metrics()
+    ProcessCollector(registry=registry)
+    build = Gauge("p2p_build_info", "The running build: 1, labelled with its version", ["version"], registry=registry)
+    build.labels(package_version(distribution)).set(1)
