@@ -75,3 +75,34 @@ def test_caps():
     with pytest.raises(RegistryFull):
         reg.register(("a", 1), [entry(3)], now=0)
     assert reg.register(("a", 1), [entry(1)], now=1) == "refreshed"  # already held: no new room needed
+
+
+def test_a_file_whose_seeders_all_expired_is_counted_until_seeded_again():
+    reg = SeederRegistry(ttl=10)
+    reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
+    reg.register(("b", 1), [entry(1)], now=5)
+    reg.expire(now=11)  # a expires: file 1 still has b, file g has nobody
+    assert reg.lost_file_count == 1
+    reg.expire(now=16)  # b expires too
+    assert reg.lost_file_count == 2 and reg.file_count == 0
+    reg.register(("c", 1), [entry(2, "g")], now=20)
+    assert reg.lost_file_count == 1
+
+
+def test_a_file_left_on_purpose_is_not_lost():
+    reg = SeederRegistry(ttl=10)
+    reg.register(("a", 1), [entry(1)], now=0)
+    reg.unregister(("a", 1))
+    reg.expire(now=100)
+    assert reg.lost_file_count == 0
+
+
+def test_lost_files_are_forgotten_after_a_day():
+    reg = SeederRegistry(ttl=10)
+    reg.register(("a", 1), [entry(1)], now=0)
+    reg.register(("b", 1), [entry(2)], now=3600)
+    reg.expire(now=20)
+    reg.expire(now=3620)
+    assert reg.lost_file_count == 2
+    reg.expire(now=20 + 24 * 3600 + 1)
+    assert reg.lost_file_count == 1

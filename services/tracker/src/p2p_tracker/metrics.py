@@ -50,3 +50,9 @@ class TrackerMetrics:
         live.set_function(lambda: len(seeders))
         files = Gauge("p2p_tracker_files", "Distinct files held by live seeders", registry=registry)
         files.set_function(lambda: seeders.file_count)
+        lost = Gauge(
+            "p2p_tracker_files_without_seeders",
+            "Files whose last seeder went silent (expired) in the last 24 h and no seeder registered since",
+            registry=registry,
+        )
+        lost.set_function(lambda: seeders.lost_file_count)
