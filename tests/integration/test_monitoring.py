@@ -136,7 +136,11 @@ def prometheus_scrapes_a_swarm(swarm: LocalSwarm, program: str, tmp_path: Path, 
         assert failed.wait() == 1, failed.output
 
         [group] = api(prometheus, "rules")["groups"]
-        assert len(group["rules"]) >= 8 and {rule["health"] for rule in group["rules"]} == {"ok"}
+        assert len(group["rules"]) >= 8
+        # Health is "unknown" until a rule's first evaluation, then "ok" unless it errors.
+        healths = lambda: {rule["health"] for rule in api(prometheus, "rules")["groups"][0]["rules"]}
+        wait_until(lambda: "unknown" not in healths(), timeout=30, every=0.5)
+        assert healths() == {"ok"}
         queries = queries_as_grafana_sends(scrape_interval=SCRAPE_INTERVAL)
         for expr in queries:
             try:
