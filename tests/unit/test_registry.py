@@ -5,6 +5,7 @@ import random
 import pytest
 
 from p2p_shared.messages import FileEntry
+from p2p_shared import registry as registry_module
 from p2p_shared.registry import RegistryFull, SeederRegistry
 
 
@@ -105,4 +106,18 @@ def test_lost_files_are_forgotten_after_a_day():
     reg.expire(now=3620)
     assert reg.lost_file_count == 2
     reg.expire(now=20 + 24 * 3600 + 1)
+    assert reg.lost_file_count == 1
+
+
+def test_lost_files_are_capped_oldest_forgotten_first(monkeypatch):
+    monkeypatch.setattr(registry_module, "MAX_LOST_FILES", 2)
+    reg = SeederRegistry(ttl=10)
+    for n in range(3):
+        reg.register(("a", n), [entry(n)], now=n)
+    for n in range(3):
+        reg.expire(now=11 + n)
+    assert reg.lost_file_count == 2
+    reg.register(("b", 1), [entry(0)], now=20)  # the oldest was forgotten: nothing to take back
+    assert reg.lost_file_count == 2
+    reg.register(("b", 1), [entry(2)], now=21)
     assert reg.lost_file_count == 1
