@@ -28,6 +28,7 @@ missing() {
 }
 
 apt_updated=0
+installed=()
 # apt_install PACKAGE...: Debian packages, installed only when we are root.
 apt_install() {
   if [ "$(id -u)" != 0 ]; then
@@ -43,7 +44,7 @@ need() {
   local command=$1 package=$2 what=${3:-}
   command -v "$command" >/dev/null 2>&1 && return 0
   say "installing $package (for $command${what:+: $what})"
-  apt_install "$package" && command -v "$command" >/dev/null 2>&1 && return 0
+  apt_install "$package" && command -v "$command" >/dev/null 2>&1 && installed+=("$package") && return 0
   missing "$command is missing${what:+ ($what)}: run 'sudo apt-get install $package'"
   return 1
 }
@@ -52,6 +53,14 @@ need() {
 if [ "$purpose" = test ]; then
   need promtool prometheus "alert rule tests" && say "promtool: $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)"
   need prometheus-pushgateway prometheus-pushgateway "Pushgateway tests" || true
+  need prometheus prometheus "a real Prometheus scraping a local swarm" || true
+  # Debian starts what it just installed as services where systemd runs; they would hold :9090
+  # and :9091, which `make up` publishes. The tests start their own, on free ports.
+  for package in "${installed[@]}"; do
+    case $package in prometheus | prometheus-pushgateway)
+      systemctl disable --now "$package" >/dev/null 2>&1 || true ;;
+    esac
+  done
   need ip iproute2 "network namespace tests" || true
   need tc iproute2 "shaped links" || true
 fi

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from testcontainers.compose import DockerCompose
 
+from tests.dashboard import queries_as_grafana_sends
+
 from .conftest import REPO
 
 def eventually(check, timeout: float = 60.0, every: float = 0.5):
@@ -182,11 +184,23 @@ def test_metrics_are_nonzero_where_they_should_be(swarm, leecher_job):
 
 
 def test_every_dashboard_query_returns_data(swarm, leecher_job):
-    dashboard = json.loads((REPO / "deploy/grafana/dashboards/p2p-swarm.json").read_text())
-    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    # As Grafana sends them: $instance is "All" (.*), $__rate_interval 4 x the 5 s scrape interval.
+    exprs = queries_as_grafana_sends(scrape_interval=5)
     assert len(exprs) >= 14
     for expr in exprs:
         eventually(lambda: len(swarm.query(expr)) > 0, timeout=90)
+
+
+def test_prometheus_loads_the_alert_rules(swarm):
+    def healths():
+        """every shipped rule evaluated once"""
+        with urllib.request.urlopen(f"{swarm.prometheus}/api/v1/rules", timeout=10) as response:
+            [group] = json.loads(response.read())["data"]["groups"]
+        found = [rule["health"] for rule in group["rules"]]
+        return "unknown" not in found and found
+
+    found = eventually(healths, timeout=60)
+    assert len(found) >= 8 and set(found) == {"ok"}
 
 
 def test_scale_down_the_tracker_forgets_and_a_new_run_succeeds(swarm, leecher_job):

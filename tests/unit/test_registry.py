@@ -5,6 +5,7 @@ import random
 import pytest
 
 from p2p_shared.messages import FileEntry
+from p2p_shared import registry as registry_module
 from p2p_shared.registry import RegistryFull, SeederRegistry
 
 
@@ -75,3 +76,48 @@ def test_caps():
     with pytest.raises(RegistryFull):
         reg.register(("a", 1), [entry(3)], now=0)
     assert reg.register(("a", 1), [entry(1)], now=1) == "refreshed"  # already held: no new room needed
+
+
+def test_a_file_whose_seeders_all_expired_is_counted_until_seeded_again():
+    reg = SeederRegistry(ttl=10)
+    reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
+    reg.register(("b", 1), [entry(1)], now=5)
+    reg.expire(now=11)  # a expires: file 1 still has b, file g has nobody
+    assert reg.lost_file_count == 1
+    reg.expire(now=16)  # b expires too
+    assert reg.lost_file_count == 2 and reg.file_count == 0
+    reg.register(("c", 1), [entry(2, "g")], now=20)
+    assert reg.lost_file_count == 1
+
+
+def test_a_file_left_on_purpose_is_not_lost():
+    reg = SeederRegistry(ttl=10)
+    reg.register(("a", 1), [entry(1)], now=0)
+    reg.unregister(("a", 1))
+    reg.expire(now=100)
+    assert reg.lost_file_count == 0
+
+
+def test_lost_files_are_forgotten_after_a_day():
+    reg = SeederRegistry(ttl=10)
+    reg.register(("a", 1), [entry(1)], now=0)
+    reg.register(("b", 1), [entry(2)], now=3600)
+    reg.expire(now=20)
+    reg.expire(now=3620)
+    assert reg.lost_file_count == 2
+    reg.expire(now=20 + 24 * 3600 + 1)
+    assert reg.lost_file_count == 1
+
+
+def test_lost_files_are_capped_oldest_forgotten_first(monkeypatch):
+    monkeypatch.setattr(registry_module, "MAX_LOST_FILES", 2)
+    reg = SeederRegistry(ttl=10)
+    for n in range(3):
+        reg.register(("a", n), [entry(n)], now=n)
+    for n in range(3):
+        reg.expire(now=11 + n)
+    assert reg.lost_file_count == 2
+    reg.register(("b", 1), [entry(0)], now=20)  # the oldest was forgotten: nothing to take back
+    assert reg.lost_file_count == 2
+    reg.register(("b", 1), [entry(2)], now=21)
+    assert reg.lost_file_count == 1

@@ -3,6 +3,10 @@
 Seeders are kept in an OrderedDict ordered by last contact, so a heartbeat is O(1) (move to the
 end) and expiry only looks at the stale front of the dict. The registry never stores chunk
 digests, only (file id, name, size, chunk size) per file.
+
+It also remembers, for a day, the files whose last seeder went silent (expired, as opposed to
+unregistering on purpose), until a seeder registers them again: nobody can download those, and
+an operator wants to hear about it (the `p2p_tracker_files_without_seeders` gauge and its alert).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from typing import Literal
 from .messages import FileEntry
 
 SeederKey = tuple[str, int]  # (host, port) that leechers connect to
+
+LOST_FILE_MEMORY = 24 * 3600.0  # seconds a file whose seeders all expired is remembered
+MAX_LOST_FILES = 10_000
 
 
 class RegistryFull(Exception):
@@ -62,6 +69,7 @@ class SeederRegistry:
         self._holders: dict[str, _Holders] = {}  # file id -> seeders
         self._entries: dict[str, FileEntry] = {}  # file id -> entry (first registration wins)
         self._by_name: dict[str, set[str]] = {}  # name -> file ids
+        self._lost: dict[str, float] = {}  # file id -> when its last seeder expired, oldest first
 
     def __len__(self) -> int:
         return len(self._seeders)
@@ -72,6 +80,11 @@ class SeederRegistry:
     @property
     def file_count(self) -> int:
         return len(self._holders)
+
+    @property
+    def lost_file_count(self) -> int:
+        """Files whose last seeder expired (within LOST_FILE_MEMORY) and none registered since."""
+        return len(self._lost)
 
     def register(self, key: SeederKey, files: list[FileEntry], now: float) -> Literal["new", "refreshed"]:
         record = self._seeders.get(key)
@@ -89,6 +102,7 @@ class SeederRegistry:
             if len(record.files) >= self.max_files_per_seeder:
                 raise RegistryFull(f"a seeder may register at most {self.max_files_per_seeder} files")
             record.files[entry.file_id] = entry
+            self._lost.pop(entry.file_id, None)
             self._holders.setdefault(entry.file_id, _Holders()).add(key)
             if self._entries.setdefault(entry.file_id, entry) is entry:
                 self._by_name.setdefault(entry.name, set()).add(entry.file_id)
@@ -104,9 +118,14 @@ class SeederRegistry:
         return True
 
     def unregister(self, key: SeederKey) -> bool:
+        return self._forget(key) is not None
+
+    def _forget(self, key: SeederKey) -> list[str] | None:
+        """Remove a seeder; the file ids left with no seeder, or None if it was unknown."""
         record = self._seeders.pop(key, None)
         if record is None:
-            return False
+            return None
+        orphans = []
         for file_id in record.files:
             holders = self._holders[file_id]
             holders.discard(key)
@@ -117,7 +136,8 @@ class SeederRegistry:
                 ids.discard(file_id)
                 if not ids:
                     del self._by_name[entry.name]
-        return True
+                orphans.append(file_id)
+        return orphans
 
     def expire(self, now: float) -> list[SeederKey]:
         """Forget every seeder not heard from for longer than the ttl."""
@@ -126,8 +146,13 @@ class SeederRegistry:
             key, record = next(iter(self._seeders.items()))
             if now - record.last_seen <= self.ttl:
                 break
-            self.unregister(key)
+            for file_id in self._forget(key) or ():
+                self._lost[file_id] = now
             expired.append(key)
+        while self._lost and (
+            len(self._lost) > MAX_LOST_FILES or now - next(iter(self._lost.values())) > LOST_FILE_MEMORY
+        ):
+            del self._lost[next(iter(self._lost))]
         return expired
 
     def resolve(self, name: str | None = None, file_id: str | None = None) -> FileEntry | None:

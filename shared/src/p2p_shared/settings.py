@@ -77,7 +77,7 @@ class TlsSettings(CommonSettings):
 def package_version(distribution: str) -> str:
     try:
         return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Literal
@@ -87,11 +89,18 @@ def peak_rss_mb() -> float | None:
 
 
 async def push_metrics(gateway: str | None, registry: CollectorRegistry) -> None:
-    """A leecher is a batch job: its final metrics go to a Pushgateway, as Prometheus advises."""
+    """A leecher is a batch job: its final metrics go to a Pushgateway, as Prometheus advises.
+
+    Each run is its own group (instance = host-pid: unique among runs at the same time, on one
+    machine or in many containers), so concurrent runs never replace each other's metrics. The
+    Pushgateway keeps a group until it is deleted; the alerts look at recent pushes only."""
     if not gateway:
         return
+    instance = f"{socket.gethostname()}-{os.getpid()}"
     try:
-        await asyncio.to_thread(push_to_gateway, gateway, job="p2p_leecher", registry=registry, timeout=5)
+        await asyncio.to_thread(
+            push_to_gateway, gateway, job="p2p_leecher", grouping_key={"instance": instance}, registry=registry, timeout=5
+        )
     except OSError as exc:
         log.warning("metrics not pushed", pushgateway=gateway, error=str(exc))
 

@@ -1,10 +1,13 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from p2p_shared.metrics import register_service_metrics
+
 RETRY_REASONS = ("hash_mismatch", "timeout", "connection", "peer_error", "protocol", "bad_peer")
 
 
 class LeecherMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        register_service_metrics(registry, "p2p-leecher")
         self.chunks = Counter("p2p_leecher_chunks_received_total", "Chunks received and verified", registry=registry)
         self.bytes = Counter("p2p_leecher_bytes_received_total", "Verified chunk bytes received", registry=registry)
         self.retries = Counter(

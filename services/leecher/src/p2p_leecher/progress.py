@@ -1,4 +1,6 @@
-"""Download progress: a rich bar on a terminal, a log line every few seconds otherwise."""
+"""Download progress: a rich bar on a terminal, a log line every few seconds otherwise.
+
+Sizes in MiB and rates in MB/s, as in the README and the leecher's summary line."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import time
 import structlog
 
 log = structlog.get_logger()
+
+MIB = 1 << 20
 
 
 class Progress:
@@ -32,7 +36,7 @@ class Progress:
             self._bar = RichProgress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                DownloadColumn(),
+                DownloadColumn(binary_units=True),
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[peers]} seeders"),
@@ -53,8 +57,8 @@ class Progress:
             log.info(
                 "progress",
                 file=self.name,
-                bytes=self.done,
-                total=self.total,
+                done_mib=round(self.done / MIB, 1),
+                total_mib=round(self.total / MIB, 1),
                 percent=round(100 * self.done / max(self.total, 1), 1),
                 mb_per_s=round(rate / 1e6, 1),
                 seeders=self.peers,

@@ -1,8 +1,11 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from p2p_shared.metrics import register_service_metrics
+
 
 class SeederMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        register_service_metrics(registry, "p2p-seeder")
         self.chunks_served = Counter("p2p_seeder_chunks_served_total", "Chunks sent to peers", registry=registry)
         self.bytes_served = Counter("p2p_seeder_bytes_served_total", "Chunk payload bytes sent", registry=registry)
         self.serve_seconds = Histogram(

@@ -1,10 +1,12 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from p2p_shared.metrics import register_service_metrics
 from p2p_shared.registry import SeederRegistry
 
 
 class TrackerMetrics:
     def __init__(self, registry: CollectorRegistry, seeders: SeederRegistry) -> None:
+        register_service_metrics(registry, "p2p-tracker")
         self.datagrams = Counter(
             "p2p_tracker_datagrams_total", "Datagrams received, by message type", ["type"], registry=registry
         )
@@ -48,3 +50,9 @@ class TrackerMetrics:
         live.set_function(lambda: len(seeders))
         files = Gauge("p2p_tracker_files", "Distinct files held by live seeders", registry=registry)
         files.set_function(lambda: seeders.file_count)
+        lost = Gauge(
+            "p2p_tracker_files_without_seeders",
+            "Files whose last seeder went silent (expired) in the last 24 h and no seeder registered since",
+            registry=registry,
+        )
+        lost.set_function(lambda: seeders.lost_file_count)
