@@ -266,3 +266,19 @@ def test_compose_swarm_with_mutual_tls_and_a_swarm_secret(images, tmp_path):
     finally:
         subprocess.run([*compose.compose_command_property, "down", "--volumes", "--remove-orphans", "--timeout", "10"],
                        cwd=REPO, capture_output=True)
+
+
+def test_make_up_ends_with_a_verified_download_and_exit_code_0(images, tmp_path):
+    """The README's `make up`: images, the swarm detached, the leecher followed to its end; its
+    exit code is the leecher's."""
+    downloads = tmp_path / "downloads"
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": f"p2pmakeup{os.getpid()}", "DEMO_SIZE_MIB": "8",
+           "PROMETHEUS_PORT": "0", "DOWNLOAD_DIR": str(downloads), "SEEDERS": "2"}
+    try:
+        result = subprocess.run(["make", "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Successfully downloaded demo.bin" in result.stdout
+        assert (downloads / "demo.bin").stat().st_size == 8 << 20
+    finally:
+        subprocess.run(["make", "down"], cwd=REPO, env=env, capture_output=True, timeout=300)
+        subprocess.run(["docker", "volume", "rm", f"{env['COMPOSE_PROJECT_NAME']}_seed-data"], capture_output=True)
