@@ -1,4 +1,8 @@
-"""The chunk plan: dynamic scheduling, retries elsewhere, endgame."""
+"""The chunk plan: dynamic scheduling over announced chunks, rarest first, the origin's upload
+kept for new chunks, retries elsewhere, endgame."""
+
+import random
+from collections import Counter
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -6,22 +10,40 @@ from hypothesis import strategies as st
 from p2p_shared.plan import ChunkPlan
 
 
+def sequential(num_chunks: int, **kwargs) -> ChunkPlan:
+    """A plan whose random rank is the identity, so expected picks can be spelled out."""
+    plan = ChunkPlan(num_chunks, random_first=0, **kwargs)
+    plan._rank = list(range(num_chunks))
+    plan._pending = dict.fromkeys(sorted(plan._pending))
+    return plan
+
+
 def test_hands_out_every_chunk_once_then_finishes():
     plan = ChunkPlan(5)
     plan.add_peer("a")
     plan.add_peer("b")
     got = [plan.next_chunk("a"), plan.next_chunk("b"), plan.next_chunk("a")]
-    assert got == [0, 1, 2]
+    assert len(set(got)) == 3
     for i, peer in zip(got, "aba"):
         assert plan.complete(i, peer)
-    assert [plan.next_chunk("a"), plan.next_chunk("a")] == [3, 4]
-    plan.complete(3, "a")
-    plan.complete(4, "a")
+    rest = [plan.next_chunk("a"), plan.next_chunk("a")]
+    assert sorted(got + rest) == [0, 1, 2, 3, 4]
+    for i in rest:
+        plan.complete(i, "a")
     assert plan.finished and plan.next_chunk("a") is None and plan.next_chunk("b") is None
 
 
+def test_order_follows_a_random_rank_of_each_plan():
+    firsts = set()
+    for seed in range(20):
+        plan = ChunkPlan(64, rng=random.Random(seed))
+        plan.add_peer("seeder")
+        firsts.add(plan.next_chunk("seeder"))
+    assert len(firsts) > 5  # leechers of one swarm start on different chunks
+
+
 def test_failed_chunk_goes_to_another_peer_first():
-    plan = ChunkPlan(3)
+    plan = sequential(3)
     plan.add_peer("a")
     plan.add_peer("b")
     assert plan.next_chunk("a") == 0
@@ -41,52 +63,122 @@ def test_failed_chunk_returns_to_the_same_peer_when_no_other_remains():
 
 
 def test_removed_peer_gives_back_its_chunks():
-    plan = ChunkPlan(4, endgame_copies=1)
+    plan = sequential(4, endgame_copies=1)
     plan.add_peer("a")
     plan.add_peer("b")
     taken = [plan.next_chunk("a"), plan.next_chunk("a")]
     assert plan.assigned("a") == set(taken)
     assert plan.remove_peer("a") == sorted(taken)
-    assert [plan.next_chunk("b") for _ in range(4)] == [0, 1, 2, 3]
+    assert sorted(plan.next_chunk("b") for _ in range(4)) == [0, 1, 2, 3]
     assert plan.next_chunk("a") is None  # removed peers get nothing
 
 
-def test_have_sets_are_respected():
+def test_only_announced_chunks_are_asked_for_and_announcements_add_more():
     plan = ChunkPlan(4)
     plan.add_peer("partial", have={2, 3})
-    assert plan.next_chunk("partial") == 2
-    assert plan.next_chunk("partial") == 3
+    assert {plan.next_chunk("partial"), plan.next_chunk("partial")} == {2, 3}
+    assert plan.next_chunk("partial") is None
+    plan.peer_has("partial", [0, 99, -1])  # out of range: ignored
+    assert plan.next_chunk("partial") == 0
     assert plan.next_chunk("partial") is None
 
 
-def test_endgame_duplicates_the_tail_and_first_copy_wins():
-    plan = ChunkPlan(2)
+def test_rarest_chunk_first_after_the_random_first_picks():
+    plan = ChunkPlan(6, random_first=0)
+    plan.add_peer("a", have={0, 1, 2})
+    plan.add_peer("b", have={0, 1})
+    plan.add_peer("c", have={0})
+    # Chunk 2 is held by one peer, 1 by two, 0 by three.
+    assert [plan.availability(i) for i in range(3)] == [3, 2, 1]
+    assert [plan.next_chunk("a") for _ in range(3)] == [2, 1, 0]
+
+
+def test_random_first_picks_ignore_rarity():
+    rare_first = 0
+    for seed in range(40):
+        plan = ChunkPlan(8, random_first=1, rng=random.Random(seed))
+        plan.add_peer("a")
+        plan.add_peer("b", have=range(1, 8))  # chunk 0 is the rarest
+        rare_first += plan.next_chunk("a") == 0
+    assert rare_first < 20  # a rarest-first pick would be 0 every time
+
+
+def test_the_origin_is_not_asked_for_what_a_partial_holder_has():
+    plan = sequential(4)
+    plan.add_peer("origin", origin=True)
+    plan.add_peer("leecher", have={0, 1})
+    assert plan.next_chunk("origin") == 2  # 0 and 1 are left to the leecher
+    assert plan.next_chunk("origin") == 3
+    assert plan.next_chunk("origin") is None
+    assert {plan.next_chunk("leecher"), plan.next_chunk("leecher")} == {0, 1}
+    plan.remove_peer("leecher")  # gone: its chunks go back, and the origin may serve them
+    assert plan.next_chunk("origin") in (0, 1)
+
+
+def test_endgame_duplicates_only_when_nothing_is_left_unassigned():
+    plan = sequential(3)
     plan.add_peer("slow")
-    plan.add_peer("fast")
+    plan.add_peer("fast", have={1, 2})
     assert plan.next_chunk("slow") == 0
     assert plan.next_chunk("fast") == 1
-    assert plan.complete(1, "fast")
-    assert plan.next_chunk("fast") == 0  # nothing pending: duplicate the slow peer's chunk
+    assert plan.next_chunk("fast") == 2
+    assert plan.complete(1, "fast") and plan.complete(2, "fast")
+    assert plan.next_chunk("fast") is None  # chunk 0 is in flight, but fast does not have it
+    plan.peer_has("fast", [0])
+    assert plan.next_chunk("fast") == 0  # nothing unassigned: duplicate the slow peer's chunk
     assert plan.next_chunk("fast") is None  # at most two copies, never twice to one peer
     assert plan.complete(0, "fast")
     assert not plan.complete(0, "slow")  # the late copy is discarded
     assert plan.finished and plan.assigned("slow") == set()
 
 
+def test_no_duplicate_while_unassigned_chunks_remain_elsewhere():
+    plan = sequential(3)
+    plan.add_peer("a", have={0})
+    plan.add_peer("b", have={0, 1})
+    assert plan.next_chunk("a") == 0
+    assert plan.next_chunk("b") == 1
+    # Chunk 2 is unassigned (no one has it yet): b must not duplicate a's chunk 0 meanwhile.
+    assert plan.next_chunk("b") is None
+
+
 def test_resume_skips_chunks_already_done():
     plan = ChunkPlan(4, done={0, 2})
     plan.add_peer("a")
-    assert [plan.next_chunk("a"), plan.next_chunk("a")] == [1, 3]
+    assert {plan.next_chunk("a"), plan.next_chunk("a")} == {1, 3}
+    assert plan.next_chunk("a") is None
     assert plan.done_count == 2
 
 
-@given(st.integers(1, 30), st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from(["ok", "fail", "drop"])), max_size=200))
-def test_any_schedule_finishes_while_a_peer_remains(num_chunks, steps):
-    plan = ChunkPlan(num_chunks)
-    for p in "abc":
-        plan.add_peer(p)
+def test_swarm_of_partial_holders_spreads_requests_over_rare_chunks():
+    """Four leechers' plans each see the others' announcements: rarest-first makes the set of
+    chunks in flight diverse instead of everyone fetching the same ones."""
+    plan = ChunkPlan(32, random_first=0, rng=random.Random(1))
+    holders = {f"p{k}": set(range(k, 32, 4)) for k in range(4)}
+    for peer, have in holders.items():
+        plan.add_peer(peer, have=have)
+    plan.peer_has("p0", [1, 2, 3])  # chunks 1-3 are now held twice, the rest once
+    picks = [plan.next_chunk(peer) for peer in holders for _ in range(4)]
+    assert None not in picks and len(set(picks)) == 16
+    assert not {1, 2, 3} & set(picks)  # the commoner chunks wait
+
+
+@given(
+    st.integers(1, 30),
+    st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from(["ok", "fail", "drop", "have"])), max_size=200),
+    st.integers(0, 2**32),
+)
+def test_any_schedule_finishes_while_a_peer_remains(num_chunks, steps, seed):
+    rng = random.Random(seed)
+    plan = ChunkPlan(num_chunks, rng=rng)
+    plan.add_peer("a")
+    plan.add_peer("b", have=rng.sample(range(num_chunks), rng.randint(0, num_chunks)))
+    plan.add_peer("c", have=(), origin=True)
     for peer, outcome in steps:
         if peer not in plan.peers:
+            continue
+        if outcome == "have":
+            plan.peer_has(peer, [rng.randrange(num_chunks)])
             continue
         index = plan.next_chunk(peer)
         if index is None:
@@ -98,14 +190,25 @@ def test_any_schedule_finishes_while_a_peer_remains(num_chunks, steps):
             plan.fail(index, peer)
         elif len(plan.peers) > 1:
             plan.remove_peer(peer)
-    survivor, *others = plan.peers
-    for other in others:  # the last peer standing must get everything, even what it failed
+    for other in plan.peers:  # the last holder of every chunk must get everything
         plan.remove_peer(other)
-    for index in plan.assigned(survivor):  # requests it still has in flight arrive
-        plan.complete(index, survivor)
+    plan.add_peer("survivor")
     for _ in range(4 * num_chunks):
-        index = plan.next_chunk(survivor)
+        index = plan.next_chunk("survivor")
         if index is None:
             break
-        plan.complete(index, survivor)
+        plan.complete(index, "survivor")
     assert plan.finished
+
+
+def test_availability_counts_stay_exact_through_joins_and_leaves():
+    plan = ChunkPlan(10)
+    plan.add_peer("full")
+    plan.add_peer("half", have=range(5))
+    plan.peer_has("half", [5, 5, 6])
+    assert Counter(plan.availability(i) for i in range(10)) == {2: 7, 1: 3}
+    plan.add_peer("half", have=[9])  # joins again: its old set is forgotten
+    assert [plan.availability(i) for i in range(10)] == [1] * 9 + [2]
+    plan.remove_peer("full")
+    plan.remove_peer("half")
+    assert [plan.availability(i) for i in range(10)] == [0] * 10

@@ -23,6 +23,8 @@ TABLE = [
     (wire.GetHave(FID), b"\x04\x00\x00\x00\x20" + FID),
     (wire.Have(FID, 10, b"\xff\xc0"), b"\x05\x00\x00\x00\x26" + FID + b"\x00\x00\x00\x0a\xff\xc0"),
     (wire.Request(FID, 258), b"\x06\x00\x00\x00\x24" + FID + b"\x00\x00\x01\x02"),
+    (wire.Hello(1, wire.FLAG_ANNOUNCE), b"\x01\x00\x00\x00\x04" + b"\x00\x01\x00\x02"),
+    (wire.Announce(FID, (3, 258)), b"\x0a\x00\x00\x00\x28" + FID + b"\x00\x00\x00\x03\x00\x00\x01\x02"),
     (
         wire.Error(wire.ErrorCode.BAD_INDEX, "no", FID, 7),
         b"\x08\x00\x00\x00\x27" + b"\x02" + FID + b"\x00\x00\x00\x07" + b"no",
@@ -161,3 +163,23 @@ def test_fuzz_any_bytes_give_events_or_a_typed_error(data, step):
         return
     while reader.next_event() is not None:
         pass
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\x0a\x00\x00\x00\x20" + FID,  # no index at all
+        b"\x0a\x00\x00\x00\x23" + FID + b"\x00\x00\x01",  # not whole indices
+        b"\x0a\x00\x00\x10\x24",  # more indices than one frame may carry: refused by its length
+    ],
+)
+def test_bad_announce_frames_are_refused(frame):
+    reader = wire.FrameReader()
+    with pytest.raises(RemoteProtocolError):
+        reader.receive_data(frame + bytes(64))
+
+
+def test_announce_refuses_to_encode_nothing_or_too_much():
+    for indices in ((), tuple(range(wire.MAX_ANNOUNCED + 1))):
+        with pytest.raises(LocalProtocolError):
+            wire.encode(wire.Announce(FID, indices))

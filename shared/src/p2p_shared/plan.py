@@ -1,29 +1,53 @@
 """The chunk plan: which chunk each peer connection should fetch next.
 
-Every peer pulls from one shared plan, so fast peers serve more. A failed chunk returns to the
-front of the queue and is not handed to a peer that already failed it while another peer that
-has not failed it remains. When nothing is pending, chunks in flight elsewhere are handed out a
-second time (endgame) and the first verified copy wins.
+Every peer pulls from one shared plan, so fast peers serve more. A peer is asked only for
+chunks it announced (its HAVE, then its ANNOUNCEs). Among those, the rarest chunk goes first
+(the fewest known peers hold it), ties broken by a random rank of this plan's own, so that
+leechers of one swarm start on different chunks; the first few picks ignore rarity altogether
+and only follow that random rank. An origin (a complete holder named by the tracker) is not
+asked for chunks that a partial holder we know already has: its upload is spent on chunks no
+leecher holds yet. A failed chunk is not handed to a peer that already failed it while another
+peer that has not failed it remains. When no chunk is left unassigned, chunks in flight are
+handed out a second time (endgame) and the first verified copy wins.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import random
 from collections.abc import Hashable, Iterable
 
 Peer = Hashable
 
 
 class ChunkPlan:
-    def __init__(self, num_chunks: int, done: Iterable[int] = (), endgame_copies: int = 2) -> None:
+    def __init__(
+        self,
+        num_chunks: int,
+        done: Iterable[int] = (),
+        endgame_copies: int = 2,
+        random_first: int = 4,
+        rng: random.Random | None = None,
+    ) -> None:
         self.num_chunks = num_chunks
         self.endgame_copies = endgame_copies
+        self.random_first = random_first
+        rng = rng or random.Random()
+        self._rank = list(range(num_chunks))
+        rng.shuffle(self._rank)
         self._done: set[int] = set(done)
-        self._pending: deque[int] = deque(i for i in range(num_chunks) if i not in self._done)
+        # Unassigned chunks, in rank order (so a scan meets ties in random order).
+        self._pending: dict[int, None] = dict.fromkeys(
+            sorted((i for i in range(num_chunks) if i not in self._done), key=self._rank.__getitem__)
+        )
         self._in_flight: dict[int, set[Peer]] = {}
         self._failed_by: dict[int, set[Peer]] = {}
-        self._peers: dict[Peer, set[int] | None] = {}  # peer -> chunks it has (None: all)
+        self._have: dict[Peer, set[int] | None] = {}  # peer -> chunks it has (None: all)
+        self._origins: set[Peer] = set()
         self._assigned: dict[Peer, set[int]] = {}
+        self._avail = [0] * num_chunks  # peers holding each chunk
+        self._partial_avail = [0] * num_chunks  # of them, peers that are not origins
+        self._full_peers = 0
+        self._picked = 0
 
     @property
     def finished(self) -> bool:
@@ -38,35 +62,98 @@ class ChunkPlan:
 
     @property
     def peers(self) -> list[Peer]:
-        return list(self._peers)
+        return list(self._have)
 
-    def add_peer(self, peer: Peer, have: Iterable[int] | None = None) -> None:
-        self._peers[peer] = None if have is None else set(have)
-        self._assigned.setdefault(peer, set())
+    def availability(self, index: int) -> int:
+        return self._avail[index]
+
+    def add_peer(self, peer: Peer, have: Iterable[int] | None = None, origin: bool = False) -> None:
+        """A peer and what it holds (None: every chunk). An origin is a complete holder."""
+        self.remove_peer(peer)
+        self._have[peer] = None if have is None else set()
+        self._assigned[peer] = set()
+        if origin:
+            self._origins.add(peer)
+        if have is None:
+            self._full_peers += 1
+            self._count(range(self.num_chunks), +1, origin)
+        else:
+            self.peer_has(peer, have)
+
+    def peer_has(self, peer: Peer, indices: Iterable[int]) -> None:
+        """The peer announced more chunks."""
+        have = self._have.get(peer)
+        if have is None:
+            return  # unknown peer, or one that has everything already
+        new = {i for i in indices if 0 <= i < self.num_chunks and i not in have}
+        have.update(new)
+        self._count(new, +1, peer in self._origins)
+
+    def _count(self, indices: Iterable[int], step: int, origin: bool) -> None:
+        avail, partial = self._avail, self._partial_avail
+        for i in indices:
+            avail[i] += step
+            if not origin:
+                partial[i] += step
 
     def remove_peer(self, peer: Peer) -> list[int]:
         """Forget a peer; its unfinished chunks go back to the plan. Returns them."""
-        self._peers.pop(peer, None)
+        if peer not in self._have:
+            return []
+        have = self._have.pop(peer)
+        origin = peer in self._origins
+        self._origins.discard(peer)
+        if have is None:
+            self._full_peers -= 1
+            self._count(range(self.num_chunks), -1, origin)
+        else:
+            self._count(have, -1, origin)
         returned = []
-        for index in sorted(self._assigned.pop(peer, set()), reverse=True):  # front of queue ends ascending
+        for index in sorted(self._assigned.pop(peer, set())):
             if self._release(index, peer):
                 returned.append(index)
-        return sorted(returned)
+        return returned
 
     def assigned(self, peer: Peer) -> set[int]:
         return set(self._assigned.get(peer, ()))
 
     def next_chunk(self, peer: Peer) -> int | None:
         """The chunk `peer` should request next, or None if it has nothing to do now."""
-        if peer not in self._peers:
+        if peer not in self._have:
             return None
-        for index in self._pending:
-            if self._eligible(index, peer):
-                self._pending.remove(index)
-                return self._assign(index, peer)
-        # Endgame: nothing pending for this peer; duplicate a chunk in flight elsewhere.
+        have = self._have[peer]
+        origin = peer in self._origins
+        rarity = self._picked >= self.random_first
+        floor = max(1, self._full_peers)  # no chunk is rarer than this: stop at the first one
+        best, best_key = None, None
+        # Scan the smaller of the peer's chunks and the unassigned ones.
+        candidates = self._pending if have is None or len(have) >= len(self._pending) else have
+        for index in candidates:
+            if index not in self._pending or (have is not None and index not in have):
+                continue
+            if origin and self._partial_avail[index]:
+                continue  # a partial holder has it: leave the origin's upload to new chunks
+            if not self._eligible(index, peer):
+                continue
+            key = (self._avail[index] if rarity else 0, self._rank[index])
+            if best_key is None or key < best_key:
+                best, best_key = index, key
+                if candidates is self._pending and key[0] <= floor:
+                    break  # in rank order: nothing later beats it
+        if best is not None:
+            del self._pending[best]
+            self._picked += 1
+            return self._assign(best, peer)
+        if self._pending:
+            return None
+        # Endgame: nothing left unassigned; duplicate a chunk in flight elsewhere.
         for index, holders in self._in_flight.items():
-            if len(holders) < self.endgame_copies and peer not in holders and self._eligible(index, peer):
+            if (
+                len(holders) < self.endgame_copies
+                and peer not in holders
+                and (have is None or index in have)
+                and self._eligible(index, peer)
+            ):
                 return self._assign(index, peer)
         return None
 
@@ -76,6 +163,7 @@ class ChunkPlan:
         if index in self._done:
             return False
         self._done.add(index)
+        self._pending.pop(index, None)
         for other in self._in_flight.pop(index, set()):
             self._assigned[other].discard(index)
         self._failed_by.pop(index, None)
@@ -90,19 +178,12 @@ class ChunkPlan:
         self._release(index, peer)
 
     def _eligible(self, index: int, peer: Peer) -> bool:
-        have = self._peers[peer]
-        if have is not None and index not in have:
-            return False
         failed = self._failed_by.get(index)
         if not failed or peer not in failed:
             return True
         # This peer failed it before: only retry here if every other peer that could serve it
         # has failed it too.
-        return all(
-            other in failed
-            for other, other_have in self._peers.items()
-            if other_have is None or index in other_have
-        )
+        return all(other in failed for other, have in self._have.items() if have is None or index in have)
 
     def _assign(self, index: int, peer: Peer) -> int:
         self._in_flight.setdefault(index, set()).add(peer)
@@ -118,9 +199,10 @@ class ChunkPlan:
                 del self._in_flight[index]
 
     def _release(self, index: int, peer: Peer) -> bool:
-        """Drop peer's claim; requeue the chunk (at the front) if no one else is fetching it."""
+        """Drop peer's claim; the chunk is unassigned again if no one else is fetching it."""
         self._unassign(index, peer)
         if index in self._done or index in self._in_flight or index in self._pending:
             return False
-        self._pending.appendleft(index)
+        # First in line again (it is usually rarer now, and a retry should not wait its turn).
+        self._pending = {index: None, **self._pending}
         return True

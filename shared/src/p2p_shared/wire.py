@@ -38,6 +38,7 @@ class FrameType(IntEnum):
     CHUNK = 7
     ERROR = 8
     AUTH = 9
+    ANNOUNCE = 10
 
 
 class ErrorCode(IntEnum):
@@ -50,7 +51,9 @@ class ErrorCode(IntEnum):
 
 
 FLAG_AUTH = 1  # HELLO flag: the sender holds the swarm secret; its 16-byte nonce follows
+FLAG_ANNOUNCE = 2  # HELLO flag: the sender sends and understands ANNOUNCE frames
 NONCE_BYTES = 16
+MAX_ANNOUNCED = 1024  # chunk indices in one ANNOUNCE frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,15 @@ class Have:
 
 
 @dataclass(frozen=True, slots=True)
+class Announce:
+    """Chunks the sender has verified since its HAVE (or its last ANNOUNCE), in either direction:
+    a holder tells the peers fetching from it, a downloader tells the holders it fetches from."""
+
+    file_id: bytes
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     file_id: bytes
     index: int
@@ -133,7 +145,7 @@ class Error:
     index: int = 0
 
 
-Event = Hello | Auth | GetManifest | ManifestData | GetHave | Have | Request | Chunk | Error
+Event = Hello | Auth | GetManifest | ManifestData | GetHave | Have | Announce | Request | Chunk | Error
 
 
 def _frame(kind: FrameType, body: bytes) -> bytes:
@@ -165,6 +177,10 @@ def encode(event: Event) -> bytes:
             return _frame(FrameType.GET_HAVE, _check_id(file_id))
         case Have(file_id, num_chunks, bitfield):
             return _frame(FrameType.HAVE, _HAVE_HEAD.pack(_check_id(file_id), num_chunks) + bitfield)
+        case Announce(file_id, indices):
+            if not 0 < len(indices) <= MAX_ANNOUNCED:
+                raise LocalProtocolError(f"ANNOUNCE carries 1 to {MAX_ANNOUNCED} chunk indices")
+            return _frame(FrameType.ANNOUNCE, _check_id(file_id) + struct.pack(f"!{len(indices)}I", *indices))
         case Request(file_id, index):
             return _frame(FrameType.REQUEST, _ID_INDEX.pack(_check_id(file_id), index))
         case Chunk(file_id, index, data, _):
@@ -192,6 +208,7 @@ _BOUNDS = {
     FrameType.MANIFEST: (FILE_ID_BYTES, FILE_ID_BYTES + max_manifest_bytes()),
     FrameType.GET_HAVE: (FILE_ID_BYTES, FILE_ID_BYTES),
     FrameType.HAVE: (_HAVE_HEAD.size, _HAVE_HEAD.size + MAX_CHUNKS // 8),
+    FrameType.ANNOUNCE: (FILE_ID_BYTES + 4, FILE_ID_BYTES + 4 * MAX_ANNOUNCED),
     FrameType.REQUEST: (_ID_INDEX.size, _ID_INDEX.size),
     FrameType.CHUNK: (_ID_INDEX.size, _ID_INDEX.size + MAX_CHUNK_SIZE),
     FrameType.ERROR: (_ERROR_HEAD.size, min(MAX_CONTROL_FRAME, _ERROR_HEAD.size + MAX_ERROR_TEXT)),
@@ -313,6 +330,11 @@ def _decode_body(kind: FrameType, body: bytearray) -> Event:
         if spare and bitfield[-1] & ((1 << spare) - 1):
             raise RemoteProtocolError("HAVE bitfield has bits set past its chunk count")
         return Have(file_id, num_chunks, bitfield)
+    if kind == FrameType.ANNOUNCE:
+        count, spare = divmod(len(body) - FILE_ID_BYTES, 4)
+        if spare:
+            raise RemoteProtocolError("ANNOUNCE body is not whole chunk indices")
+        return Announce(bytes(body[:FILE_ID_BYTES]), struct.unpack_from(f"!{count}I", body, FILE_ID_BYTES))
     if kind == FrameType.REQUEST:
         return Request(*_ID_INDEX.unpack(body))
     if kind == FrameType.ERROR:

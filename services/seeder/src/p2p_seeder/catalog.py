@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -21,11 +22,15 @@ log = structlog.get_logger()
 
 @dataclass(frozen=True)
 class SeededFile:
+    """A complete file: the ChunkSource a seeder serves (p2p_shared.source)."""
+
     path: Path
     manifest: Manifest
     manifest_bytes: bytes
     file_id: str
     signature: tuple[int, int]  # (size, mtime_ns) when hashed: a changed file is not served
+
+    complete = True
 
     def changed(self, st: os.stat_result) -> bool:
         return (st.st_size, st.st_mtime_ns) != self.signature
@@ -33,6 +38,18 @@ class SeededFile:
     @property
     def raw_id(self) -> bytes:
         return bytes.fromhex(self.file_id)
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < self.manifest.num_chunks
+
+    def held(self) -> None:
+        return None
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    def servable(self, handle: BinaryIO) -> bool:
+        return not self.changed(os.fstat(handle.fileno()))
 
     def entry(self) -> FileEntry:
         m = self.manifest

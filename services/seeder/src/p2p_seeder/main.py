@@ -13,19 +13,19 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from p2p_shared import messages
-from p2p_shared.errors import P2PError, TrackerUnavailable
-from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FILES_PER_REGISTER
+from p2p_shared.errors import P2PError
+from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from p2p_shared.logs import configure_logging
+from p2p_shared.net.holder_link import HolderLink
+from p2p_shared.net.peer_server import PeerServer
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import server_context
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.ratelimit import TokenBucket
 from p2p_shared.settings import TlsSettings, add_common_flags, build_settings, parse_host_port
 
-from .catalog import ManifestCache, SeededFile, load_file
+from .catalog import ManifestCache, load_file
 from .metrics import SeederMetrics
-from .server import PeerServer
 
 log = structlog.get_logger()
 
@@ -49,6 +49,7 @@ class SeederSettings(TlsSettings):
     handshake_timeout: float = Field(10.0, gt=0)
     cache_dir: Path | None = Field(default_factory=_default_cache_dir)
     no_cache: bool = False
+    no_super_seed: bool = False
     max_upload_rate: float = Field(0, ge=0, description="bytes per second over all peers; 0 is unlimited")
 
     @field_validator("file", mode="before")
@@ -81,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, help="private key of --tls-cert")
     p.add_argument("--tls-ca", type=Path, help="with TLS: require leechers to show a certificate signed by this CA")
     p.add_argument("--no-cache", action="store_true", default=None, help="always rehash files at start")
+    p.add_argument("--no-super-seed", action="store_true", default=None, help="let every leecher take any chunk, instead of offering each a few chunks no other leecher was offered")
     add_common_flags(p)
     return p
 
@@ -97,69 +99,6 @@ def expand_paths(paths: list[Path]) -> list[Path]:
         else:
             expanded.append(path)
     return expanded
-
-
-class TrackerLink:
-    """Registration and heartbeats; registers again whenever the tracker has forgotten us."""
-
-    def __init__(self, client: TrackerClient, settings: SeederSettings, files: list[SeededFile], metrics: SeederMetrics):
-        self.client = client
-        self.port = settings.port
-        self.host = settings.advertise_host
-        self.entries = [f.entry() for f in files]
-        self.metrics = metrics
-        self.interval = 5.0  # until the tracker tells us its own
-        self.registered = False
-        self.registered_once = asyncio.Event()
-
-    async def register(self) -> None:
-        for start in range(0, max(1, len(self.entries)), MAX_FILES_PER_REGISTER):
-            batch = self.entries[start : start + MAX_FILES_PER_REGISTER]
-            reply = await self.client.request(messages.Register(port=self.port, host=self.host, files=batch))
-            if isinstance(reply, messages.ErrorReply):
-                self.metrics.registrations.labels("refused").inc()
-                raise P2PError(f"tracker refused registration: {reply.code}: {reply.message}")
-            if isinstance(reply, messages.Ack):
-                self.interval = reply.interval
-        self.metrics.registrations.labels("ok").inc()
-        self.registered = True
-        self.registered_once.set()
-        log.info("registered with tracker", tracker=self.client.label, files=len(self.entries), interval=self.interval)
-
-    async def beat(self) -> None:
-        # Retries stop before the next beat is due: that beat is the retry.
-        reply = await self.client.request(messages.Heartbeat(port=self.port, host=self.host), budget=self.interval)
-        if isinstance(reply, messages.ErrorReply) and reply.code == "unknown_seeder":
-            self.metrics.heartbeats.labels("unknown").inc()
-            log.info("tracker forgot this seeder; registering again")
-            self.registered = False
-            await self.register()
-        elif isinstance(reply, messages.Ack):
-            self.metrics.heartbeats.labels("ok").inc()
-            self.interval = reply.interval
-
-    async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            started = loop.time()
-            try:
-                await (self.beat() if self.registered else self.register())
-            except TrackerUnavailable as exc:
-                self.metrics.heartbeats.labels("timeout").inc()
-                log.warning(str(exc))
-            except P2PError as exc:
-                log.error(str(exc))
-            try:  # beats keep their cadence however long the last one took
-                await asyncio.wait_for(stop.wait(), max(0.0, started + self.interval - loop.time()))
-            except TimeoutError:
-                pass
-
-    async def unregister(self) -> None:
-        try:
-            await asyncio.wait_for(self.client.request(messages.Unregister(port=self.port, host=self.host)), 2.0)
-            log.info("unregistered from tracker")
-        except (TrackerUnavailable, TimeoutError):
-            log.warning("tracker did not confirm unregistration; it will expire this seeder")
 
 
 async def serve(settings: SeederSettings) -> int:
@@ -191,13 +130,14 @@ async def serve(settings: SeederSettings) -> int:
         limit = TokenBucket(settings.max_upload_rate, asyncio.get_running_loop().time())
     peers = PeerServer(
         files,
-        metrics,
+        metrics.serving,
         settings.connection_timeout,
         settings.max_connections,
         limit,
         max_per_address=settings.max_connections_per_address,
         handshake_timeout=settings.handshake_timeout,
         secret=settings.secret_bytes(),
+        super_seed=not settings.no_super_seed,
     )
     tls = None
     if settings.tls_cert or settings.tls_key:
@@ -216,7 +156,7 @@ async def serve(settings: SeederSettings) -> int:
         tls="mutual" if tls and settings.tls_ca else bool(tls),
     )
     client = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
-    link = TrackerLink(client, settings, files, metrics)
+    link = HolderLink(client, settings.port, settings.advertise_host, [f.entry() for f in files], metrics.link)
 
     async def healthy_once_registered() -> None:  # serving and known to the tracker
         await link.registered_once.wait()

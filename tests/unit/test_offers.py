@@ -1,0 +1,80 @@
+"""Super-seeding: each downloader is offered a few chunks no one else was offered; room for one
+more as each is sent or found elsewhere; the least spread chunks again once all are out."""
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2p_shared.offers import OfferBook
+
+
+def test_offers_to_different_downloaders_are_disjoint_until_every_chunk_is_out():
+    book = OfferBook(32, window=4, rng=random.Random(1))
+    offers = [set(book.join(conn)) for conn in "abcdefgh"]
+    assert all(len(o) == 4 for o in offers)
+    assert len(set().union(*offers)) == 32  # 8 x 4: every chunk offered exactly once
+
+
+def test_sending_a_chunk_makes_room_for_one_new_offer():
+    book = OfferBook(10, window=2, rng=random.Random(2))
+    first = book.join("a")
+    more = book.sent("a", first[0])
+    assert len(more) == 1 and more[0] not in first
+    assert book.offered("a") == {first[1], more[0]}
+
+
+def test_a_chunk_got_elsewhere_is_withdrawn_and_replaced():
+    book = OfferBook(10, window=2, rng=random.Random(3))
+    first = book.join("a")
+    replacement = book.holds("a", [first[0]])
+    assert len(replacement) == 1 and first[0] not in book.offered("a")
+    # Once someone holds it, it is no longer offered as fresh to others.
+    seen = set()
+    for conn in "bcdefgh":
+        seen |= set(book.join(conn))
+    assert first[0] not in seen
+
+
+def test_downloaders_are_not_offered_what_they_hold():
+    book = OfferBook(6, window=6, rng=random.Random(4))
+    assert set(book.join("a", holds=[0, 1, 2])) == {3, 4, 5}
+
+
+def test_offers_not_taken_go_to_the_next_downloader():
+    book = OfferBook(4, window=4, rng=random.Random(5))
+    untaken = set(book.join("a"))
+    book.leave("a")
+    assert set(book.join("b")) == untaken
+
+
+def test_second_pass_offers_the_least_spread_chunks_again():
+    book = OfferBook(4, window=2, rng=random.Random(6))
+    a = book.join("a")
+    b = book.join("b")
+    for index in a:
+        book.sent("a", index)  # a now holds two chunks; b was offered the other two
+    for index in b:
+        book.sent("b", index)
+    assert book.holds("c", []) == []  # unknown downloader: ignored
+    book.holds("a", b)  # a got b's chunks elsewhere: those are held twice now, a's once
+    assert set(book.join("c")) == set(a)  # every chunk is out: the least spread again
+
+
+@given(st.integers(1, 40), st.integers(1, 8), st.integers(1, 6), st.integers(0, 2**32))
+def test_every_downloader_ends_up_with_every_chunk(num_chunks, window, downloaders, seed):
+    """Whatever the order, fetching what is offered (and nothing else) completes everyone."""
+    rng = random.Random(seed)
+    book = OfferBook(num_chunks, window=window, rng=rng)
+    holds = {d: set() for d in range(downloaders)}
+    for d in holds:
+        book.join(d)
+    for _ in range(num_chunks * downloaders * 4):
+        d = rng.choice(list(holds))
+        offered = book.offered(d)
+        if not offered:
+            continue
+        index = rng.choice(sorted(offered))
+        holds[d].add(index)
+        book.sent(d, index)
+    assert all(len(h) == num_chunks for h in holds.values()) or any(book.offered(d) for d in holds)
