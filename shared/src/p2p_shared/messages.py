@@ -84,6 +84,7 @@ class Register(ProvenRequest):
     port: Port
     host: Host | None = None  # advertised host; the datagram's source address otherwise
     files: list[FileEntry] = Field(default_factory=list, max_length=MAX_FILES_PER_REGISTER)
+    partial: bool = False  # TEMP until the tracker side lands
 
 
 class Heartbeat(ProvenRequest):
@@ -104,6 +105,7 @@ class Lookup(ProvenRequest):
     type: Literal["lookup"] = "lookup"
     name: FileName | None = None
     file_id: FileId | None = None
+    port: Port | None = None  # TEMP until the tracker side lands
 
     @model_validator(mode="after")
     def _one_key(self) -> Lookup:
@@ -127,6 +129,7 @@ class Peers(_Message):
     type: Literal["peers"] = "peers"
     file: FileEntry | None = None
     peers: list[tuple[Host, Port]] = Field(default_factory=list, max_length=MAX_PEERS_PER_ANSWER)  # [host, port]
+    partial: list[tuple[Host, Port]] | None = None  # TEMP until the tracker side lands
 
 
 class Files(_Message):

@@ -61,6 +61,11 @@ class ChunkPlan:
         return index in self._done
 
     @property
+    def unassigned_count(self) -> int:
+        """Chunks neither verified nor in flight."""
+        return len(self._pending)
+
+    @property
     def peers(self) -> list[Peer]:
         return list(self._have)
 

@@ -1,22 +1,23 @@
-"""One download: find seeders, fetch and check the manifest, pull chunks from all seeders.
+"""One download: find holders, fetch and check the manifest, pull chunks from all of them.
 
-Each connected seeder gets a worker that keeps `depth` requests in flight, taking chunk
-indices from the shared ChunkPlan. Received chunks are hashed and written (pwrite) on a
-thread pool, off the event loop; the chunk's buffer returns to its connection's pool after.
-The supervisor loop starts workers for the seeders the tracker lists, backs off from peers
-that fail, bans peers that send bad data, and gives up only when no seeder has been usable
-for `wait` seconds.
+Each connected holder gets a worker (worker.py) that keeps requests in flight, taking chunk
+indices from one shared ChunkPlan. The supervisor here starts workers for the holders the
+tracker lists (complete holders, the origin, and partial ones, other leechers), looks the file
+up again every few seconds to meet new holders, backs off from peers that fail, bans peers
+that send bad data, and gives up only when no holder has been usable for `wait` seconds.
+While it downloads, the leecher shares (sharing.py): every verified chunk is announced to the
+peers fetching from us and to the peers we fetch from.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import ssl
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -27,7 +28,6 @@ from p2p_shared.errors import (
     PeerClosed,
     PeerConnectError,
     PeerError,
-    PeerRejected,
     PeerTimeout,
     RemoteProtocolError,
     TrackerRejected,
@@ -36,13 +36,18 @@ from p2p_shared.errors import (
 )
 from p2p_shared.manifest import Manifest, is_file_id
 from p2p_shared.net.tracker_client import TrackerClient
+from p2p_shared.peers import PeerBook
 from p2p_shared.plan import ChunkPlan
 from p2p_shared.ratelimit import TokenBucket
 
 from .metrics import LeecherMetrics
 from .output import PartFile, verified_chunks
-from .peer import PeerConnection, open_peer
+from .peer import open_peer
 from .progress import Progress
+from .worker import PeerBanned, PeerWorker
+
+if TYPE_CHECKING:
+    from .sharing import Sharing
 
 log = structlog.get_logger()
 PeerKey = tuple[str, int]
@@ -61,9 +66,9 @@ class DownloadOptions:
     max_bad_chunks: int = 3
     refresh_interval: float = 5.0
     progress_bar: bool = False
-    max_download_rate: float = 0.0  # bytes/s over all seeders; 0: unlimited
-    secret: bytes | None = None  # the swarm secret, proven to every seeder
-    tls: ssl.SSLContext | None = None  # TLS to seeders, when set
+    max_download_rate: float = 0.0  # bytes/s over all peers; 0: unlimited
+    secret: bytes | None = None  # the swarm secret, proven to every peer
+    tls: ssl.SSLContext | None = None  # TLS to peers, when set
 
 
 @dataclass(frozen=True)
@@ -74,29 +79,11 @@ class DownloadResult:
     fetched_bytes: int
 
 
-class PeerBanned(PeerError):
-    """This peer sent bad data or does not have the file: not used again for this download."""
-
-
-@dataclass
-class _PeerState:
-    failures: int = 0
-    retry_at: float = 0.0
-    banned: bool = False
-
-
-@dataclass(slots=True)
-class _Verified:
-    index: int
-    buffer: bytearray
-    outcome: Future
-
-
-class _Wake:
-    """Queued to idle workers when the plan changed (chunks returned, or download finished)."""
-
-
-_WAKE = _Wake()
+@dataclass(frozen=True)
+class Holders:
+    file: messages.FileEntry
+    complete: list[PeerKey]
+    partial: list[PeerKey]
 
 
 def _retry_reason(exc: BaseException) -> str:
@@ -106,36 +93,55 @@ def _retry_reason(exc: BaseException) -> str:
         return "connection"
     if isinstance(exc, PeerBanned):
         return "bad_peer"
-    if isinstance(exc, PeerRejected):
+    if isinstance(exc, PeerError):
         return "peer_error"
     return "protocol"
 
 
 class Download:
-    def __init__(self, tracker: TrackerClient, options: DownloadOptions, metrics: LeecherMetrics) -> None:
+    def __init__(
+        self, tracker: TrackerClient, options: DownloadOptions, metrics: LeecherMetrics, sharing: Sharing | None = None
+    ) -> None:
         self.tracker = tracker
         self.options = options
         self.metrics = metrics
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify")
-        self._writes: set[Future] = set()
-        self._queues: dict[PeerKey, asyncio.Queue] = {}
-        self._peer_state: dict[PeerKey, _PeerState] = {}
+        self.sharing = sharing
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="verify")
+        self.book = PeerBook()
+        self.verified: set[int] = set()
         self.fetched_bytes = 0
-        self._limit: TokenBucket | None = None
+        self.limit: TokenBucket | None = None
+        self._writes: set[Future] = set()
+        self._workers: dict[PeerKey, PeerWorker] = {}
+        self._plan: ChunkPlan | None = None
+        self._manifest: Manifest | None = None
+        self._progress: Progress | None = None
+        self._raw_id = b""
+        self._endgame_woken = False
 
     # -- finding the file -------------------------------------------------------------------
 
     async def _lookup(self, target: str, budget: float | None = None) -> messages.Peers:
         key = {"file_id": target} if is_file_id(target) else {"name": target}
-        reply = await self.tracker.request(messages.Lookup(**key), budget)
+        port = self.sharing.port if self.sharing is not None else None
+        reply = await self.tracker.request(messages.Lookup(**key, port=port), budget)
         if isinstance(reply, messages.ErrorReply):
             raise TrackerRejected(reply.code, reply.message)
         if not isinstance(reply, messages.Peers):
             raise TrackerRejected("malformed", f"unexpected {reply.type} answer to a lookup")
         return reply
 
-    async def find_seeders(self, target: str) -> tuple[messages.FileEntry, list[PeerKey]]:
-        """Wait (at most `wait` seconds) until `min_seeders` live seeders hold the file.
+    def _meet(self, reply: messages.Peers) -> tuple[list[PeerKey], list[PeerKey]]:
+        complete = [tuple(p) for p in reply.peers]
+        partial = [tuple(p) for p in reply.partial or ()]
+        for peer in complete:
+            self.book.meet(peer, origin=True)
+        for peer in partial:
+            self.book.meet(peer)
+        return complete, partial
+
+    async def find_holders(self, target: str) -> Holders:
+        """Wait (at most `wait` seconds) until `min_seeders` live holders have the file.
 
         A file the tracker does not know is reported after one lookup, unless asked to wait
         for it; a tracker that cannot be reached at all (no such host, closed port) at once."""
@@ -145,9 +151,10 @@ class Download:
         while True:
             try:
                 reply = await self._lookup(target)
-                found = len(reply.peers)
+                complete, partial = self._meet(reply)
+                found = len(complete) + len(partial)
                 if reply.file is not None and found >= self.options.min_seeders:
-                    return reply.file, list(reply.peers)
+                    return Holders(reply.file, complete, partial)
                 if reply.file is None and not self.options.wait_for_file:
                     raise DownloadError(
                         f"{target} is not on the network: tracker {self.tracker.label} knows no live holder of it"
@@ -171,7 +178,7 @@ class Download:
             delay = min(delay * 2, 2.0)
 
     async def fetch_manifest(self, file_id: str, peers: list[PeerKey]) -> Manifest:
-        """The manifest from the first seeder whose copy hashes to the file id."""
+        """The manifest from the first holder whose copy hashes to the file id."""
         last = "no seeder to ask"
         for host, port in peers:
             try:
@@ -198,16 +205,19 @@ class Download:
         loop = asyncio.get_running_loop()
         started = loop.time()
         if self.options.max_download_rate:
-            self._limit = TokenBucket(self.options.max_download_rate, started)
-        entry, peers = await self.find_seeders(target)
-        manifest = await self.fetch_manifest(entry.file_id, peers)
+            self.limit = TokenBucket(self.options.max_download_rate, started)
+        holders = await self.find_holders(target)
+        file_id = holders.file.file_id
+        # Complete holders first: partial ones may be leechers that have nothing yet.
+        manifest = await self.fetch_manifest(file_id, holders.complete + holders.partial)
         log.info(
             "downloading",
             file=manifest.name,
             size=manifest.size,
             chunks=manifest.num_chunks,
-            file_id=entry.file_id,
-            seeders=len(peers),
+            file_id=file_id,
+            seeders=len(holders.complete),
+            peers=len(holders.partial),
         )
         out = self.options.output_dir
         try:
@@ -219,6 +229,8 @@ class Download:
             same_size = final.stat().st_size == manifest.size  # (an empty manifest has no chunk to compare)
             if same_size and len(await asyncio.to_thread(verified_chunks, final, manifest)) == manifest.num_chunks:
                 log.info("already downloaded; verified the existing copy", path=str(final))
+                if self.sharing is not None:
+                    await self.sharing.start(manifest, final, set(range(manifest.num_chunks)))
                 return DownloadResult(final, manifest.size, loop.time() - started, 0)
             raise DownloadError(f"{final} already exists and differs from {manifest.name}; move it or pick another -o")
         resume = final.with_name(final.name + ".part")
@@ -226,62 +238,104 @@ class Download:
         if done:
             log.info("resuming", path=str(resume), verified_chunks=len(done), of=manifest.num_chunks)
         part = PartFile(final, manifest.size)
+        self._manifest = manifest
+        self.verified = set(done)
+        self._raw_id = bytes.fromhex(file_id)
         # Under a download cap, endgame copies would spend the user's bandwidth on duplicates.
-        plan = ChunkPlan(manifest.num_chunks, done=done, endgame_copies=1 if self._limit else 2)
+        plan = self._plan = ChunkPlan(manifest.num_chunks, done=done, endgame_copies=1 if self.limit else 2)
         done_bytes = sum(manifest.chunk_span(i)[1] for i in done)
-        progress = Progress(manifest.name, manifest.size, done_bytes, self.options.progress_bar)
+        progress = self._progress = Progress(manifest.name, manifest.size, done_bytes, self.options.progress_bar)
         try:
-            await self._swarm(entry.file_id, manifest, plan, part, progress, peers)
+            if self.sharing is not None:
+                await self.sharing.start(manifest, part.path, self.verified)
+            await self._swarm(file_id, manifest, plan, part, holders)
             await self._drain_writes()
             part.finish()
         finally:
             progress.close()
             await self._drain_writes()
             part.close()
-            self._pool.shutdown(wait=False)
+            self.pool.shutdown(wait=False)
         return DownloadResult(final, manifest.size, loop.time() - started, self.fetched_bytes)
+
+    # -- what workers report ------------------------------------------------------------------
+
+    def track_write(self, outcome: Future) -> None:
+        self._writes.add(outcome)
+        outcome.add_done_callback(self._writes.discard)
+
+    def chunk_verified(self, index: int, peer: PeerKey, origin: bool) -> None:
+        plan, progress = self._plan, self._progress
+        assert plan is not None and progress is not None
+        if not plan.complete(index, peer):
+            return  # an endgame copy that lost the race
+        assert self._manifest is not None
+        length = self._manifest.chunk_span(index)[1]
+        self.fetched_bytes += length
+        self.verified.add(index)
+        self.metrics.chunks.inc()
+        self.metrics.bytes.labels("seeder" if origin else "peer").inc(length)
+        self.book.delivered(peer)
+        progress.advance(length)
+        if self.sharing is not None:
+            self.sharing.verified(index)
+        for worker in self._workers.values():
+            worker.announce(self._raw_id, index)
+        if plan.finished:
+            self.wake_all()
+
+    def chunk_failed(self, index: int, peer: PeerKey, label: str) -> None:
+        assert self._plan is not None
+        self.metrics.hash_failures.inc()
+        self.metrics.retries.labels("hash_mismatch").inc()
+        log.warning("chunk failed verification", peer=label, chunk=index)
+        self._plan.fail(index, peer)
+        self.wake_all()
+
+    def plan_changed(self) -> None:
+        """A chunk was assigned: once none is left unassigned, idle workers may start endgame copies."""
+        if not self._endgame_woken and self._plan is not None and not self._plan.unassigned_count:
+            self._endgame_woken = True
+            self.wake_all()
+
+    def wake_all(self) -> None:
+        for worker in self._workers.values():
+            worker.wake()
 
     async def _drain_writes(self) -> None:
         # Endgame duplicates may still be hashing; their pwrite must not outlive the fd.
         if self._writes:
             await asyncio.wait([asyncio.wrap_future(f) for f in list(self._writes)])
 
-    def _wake_all(self) -> None:
-        for queue in self._queues.values():
-            queue.put_nowait(_WAKE)
+    # -- the supervisor -----------------------------------------------------------------------
 
-    async def _swarm(
-        self, file_id: str, manifest: Manifest, plan: ChunkPlan, part: PartFile, progress: Progress, peers: list[PeerKey]
-    ) -> None:
+    async def _swarm(self, file_id: str, manifest: Manifest, plan: ChunkPlan, part: PartFile, holders: Holders) -> None:
         loop = asyncio.get_running_loop()
         opts = self.options
-        known = list(peers)
-        workers: dict[asyncio.Task, PeerKey] = {}
+        tasks: dict[asyncio.Task, PeerKey] = {}
         last_lookup = loop.time()
         idle_since: float | None = None
         try:
             while not plan.finished:
                 now = loop.time()
-                if now - last_lookup >= (opts.refresh_interval if workers else 1.0):
+                if now - last_lookup >= (opts.refresh_interval if tasks else 1.0):
                     last_lookup = now
                     try:
                         # A short budget: the supervisor must not stall while the tracker is away.
-                        found = await self._lookup(file_id, budget=2.0)
-                        known = list(found.peers) or known
+                        self._meet(await self._lookup(file_id, budget=2.0))
                     except (TrackerUnavailable, TrackerRejected) as exc:
                         log.warning("peer list not refreshed", error=str(exc))
-                active = set(workers.values())
-                candidates = [p for p in known if p not in active]
-                random.shuffle(candidates)
-                for peer in candidates:
-                    state = self._peer_state.setdefault(peer, _PeerState())
-                    if len(workers) >= opts.max_peers or state.banned or state.retry_at > now:
-                        continue
-                    task = asyncio.create_task(self._worker(peer, file_id, manifest, plan, part, progress))
-                    workers[task] = peer
-                progress.set_peers(len(workers))
-                self.metrics.peers_active.set(len(workers))
-                if workers:
+                active = set(tasks.values())
+                for peer in self._candidates(active, now):
+                    if len(tasks) >= opts.max_peers:
+                        break
+                    worker = PeerWorker(self, peer, self.book.is_origin(peer), plan, part)
+                    self._workers[peer] = worker
+                    tasks[asyncio.create_task(worker.run(manifest, self.pool))] = peer
+                assert self._progress is not None
+                self._progress.set_peers(len(tasks))
+                self.metrics.peers_active.set(len(tasks))
+                if tasks:
                     idle_since = None
                 elif idle_since is None:
                     idle_since = now
@@ -290,20 +344,34 @@ class Download:
                         f"no seeder of {manifest.name} reachable for {opts.wait:g}s; "
                         f"{plan.done_count} of {plan.num_chunks} chunks verified and kept in {part.path}"
                     )
-                if not workers:
+                if not tasks:
                     await asyncio.sleep(0.25)
                     continue
-                finished, _ = await asyncio.wait(workers, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                finished, _ = await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
-                    self._worker_ended(workers.pop(task), task, plan, loop.time())
+                    self._worker_ended(tasks.pop(task), task, plan, loop.time())
         finally:
-            for task in workers:
+            for task in tasks:
                 task.cancel()
-            if workers:
-                await asyncio.wait(workers)
+            if tasks:
+                await asyncio.wait(tasks)
+            self._workers.clear()
             self.metrics.peers_active.set(0)
 
+    def _candidates(self, active: set[PeerKey], now: float) -> list[PeerKey]:
+        """Peers to connect to now: origins last, so that the slots go to other leechers first
+        when there are more peers than slots (one origin is kept, to reach chunks no leecher has)."""
+        usable = [p for p in self.book.known() if p not in active and self.book.usable(p, now)]
+        random.shuffle(usable)
+        has_origin = any(self.book.is_origin(p) for p in active)
+        origins = [p for p in usable if self.book.is_origin(p)]
+        others = [p for p in usable if not self.book.is_origin(p)]
+        if not has_origin and origins:
+            return [origins[0], *others, *origins[1:]]
+        return others + origins
+
     def _worker_ended(self, peer: PeerKey, task: asyncio.Task, plan: ChunkPlan, now: float) -> None:
+        self._workers.pop(peer, None)
         returned = plan.remove_peer(peer)
         exc = task.exception()
         if exc is None:
@@ -313,140 +381,13 @@ class Download:
         if not isinstance(exc, (PeerError, RemoteProtocolError, OSError)):
             raise exc  # a bug: let it show
         reason = _retry_reason(exc)
-        state = self._peer_state[peer]
         if isinstance(exc, PeerBanned):
-            state.banned = True
+            self.book.ban(peer, str(exc))
             self.metrics.peers_dropped.labels("bad_data").inc()
             log.warning("seeder dropped", peer=f"{peer[0]}:{peer[1]}", reason=str(exc))
         else:
-            state.failures += 1
-            state.retry_at = now + min(0.25 * 2**state.failures, 5.0)
-            log.info("seeder failed", peer=f"{peer[0]}:{peer[1]}", reason=str(exc), failures=state.failures)
+            failures = self.book.failed(peer, now)
+            log.info("seeder failed", peer=f"{peer[0]}:{peer[1]}", reason=str(exc), failures=failures)
         if returned:
             self.metrics.retries.labels(reason).inc(len(returned))
-            self._wake_all()
-
-    async def _worker(
-        self, peer: PeerKey, file_id: str, manifest: Manifest, plan: ChunkPlan, part: PartFile, progress: Progress
-    ) -> None:
-        opts = self.options
-        try:
-            conn = await open_peer(
-                *peer, chunk_size=manifest.chunk_size, depth=opts.depth, timeout=opts.connect_timeout,
-                secret=opts.secret, tls=opts.tls,
-            )
-        except PeerRejected as exc:  # not in our swarm, or not speaking our protocol
-            raise PeerBanned(str(exc)) from None
-        self._queues[peer] = conn.events
-        try:
-            raw_id = bytes.fromhex(file_id)
-            conn.send(wire.GetHave(raw_id))
-            try:
-                have = await conn.expect(wire.Have, opts.chunk_timeout)
-            except PeerRejected as exc:
-                raise PeerBanned(f"{conn.label} does not serve this file ({exc})") from None
-            if have.num_chunks != manifest.num_chunks:
-                raise PeerBanned(f"{conn.label} announced {have.num_chunks} chunks, the manifest has {manifest.num_chunks}")
-            indices = have.indices()
-            plan.add_peer(peer, None if len(indices) == manifest.num_chunks else indices)
-            await self._pump(peer, conn, raw_id, manifest, plan, part, progress)
-        finally:
-            self._queues.pop(peer, None)
-            conn.close()
-
-    async def _pump(
-        self,
-        peer: PeerKey,
-        conn: PeerConnection,
-        raw_id: bytes,
-        manifest: Manifest,
-        plan: ChunkPlan,
-        part: PartFile,
-        progress: Progress,
-    ) -> None:
-        opts = self.options
-        loop = asyncio.get_running_loop()
-        outstanding: set[int] = set()
-        verifying = 0
-        bad = 0
-        while not plan.finished:
-            while len(outstanding) + verifying < opts.depth:
-                index = plan.next_chunk(peer)
-                if index is None:
-                    break
-                if self._limit is not None:  # pace requests: the bytes follow them
-                    await asyncio.sleep(self._limit.reserve(manifest.chunk_span(index)[1], loop.time()))
-                conn.send(wire.Request(raw_id, index))
-                outstanding.add(index)
-            if outstanding:
-                event = await conn.next_event(opts.chunk_timeout)
-            else:
-                try:
-                    event = await asyncio.wait_for(conn.events.get(), 1.0)
-                except TimeoutError:
-                    continue
-                if isinstance(event, Exception):
-                    raise event
-            match event:
-                case wire.Chunk(file_id=fid, index=index, data=data, buffer=buffer):
-                    if fid != raw_id or index not in outstanding:
-                        raise RemoteProtocolError(f"{conn.label} sent chunk {index}, which we did not ask for")
-                    outstanding.discard(index)
-                    if plan.is_done(index):  # endgame: another seeder was faster
-                        conn.release(buffer)
-                        plan.complete(index, peer)
-                        continue
-                    verifying += 1
-                    outcome = self._pool.submit(self._verify_and_write, manifest, part, index, data)
-                    self._writes.add(outcome)
-                    outcome.add_done_callback(self._writes.discard)
-                    outcome.add_done_callback(
-                        lambda f, i=index, b=buffer: loop.call_soon_threadsafe(conn.events.put_nowait, _Verified(i, b, f))
-                    )
-                case _Verified(index=index, buffer=buffer, outcome=outcome):
-                    verifying -= 1
-                    conn.release(buffer)
-                    if outcome.result():  # raises DownloadError if the write failed
-                        length = manifest.chunk_span(index)[1]
-                        if plan.complete(index, peer):
-                            self.fetched_bytes += length
-                            self.metrics.chunks.inc()
-                            self.metrics.bytes.inc(length)
-                            self._peer_state[peer].failures = 0
-                            progress.advance(length)
-                            if plan.finished:
-                                self._wake_all()
-                    else:
-                        bad += 1
-                        self.metrics.hash_failures.inc()
-                        self.metrics.retries.labels("hash_mismatch").inc()
-                        log.warning("chunk failed verification", peer=conn.label, chunk=index)
-                        plan.fail(index, peer)
-                        self._wake_all()
-                        if bad >= opts.max_bad_chunks:
-                            raise PeerBanned(f"{conn.label} sent {bad} chunks that failed verification")
-                case wire.Error(code=code, message=message, index=index):
-                    if index in outstanding:
-                        outstanding.discard(index)
-                        plan.fail(index, peer)
-                        self.metrics.retries.labels("peer_error").inc()
-                        self._wake_all()
-                    if code == wire.ErrorCode.UNKNOWN_FILE:
-                        raise PeerBanned(f"{conn.label} does not serve this file")
-                    bad += 1
-                    log.warning("seeder refused a chunk", peer=conn.label, chunk=index, code=code.name, error=message)
-                    if bad >= opts.max_bad_chunks:
-                        raise PeerBanned(f"{conn.label} refused {bad} requests")
-                case _Wake():
-                    pass
-                case _:
-                    raise RemoteProtocolError(f"{conn.label} sent an unexpected {type(event).__name__}")
-
-    @staticmethod
-    def _verify_and_write(manifest: Manifest, part: PartFile, index: int, data: memoryview) -> bool:
-        """Runs on the thread pool: SHA-256 and pwrite both release the GIL."""
-        offset, length = manifest.chunk_span(index)
-        if len(data) != length or hashlib.sha256(data).digest() != manifest.chunk_digest(index):
-            return False
-        part.write(offset, data)
-        return True
+            self.wake_all()

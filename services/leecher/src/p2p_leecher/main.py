@@ -17,13 +17,14 @@ from pydantic import Field, field_validator
 from p2p_shared import messages
 from p2p_shared.errors import P2PError
 from p2p_shared.logs import configure_logging
-from p2p_shared.net.service import run, serve_metrics
-from p2p_shared.net.tls import client_context
+from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.net.tls import client_context, server_context
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.settings import TlsSettings, add_common_flags, build_settings, parse_host_port
 
-from .download import Download, DownloadOptions
+from .download import Download, DownloadOptions, DownloadResult
 from .metrics import LeecherMetrics
+from .sharing import Sharing, SharingOptions
 
 log = structlog.get_logger()
 
@@ -44,6 +45,16 @@ class LeecherSettings(TlsSettings):
     progress: Literal["auto", "bar", "log"] = "auto"
     pushgateway: str | None = None
     max_download_rate: float = Field(0, ge=0)
+    no_share: bool = False
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(0, ge=0, le=65535)
+    advertise_host: str | None = None
+    seed_time: float = 0.0
+    max_upload_rate: float = Field(0, ge=0)
+    max_connections: int = Field(256, ge=1)
+    max_connections_per_address: int = Field(64, ge=1)
+    connection_timeout: float = Field(90.0, gt=0)
+    handshake_timeout: float = Field(10.0, gt=0)
 
     @field_validator("tracker")
     @classmethod
@@ -72,6 +83,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, help="client certificate for seeders that require one (with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="private key of --tls-cert")
     p.add_argument("--pushgateway", help="Pushgateway URL to push the final metrics to (a batch job is not scraped)")
+    share = p.add_argument_group("sharing: every verified chunk is served to other peers while downloading")
+    share.add_argument("--no-share", action="store_true", default=None, help="download only: serve nothing, register nothing")
+    share.add_argument("--listen-port", type=int, help="TCP port to serve peers on; 0 picks a free one")
+    share.add_argument("--listen-host", help="address to serve peers on")
+    share.add_argument("--advertise-host", help="address peers should use; the tracker sees our source address otherwise")
+    share.add_argument("--seed-time", type=float, help="seconds to keep serving the complete file after the download; negative: until SIGTERM/SIGINT")
+    share.add_argument("--max-upload-rate", type=float, help="bytes/s sent to all peers together; 0 is unlimited")
+    share.add_argument("--max-connections", type=int, help="peer connections served at once")
+    share.add_argument("--max-connections-per-address", type=int, help="connections served to one address at once")
+    share.add_argument("--connection-timeout", type=float, help="seconds an idle peer connection stays open")
+    share.add_argument("--handshake-timeout", type=float, help="seconds a new connection has to complete its HELLO (and TLS)")
     add_common_flags(p)
     return p
 
@@ -121,6 +143,30 @@ async def list_files(settings: LeecherSettings) -> int:
     return 0
 
 
+def sharing_options(settings: LeecherSettings) -> SharingOptions | None:
+    if settings.no_share:
+        return None
+    tls = None
+    if settings.tls_ca:
+        if not (settings.tls_cert and settings.tls_key):
+            log.warning("not sharing: serving over TLS needs --tls-cert and --tls-key")
+            return None
+        tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    return SharingOptions(
+        host=settings.listen_host,
+        port=settings.listen_port,
+        advertise_host=settings.advertise_host,
+        seed_time=settings.seed_time,
+        max_upload_rate=settings.max_upload_rate,
+        max_connections=settings.max_connections,
+        max_connections_per_address=settings.max_connections_per_address,
+        connection_timeout=settings.connection_timeout,
+        handshake_timeout=settings.handshake_timeout,
+        secret=settings.secret_bytes(),
+        tls=tls,
+    )
+
+
 async def fetch(settings: LeecherSettings) -> int:
     registry = CollectorRegistry()
     metrics = LeecherMetrics(registry)
@@ -143,20 +189,34 @@ async def fetch(settings: LeecherSettings) -> int:
     )
     settings.warn_if_open(log, "leecher")
     tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
+    share = sharing_options(settings)
+    sharing = Sharing(tracker, share, metrics) if share is not None else None
     try:
-        assert settings.target is not None
-        result = await Download(tracker, options, metrics).run(settings.target)
-    except BaseException:
-        metrics.downloads.labels("failed").inc()
+        try:
+            assert settings.target is not None
+            result = await Download(tracker, options, metrics, sharing).run(settings.target)
+        except BaseException:
+            metrics.downloads.labels("failed").inc()
+            await push_metrics(settings.pushgateway, registry)
+            raise
+        report(result, metrics)
         await push_metrics(settings.pushgateway, registry)
-        raise
+        if sharing is not None:
+            await sharing.completed()
+            await sharing.seed(stop_event())  # SIGTERM/SIGINT end the seeding, not the process
     finally:
+        if sharing is not None:
+            await sharing.close()
         tracker.close()
+    return 0
+
+
+def report(result: DownloadResult, metrics: LeecherMetrics) -> None:
+    """The success lines, at the moment the file is verified (before any seeding)."""
     metrics.downloads.labels("ok").inc()
     metrics.duration.set(result.seconds)
     metrics.size.set(result.size)
     metrics.last_success.set_to_current_time()
-    await push_metrics(settings.pushgateway, registry)
     log.info(f"Download complete. File size: {result.size} bytes")
     log.info(f"Successfully downloaded {result.path.name}")
     rate = result.fetched_bytes / max(result.seconds, 1e-9) / 1e6
@@ -168,7 +228,6 @@ async def fetch(settings: LeecherSettings) -> int:
         mb_per_s=round(rate, 1),
         peak_rss_mb=peak_rss_mb(),
     )
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

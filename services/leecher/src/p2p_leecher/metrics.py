@@ -1,6 +1,8 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from p2p_shared.metrics import register_service_metrics
+from p2p_shared.net.holder_link import LinkMetrics
+from p2p_shared.net.peer_server import ServingMetrics
 
 RETRY_REASONS = ("hash_mismatch", "timeout", "connection", "peer_error", "protocol", "bad_peer")
 
@@ -9,7 +11,14 @@ class LeecherMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         register_service_metrics(registry, "p2p-leecher")
         self.chunks = Counter("p2p_leecher_chunks_received_total", "Chunks received and verified", registry=registry)
-        self.bytes = Counter("p2p_leecher_bytes_received_total", "Verified chunk bytes received", registry=registry)
+        self.bytes = Counter(
+            "p2p_leecher_bytes_received_total",
+            "Verified chunk bytes received, by source: a complete holder (seeder) or another leecher (peer)",
+            ["source"],
+            registry=registry,
+        )
+        self.serving = ServingMetrics(registry, "leecher")
+        self.link = LinkMetrics(registry, "leecher")
         self.retries = Counter(
             "p2p_leecher_retries_total", "Chunks put back in the plan, by reason", ["reason"], registry=registry
         )
@@ -36,6 +45,8 @@ class LeecherMetrics:
             "p2p_leecher_downloads_total", "Downloads finished, by result", ["result"], registry=registry
         )
         # Known label values start at 0, so dashboards and alerts see the series before the first event.
+        for source in ("seeder", "peer"):
+            self.bytes.labels(source)
         for reason in RETRY_REASONS:
             self.retries.labels(reason)
         self.peers_dropped.labels("bad_data")

@@ -9,13 +9,11 @@ events on a queue that the download's worker for this peer consumes.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import os
 import ssl
 
-from p2p_shared import PROTOCOL_VERSION, wire
-from p2p_shared.auth import peer_proof
-from p2p_shared.errors import PeerClosed, PeerConnectError, PeerError, PeerRejected, PeerTimeout, RemoteProtocolError
+from p2p_shared import wire
+from p2p_shared.errors import PeerClosed, PeerConnectError, PeerRejected, PeerTimeout, RemoteProtocolError
+from p2p_shared.handshake import ClientHandshake
 
 MAX_QUEUED_EVENTS = 1024
 
@@ -61,6 +59,7 @@ class PeerConnection:
         self._free: list[bytearray] = []
         self._lent = 0
         self.error: Exception | None = None
+        self.announces = False  # the peer sends and understands ANNOUNCE frames
 
     def _allocate(self, size: int) -> bytearray:
         if size > self.chunk_size:
@@ -135,18 +134,12 @@ async def open_peer(
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise PeerConnectError(f"cannot connect to {host}:{port}: {reason}") from None
     try:
-        nonce = os.urandom(wire.NONCE_BYTES) if secret else b""
-        conn.send(wire.Hello(PROTOCOL_VERSION, wire.FLAG_AUTH if secret else 0, nonce))
-        hello = await conn.expect(wire.Hello, timeout)
-        if hello.version != PROTOCOL_VERSION:
-            raise PeerError(f"{conn.label} speaks protocol version {hello.version}")
-        if secret:
-            if not hello.flags & wire.FLAG_AUTH or len(hello.nonce) != wire.NONCE_BYTES:
-                raise PeerRejected("unauthorized", f"{conn.label} does not hold the swarm secret")
-            proof = await conn.expect(wire.Auth, timeout)
-            if not hmac.compare_digest(proof.proof, peer_proof(secret, b"server", nonce, hello.nonce)):
-                raise PeerRejected("unauthorized", f"{conn.label} gave a wrong proof of the swarm secret")
-            conn.send(wire.Auth(peer_proof(secret, b"client", nonce, hello.nonce)))
+        handshake = ClientHandshake(secret, conn.label)
+        conn.send(handshake.hello())
+        while not handshake.done:
+            for frame in handshake.receive(await conn.next_event(timeout)):
+                conn.send(frame)
+        conn.announces = bool(handshake.peer_flags & wire.FLAG_ANNOUNCE)
     except BaseException:
         conn.close()
         raise

@@ -72,6 +72,8 @@ async def _send_payload(transport: asyncio.Transport, handle: BinaryIO, offset: 
                 return sent
             sent += n
     if sent < length:
+        # Its fallback (TLS) reads from the file position and skips the seek for offset 0.
+        handle.seek(offset + sent)
         sent += await asyncio.get_running_loop().sendfile(transport, handle, offset + sent, length - sent)
     return sent
 
