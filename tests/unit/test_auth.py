@@ -119,3 +119,9 @@ def test_connection_ids_out_of_range_are_invalid_not_errors():
     ids = ConnectionIds(key=b"k" * 32)
     for wrong in (-1, 2**64, 3**64):
         assert not ids.valid(wrong, "10.0.0.1", now=100)
+
+
+def test_connection_ids_last_one_to_two_minutes_by_default():
+    ids = ConnectionIds(key=b"k" * 32)
+    cid = ids.issue("10.0.0.1", now=0)
+    assert ids.valid(cid, "10.0.0.1", now=119.9) and not ids.valid(cid, "10.0.0.1", now=120.0)

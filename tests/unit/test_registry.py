@@ -128,3 +128,10 @@ def test_files_are_listed_most_seeded_first_then_by_name():
     reg.register(("a", 1), [entry(1, "b-name"), entry(2, "a-name"), entry(3, "c-name")], now=0)
     reg.register(("b", 1), [entry(3, "c-name")], now=0)
     assert [(e.name, n) for e, n in reg.files()] == [("c-name", 2), ("a-name", 1), ("b-name", 1)]
+
+
+def test_a_seeder_registers_at_most_1024_files_by_default():
+    reg = SeederRegistry(ttl=90)
+    reg.register(("a", 1), [entry(n) for n in range(1024)], now=0)
+    with pytest.raises(RegistryFull):
+        reg.register(("a", 1), [entry(1024)], now=0)
