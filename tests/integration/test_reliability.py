@@ -98,11 +98,12 @@ def test_manifest_that_does_not_hash_to_the_file_id_is_refused(tmp_path, pushgat
             honest = swarm.add_seeder([data])
             # The liar asked first, as a shuffled lookup may list it: refused, counted, and the
             # manifest taken from the next seeder.
-            metrics = LeecherMetrics(CollectorRegistry())
-            download = Download(None, DownloadOptions(tmp_path / "unused"), metrics)  # type: ignore[arg-type]
+            registry = CollectorRegistry()
+            download = Download(None, DownloadOptions(tmp_path / "unused"), LeecherMetrics(registry))  # type: ignore[arg-type]
             peers = [("127.0.0.1", liar.port), ("127.0.0.1", honest.port)]
             manifest = asyncio.run(download.fetch_manifest(liar.file_id, peers))
-            assert manifest.encode() == liar.announced and metrics.bad_manifests._value.get() == 1
+            assert manifest.encode() == liar.announced
+            assert registry.get_sample_value("p2p_leecher_bad_manifests_total") == 1
             assert liar.manifests_sent == 2
             both = swarm.leecher(liar.file_id, tmp_path / "out", "--min-seeders", "2")
             assert both.wait(60) == 0, both.output
@@ -258,10 +259,10 @@ def test_seeder_drops_silent_connections_after_the_handshake_timeout(tmp_path):
 
 def greeted(sock: socket.socket) -> bool:
     """Whether the seeder answers a HELLO on this connection (False: it closed it)."""
-    sock.sendall(wire.encode(wire.Hello(1)))
     try:
+        sock.sendall(wire.encode(wire.Hello(1)))
         return sock.recv(4096)[:1] == bytes([wire.FrameType.HELLO])
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         return False
 
 
