@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 SWARM_ARGS ?=
 COMPOSE := docker compose $(if $(TLS),-f docker-compose.yml -f docker-compose.tls.yml)
 
-.PHONY: bench certs fuzz install preflight test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
+.PHONY: bench certs fuzz mutate install preflight test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,3 +80,16 @@ clean:
 bench: install
 	$(BIN)/pip install --quiet -c constraints.txt matplotlib
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Mutation testing of the security-critical protocol code (README, "Mutation testing"). mutmut
+# imports the mutated code from ./src of its working folder, so the library and its unit tests
+# are staged in .mutate/ with tools/mutmut.toml as its pyproject.toml.
+mutate: install
+	$(BIN)/pip install --quiet -c constraints.txt mutmut
+	rm -rf .mutate && mkdir -p .mutate/tests .mutate/deploy
+	cp -r shared/src .mutate/src
+	cp -r tests/__init__.py tests/unit .mutate/tests/
+	cp deploy/make-certs.sh .mutate/deploy/
+	cp tools/mutmut.toml .mutate/pyproject.toml
+	cd .mutate && ../$(BIN)/mutmut run >/dev/null && ../$(BIN)/mutmut results --all true >results.txt
+	$(PY) -m tools.mutation_score .mutate/results.txt

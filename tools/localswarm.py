@@ -43,6 +43,8 @@ def random_file(path: Path, size: int) -> Path:
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free right now; another process may take it before ours binds it, so services
+    started on one go through `start_listening`, which retries on EADDRINUSE."""
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -146,6 +148,32 @@ class Service:
         return self.wait(timeout)
 
 
+def start_listening(
+    name: str,
+    argv_for: Callable[[], list[str]],
+    ready: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    attempts: int = 5,
+) -> Service:
+    """Start a service on ports that `argv_for` picks afresh on each call, until it logs `ready`.
+
+    Ports come from `free_port`, so a concurrent test suite may take one between our pick and
+    the service's bind: a service that exits saying so is started again on new ports.
+    """
+    for attempt in range(attempts):
+        service = Service(name, argv_for(), env)
+        try:
+            service.wait_for(ready, timeout)
+            return service
+        except TimeoutError:
+            lost_a_port = service.proc.poll() is not None and "Address already in use" in service.output
+            if not lost_a_port or attempt == attempts - 1:
+                service.stop()
+                raise
+    raise AssertionError("unreachable")
+
+
 def service_argv(role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"p2p_{role}", *args]
 
@@ -187,7 +215,7 @@ class LocalSwarm:
         self.heartbeat = heartbeat
         self.env = {"P2P_LOG_FORMAT": "json", **(env or {})}
         self.tracker: Service | None = None
-        self.tracker_port = free_port(socket.SOCK_DGRAM)
+        self.tracker_port = 0  # chosen when the tracker starts
         self.seeders: list[Service] = []
         self.others: list[Service] = []
 
@@ -195,36 +223,48 @@ class LocalSwarm:
     def tracker_addr(self) -> str:
         return f"127.0.0.1:{self.tracker_port}"
 
-    def start_tracker(self, *args: str) -> Service:
-        self.tracker = Service(
-            "tracker",
-            service_argv(
+    def start_tracker(self, *args: str, metrics: bool = False) -> Service:
+        """The tracker, on its old port when restarted; `metrics`: its endpoint on `.metrics_port`."""
+        restart = self.tracker_port != 0
+        metrics_port = 0
+
+        def argv() -> list[str]:
+            nonlocal metrics_port
+            if not restart:
+                self.tracker_port = free_port(socket.SOCK_DGRAM)
+            metrics_port = free_port() if metrics else 0
+            return service_argv(
                 "tracker",
                 "--host", "127.0.0.1",
                 "--port", str(self.tracker_port),
                 "--heartbeat-interval", str(self.heartbeat),
-                "--metrics-port", "0",
+                "--metrics-port", str(metrics_port),
                 *args,
-            ),
-            self.env,
-        )
-        self.tracker.wait_for("tracker listening")
+            )
+
+        self.tracker = start_listening("tracker", argv, "tracker listening", self.env)
+        self.tracker.metrics_port = metrics_port  # type: ignore[attr-defined]
         return self.tracker
 
-    def add_seeder(self, files: list[Path], *args: str, wait: bool = True) -> Service:
-        port = free_port()
-        argv = service_argv("seeder", "-p", str(port), "--host", "127.0.0.1", "--tracker", self.tracker_addr)
-        for f in files:
-            argv += ["-f", str(f)]
-        if "--metrics-port" not in args:
-            argv += ["--metrics-port", "0"]
-        if "--cache-dir" not in args:
-            argv += ["--cache-dir", str(self.workdir / "manifest-cache")]
-        seeder = Service(f"seeder-{port}", argv + list(args), self.env)
-        seeder.port = port  # type: ignore[attr-defined]
+    def add_seeder(self, files: list[Path], *args: str, metrics: bool = False) -> Service:
+        """A seeder on `.port`, registered; `metrics`: its endpoint on `.metrics_port`."""
+        port = metrics_port = 0
+
+        def argv() -> list[str]:
+            nonlocal port, metrics_port
+            port, metrics_port = free_port(), free_port() if metrics else 0
+            argv = service_argv("seeder", "-p", str(port), "--host", "127.0.0.1", "--tracker", self.tracker_addr)
+            for f in files:
+                argv += ["-f", str(f)]
+            if "--metrics-port" not in args:
+                argv += ["--metrics-port", str(metrics_port)]
+            if "--cache-dir" not in args:
+                argv += ["--cache-dir", str(self.workdir / "manifest-cache")]
+            return argv + list(args)
+
+        seeder = start_listening("seeder", argv, "registered with tracker", self.env, timeout=120)
+        seeder.port, seeder.metrics_port = port, metrics_port  # type: ignore[attr-defined]
         self.seeders.append(seeder)
-        if wait:
-            seeder.wait_for("registered with tracker", timeout=120)
         return seeder
 
     def leecher(self, target: str, output: Path, *args: str, env: dict[str, str] | None = None) -> Service:

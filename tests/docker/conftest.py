@@ -1,5 +1,5 @@
-"""Docker tests run real images and a real compose project. Under CI=true they fail, never
-skip, when Docker cannot run; elsewhere they skip with the reason."""
+"""Docker tests run real images and a real compose project. Under CI (true, 1 or yes) they
+fail, never skip, when Docker cannot run; elsewhere they skip with the reason."""
 
 import os
 import shutil
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
+
+from tests.ci import under_ci
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # its image cannot be pulled here
 
@@ -30,8 +32,8 @@ def docker_problem() -> str | None:
 def docker_ready():
     problem = docker_problem()
     if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Docker tests cannot run under CI=true: {problem}", pytrace=False)
+        if under_ci():
+            pytest.fail(f"Docker tests cannot run under CI: {problem}", pytrace=False)
         pytest.skip(f"Docker tests skipped: {problem}")
 
 

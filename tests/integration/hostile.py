@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from pathlib import Path
 
@@ -17,7 +18,8 @@ class HostilePeer:
 
     - "corrupt": every chunk arrives with one byte flipped;
     - "cut": the connection closes halfway through the first chunk's payload;
-    - "bad-manifest": the manifest sent does not hash to the file id;
+    - "bad-manifest": the manifest sent is well formed (same name, size and chunk size) but one
+      chunk digest is forged, so it does not hash to the file id;
     - bytes: a raw manifest (absurd values, a hostile name) announced and served as is.
     """
 
@@ -26,6 +28,8 @@ class HostilePeer:
         self.manifest = Manifest(path.name, size, chunk_size, hash_chunks(path, size, chunk_size))
         self.behaviour = behaviour
         self.announced = behaviour if isinstance(behaviour, bytes) else self.manifest.encode()
+        forged = self.manifest.digests[:-32] + hashlib.sha256(b"forged").digest()
+        self.forged = Manifest(self.manifest.name, size, chunk_size, forged).encode()
         self.file_id = file_id_of(self.announced)
         self.data = path.read_bytes()
         self.requests = 0
@@ -71,7 +75,7 @@ class HostilePeer:
                 return wire.encode(wire.Hello(1)), False
             case wire.GetManifest(file_id):
                 self.manifests_sent += 1
-                body = self.announced + (b"x" if self.behaviour == "bad-manifest" else b"")
+                body = self.forged if self.behaviour == "bad-manifest" else self.announced
                 return wire.encode(wire.ManifestData(file_id, body)), False
             case wire.GetHave(file_id):
                 return wire.encode(wire.Have.full(file_id, self.manifest.num_chunks)), False

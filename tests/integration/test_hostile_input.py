@@ -8,20 +8,21 @@ from pathlib import Path
 import pytest
 
 from p2p_shared import messages, wire
-from tools.localswarm import LocalSwarm, Service, free_port, random_file, service_argv, tracker_request
+from tools.localswarm import LocalSwarm, free_port, random_file, service_argv, start_listening, tracker_request
 
 from .conftest import scrape, wait_until
 
 
 def test_tracker_survives_garbage_and_counts_it(tmp_path):
-    port, metrics = free_port(socket.SOCK_DGRAM), free_port()
-    tracker = Service(
-        "tracker",
-        service_argv("tracker", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics)),
-        {"P2P_LOG_FORMAT": "json"},
-    )
+    port = metrics = 0
+
+    def argv() -> list[str]:
+        nonlocal port, metrics
+        port, metrics = free_port(socket.SOCK_DGRAM), free_port()
+        return service_argv("tracker", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics))
+
+    tracker = start_listening("tracker", argv, "tracker listening", {"P2P_LOG_FORMAT": "json"})
     try:
-        tracker.wait_for("tracker listening")
         garbage = [b"", b"\x00" * 10, b"not json", b'{"type":"register","port":0}', b"x" * 60000,
                    b'{"type":"lookup","name":"../../etc/passwd"}']
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE
-from tools.localswarm import LocalSwarm, Service, free_port, random_file, sha256_file
+from tools.localswarm import LocalSwarm, Service, free_port, random_file, sha256_file, start_listening
 
 from .conftest import scrape
 
@@ -58,9 +58,7 @@ def test_chunks_come_from_every_seeder(tmp_path):
     data = random_file(tmp_path / "seed" / "spread.bin", 16 << 20)
     with LocalSwarm(tmp_path) as swarm:
         swarm.start_tracker()
-        ports = [free_port() for _ in range(3)]
-        for port in ports:
-            swarm.add_seeder([data], "--metrics-port", str(port), "--chunk-size", str(64 << 10))
+        ports = [swarm.add_seeder([data], "--chunk-size", str(64 << 10), metrics=True).metrics_port for _ in range(3)]
         leecher = swarm.leecher("spread.bin", tmp_path / "out", "--min-seeders", "3")
         assert leecher.wait(60) == 0, leecher.output
         served = [scrape(p)[("p2p_seeder_chunks_served_total", ())] for p in ports]
@@ -91,35 +89,39 @@ def test_command_line_contract_as_written(tmp_path):
     """The three commands of the README, with their metrics endpoints scraped for real."""
     data = random_file(tmp_path / "seed" / "contract.bin", 3 * DEFAULT_CHUNK_SIZE + 5)
     bin_dir = sys.executable.rsplit("/", 1)[0]
-    tport, tmetrics = free_port(2), free_port()
+    ports: dict[str, int] = {}
+
+    def listening(name: str, argv_for, ready: str, env: dict | None = None) -> Service:
+        service = start_listening(name, argv_for, ready, env)
+        services.append(service)
+        return service
+
+    def tracker_argv() -> list[str]:
+        ports["tracker"], ports["tracker metrics"] = free_port(2), free_port()
+        return [f"{bin_dir}/p2p-tracker", "--host", "127.0.0.1", "--port", str(ports["tracker"]),
+                "--metrics-port", str(ports["tracker metrics"])]
+
+    def seeder_argv() -> list[str]:
+        ports["seeder metrics"] = free_port()
+        return [f"{bin_dir}/p2p-seeder", "-f", str(data), "-p", str(free_port()),
+                "--tracker", f"127.0.0.1:{ports['tracker']}", "--metrics-port", str(ports["seeder metrics"])]
+
+    def leecher_argv() -> list[str]:
+        ports["leecher metrics"] = free_port()
+        return [f"{bin_dir}/p2p-leecher", "contract.bin", "--tracker", f"127.0.0.1:{ports['tracker']}",
+                "-o", str(tmp_path / "out"), "--min-seeders", "3", "--metrics-port", str(ports["leecher metrics"])]
+
     services = []
+    json_logs = {"P2P_LOG_FORMAT": "json"}
     try:
-        tracker = Service(
-            "tracker",
-            [f"{bin_dir}/p2p-tracker", "--host", "127.0.0.1", "--port", str(tport), "--metrics-port", str(tmetrics)],
-            {"P2P_LOG_FORMAT": "json"},
-        )
-        services.append(tracker)
-        tracker.wait_for("tracker listening")
+        listening("tracker", tracker_argv, "tracker listening", json_logs)
+        tmetrics = ports["tracker metrics"]
         seeder_metrics = []
         for _ in range(3):
-            smetrics = free_port()
-            seeder = Service(
-                "seeder",
-                [f"{bin_dir}/p2p-seeder", "-f", str(data), "-p", str(free_port()),
-                 "--tracker", f"127.0.0.1:{tport}", "--metrics-port", str(smetrics)],
-                {"P2P_LOG_FORMAT": "json", "XDG_CACHE_HOME": str(tmp_path / "cache")},
-            )
-            services.append(seeder)
-            seeder.wait_for("registered with tracker")
-            seeder_metrics.append(smetrics)
-        lmetrics = free_port()
-        leecher = Service(
-            "leecher",
-            [f"{bin_dir}/p2p-leecher", "contract.bin", "--tracker", f"127.0.0.1:{tport}",
-             "-o", str(tmp_path / "out"), "--min-seeders", "3", "--metrics-port", str(lmetrics)],
-        )
-        services.append(leecher)
+            listening("seeder", seeder_argv, "registered with tracker",
+                      {**json_logs, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+            seeder_metrics.append(ports["seeder metrics"])
+        leecher = listening("leecher", leecher_argv, "downloading", json_logs)
         assert leecher.wait(60) == 0, leecher.output
         assert "Successfully downloaded contract.bin" in leecher.output
         assert (tmp_path / "out" / "contract.bin").read_bytes() == data.read_bytes()
@@ -133,7 +135,10 @@ def test_command_line_contract_as_written(tmp_path):
         assert sum(s[("p2p_seeder_chunks_served_total", ())] for s in served) >= 4
         assert sum(s[("p2p_seeder_bytes_served_total", ())] for s in served) >= data.stat().st_size
         assert all(s[("p2p_seeder_registrations_total", (("result", "ok"),))] >= 1 for s in served)
-        assert all(s[("p2p_seeder_chunk_serve_seconds_count", ())] >= 0 for s in served)
+        for s in served:  # every chunk served was timed once, and took some time
+            timed = s[("p2p_seeder_chunk_serve_seconds_count", ())]
+            assert timed == s[("p2p_seeder_chunks_served_total", ())]
+            assert (s[("p2p_seeder_chunk_serve_seconds_sum", ())] > 0) == (timed > 0)
     finally:
         for service in reversed(services):
             service.stop()

@@ -1,5 +1,9 @@
 """Connection ids and the swarm secret, on a fake clock."""
 
+import hashlib
+import hmac
+import struct
+
 import pytest
 
 from p2p_shared.auth import AuthError, ConnectionIds, Sealer, peer_proof
@@ -62,3 +66,62 @@ def test_peer_proofs_depend_on_role_nonces_and_secret():
     assert a != peer_proof(b"s", b"server", b"1" * 16, b"2" * 16)
     assert a != peer_proof(b"s", b"client", b"3" * 16, b"2" * 16)
     assert a != peer_proof(b"t", b"client", b"1" * 16, b"2" * 16)
+
+
+def test_peer_proof_is_hmac_sha256_over_a_fixed_label_role_and_both_nonces():
+    # The bytes both sides must agree on, spelled out: a change here breaks every older peer.
+    expected = hmac.new(b"s", b"p2p-peer-auth|client|" + b"1" * 16 + b"2" * 16, hashlib.sha256).digest()
+    assert peer_proof(b"s", b"client", b"1" * 16, b"2" * 16) == expected
+
+
+def test_sealed_datagram_layout_is_payload_timestamp_nonce_mac():
+    datagram = Sealer(b"secret").seal(b"{}", now=1_700_000_000.25, nonce=7)
+    head = b"{}" + struct.pack("!qQ", 1_700_000_000_250, 7)
+    assert datagram == head + hmac.new(b"secret", head, hashlib.sha256).digest()
+
+
+def test_timestamps_up_to_the_window_away_are_accepted_at_real_clock_values():
+    now = 1_700_000_000.0
+    sender, receiver = Sealer(b"secret"), Sealer(b"secret", window=30.0)
+    assert receiver.open(sender.seal(b"{}", now=now - 30.0), now=now) == b"{}"
+    assert receiver.open(sender.seal(b"{}", now=now + 30.0), now=now) == b"{}"
+    with pytest.raises(AuthError) as refused:
+        receiver.open(sender.seal(b"{}", now=now - 30.001), now=now)
+    assert refused.value.reason == "stale timestamp"
+
+
+def test_an_empty_payload_is_still_a_signed_datagram():
+    sealer = Sealer(b"secret")
+    datagram = sealer.seal(b"", now=10.0)
+    assert len(datagram) == sealer.overhead
+    assert Sealer(b"secret").open(datagram, now=10.0) == b""
+
+
+def test_a_full_replay_memory_forgets_its_oldest_nonce_first():
+    receiver, sender = Sealer(b"secret", max_nonces=3), Sealer(b"secret")
+    sealed = [sender.seal(b"{}", now=10.0, nonce=i) for i in range(4)]
+    for datagram in sealed:
+        receiver.open(datagram, now=10.0)
+    with pytest.raises(AuthError, match="replayed"):  # the newest is kept, the oldest made room
+        receiver.open(sealed[-1], now=10.0)
+
+
+def test_replay_memory_is_emptied_once_its_timestamps_are_stale():
+    receiver, sender = Sealer(b"secret", window=30.0), Sealer(b"secret")
+    receiver.open(sender.seal(b"{}", now=10.0), now=10.0)
+    receiver.open(sender.seal(b"{}", now=70.0), now=70.0)  # 60 s on: the first can no longer come back
+    assert len(receiver._seen) == 2
+    receiver.open(sender.seal(b"{}", now=70.001), now=70.001)
+    assert len(receiver._seen) == 2  # the first one is forgotten
+
+
+def test_connection_ids_out_of_range_are_invalid_not_errors():
+    ids = ConnectionIds(key=b"k" * 32)
+    for wrong in (-1, 2**64, 3**64):
+        assert not ids.valid(wrong, "10.0.0.1", now=100)
+
+
+def test_connection_ids_last_one_to_two_minutes_by_default():
+    ids = ConnectionIds(key=b"k" * 32)
+    cid = ids.issue("10.0.0.1", now=0)
+    assert ids.valid(cid, "10.0.0.1", now=119.9) and not ids.valid(cid, "10.0.0.1", now=120.0)

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2p_shared.errors import ManifestError
+from p2p_shared.limits import MAX_CHUNK_SIZE, MAX_CHUNKS
 from p2p_shared.manifest import Manifest, chunk_count, is_file_id
 
 
@@ -102,3 +103,37 @@ def test_fuzz_headers_with_the_right_magic(fields, name, digests):
     except ManifestError:
         return
     assert m.encode() == data  # whatever decodes is canonical: it encodes back to the same bytes
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"),
+    [(0, 1), (1, 1), (MAX_CHUNK_SIZE, MAX_CHUNK_SIZE), (MAX_CHUNKS, 1)],
+    ids=["empty", "chunk-size-1", "largest-chunk", "most-chunks"],
+)
+def test_manifests_at_the_limits_are_accepted_and_round_trip(size, chunk_size):
+    m = Manifest(name="edge.bin", size=size, chunk_size=chunk_size, digests=bytes(32 * chunk_count(size, chunk_size)))
+    assert Manifest.decode(m.encode()) == m
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size", "count", "error"),
+    [(1, MAX_CHUNK_SIZE + 1, 1, "chunk size"), (MAX_CHUNKS + 1, 1, MAX_CHUNKS + 1, "chunks, more than")],
+)
+def test_manifests_just_past_the_limits_are_refused(size, chunk_size, count, error):
+    with pytest.raises(ManifestError, match=error):
+        Manifest(name="edge.bin", size=size, chunk_size=chunk_size, digests=bytes(32 * count))
+
+
+def test_an_empty_file_manifest_is_exactly_its_header_and_name():
+    data = Manifest(name="e", size=0, chunk_size=4, digests=b"").encode()
+    assert len(data) == 4 + 1 + 8 + 4 + 2 + 1
+    assert Manifest.decode(data).num_chunks == 0
+
+
+def test_chunk_digests_are_read_in_order():
+    m = Manifest(name="a.txt", size=5, chunk_size=4, digests=digests(b"abcd", b"e"))
+    assert [m.chunk_digest(i) for i in range(2)] == [hashlib.sha256(b"abcd").digest(), hashlib.sha256(b"e").digest()]
+
+
+def test_file_ids_are_lowercase_hex_only():
+    assert not is_file_id("X" * 64) and not is_file_id("AB" * 32) and is_file_id("ab" * 32)

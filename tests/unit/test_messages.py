@@ -120,3 +120,18 @@ def test_fuzz_json_objects_of_the_wrong_shape_are_typed_errors(obj):
         m.decode(json.dumps(obj).encode())
     except RemoteProtocolError:
         pass
+
+
+def test_datagrams_of_exactly_the_maximum_size_pass_both_ways():
+    connect = m.encode(m.Connect(txn=1))
+    assert m.decode(connect + b" " * (MAX_DATAGRAM - len(connect))) == m.Connect(txn=1)
+    def reply(text: str) -> m.ErrorReply:  # longer than a real reply's message may be, to reach the limit
+        return m.ErrorReply.model_construct(code="full", message=text, v=1, txn=0, type="error")
+
+    base = len(m.encode(reply("")))
+    assert len(m.encode(reply("x" * (MAX_DATAGRAM - base)))) == MAX_DATAGRAM
+
+
+def test_a_malformed_datagram_says_which_field_is_wrong():
+    with pytest.raises(RemoteProtocolError, match=r"^malformed datagram: heartbeat\.port: Input should be greater"):
+        m.decode(b'{"type":"heartbeat","v":1,"txn":0,"port":0}')

@@ -212,3 +212,72 @@ def test_availability_counts_stay_exact_through_joins_and_leaves():
     plan.remove_peer("full")
     plan.remove_peer("half")
     assert [plan.availability(i) for i in range(10)] == [0] * 10
+
+
+def test_a_completed_or_failed_chunk_is_no_longer_assigned_anywhere():
+    plan = sequential(3)
+    for peer in ("a", "b"):
+        plan.add_peer(peer)
+    assert [plan.next_chunk("a"), plan.next_chunk("a"), plan.next_chunk("b")] == [0, 1, 2]
+    assert plan.next_chunk("b") in (0, 1)  # endgame copy of one of a's chunks
+    copied = (plan.assigned("b") - {2}).pop()
+    assert plan.complete(copied, "a")
+    assert copied not in plan.assigned("a") | plan.assigned("b")  # the copy elsewhere is forgotten too
+    plan.fail(2, "b")
+    assert 2 not in plan.assigned("b")
+    assert plan.next_chunk("a") == 2  # back in the plan, for the peer that did not fail it
+    assert plan.remove_peer("a") == sorted({0, 1, 2} - {copied})
+
+
+def test_a_late_failure_of_a_chunk_already_done_changes_nothing():
+    plan = sequential(1)
+    for peer in ("a", "b"):
+        plan.add_peer(peer)
+    assert plan.next_chunk("a") == 0 and plan.next_chunk("b") == 0
+    assert plan.complete(0, "a")
+    plan.fail(0, "b")
+    assert plan.finished and plan.assigned("b") == set() and plan.remove_peer("b") == []
+
+
+def test_releasing_a_chunk_another_peer_still_fetches_does_not_queue_it_twice():
+    plan = sequential(1)
+    for peer in ("a", "b", "c"):
+        plan.add_peer(peer)
+    assert plan.next_chunk("a") == 0 and plan.next_chunk("b") == 0
+    assert plan.next_chunk("c") is None  # two copies at most
+    assert plan.remove_peer("a") == []  # b still fetches it: nothing goes back to the queue
+    assert plan.next_chunk("c") == 0  # a second copy again, since a left
+    assert plan.remove_peer("b") == [] and plan.remove_peer("c") == [0]
+    plan.add_peer("d")
+    assert plan.next_chunk("d") == 0 and plan.next_chunk("d") is None
+
+
+def test_unknown_peers_have_nothing_assigned_and_nothing_to_return():
+    plan = sequential(2)
+    assert plan.assigned("stranger") == set()
+    assert plan.remove_peer("stranger") == []
+    assert plan.next_chunk("stranger") is None
+
+
+def test_a_failed_chunk_waits_for_a_holder_that_has_not_failed_it():
+    plan = sequential(2)
+    plan.add_peer("a")
+    plan.add_peer("partial", have={1})  # cannot serve chunk 0
+    assert plan.next_chunk("a") == 0
+    plan.fail(0, "a")
+    # The only other peer does not hold chunk 0, so a may retry it.
+    assert plan.next_chunk("a") == 0
+
+
+def test_endgame_copies_respect_have_sets_and_earlier_failures():
+    plan = sequential(2)
+    plan.add_peer("a")
+    plan.add_peer("partial", have={1})
+    plan.add_peer("failed")
+    assert plan.next_chunk("a") == 0
+    assert plan.next_chunk("failed") == 1
+    plan.fail(1, "failed")
+    assert plan.next_chunk("partial") == 1
+    assert plan.next_chunk("partial") is None  # chunk 0 is in flight, but partial does not hold it
+    assert plan.next_chunk("failed") == 0  # an endgame copy of a's chunk...
+    assert plan.next_chunk("failed") is None  # ...but not of the chunk it failed, while partial fetches it

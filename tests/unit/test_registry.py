@@ -121,3 +121,63 @@ def test_lost_files_are_capped_oldest_forgotten_first(monkeypatch):
     assert reg.lost_file_count == 2
     reg.register(("b", 1), [entry(2)], now=21)
     assert reg.lost_file_count == 1
+
+
+def test_reregistering_known_files_still_adds_the_new_ones():
+    reg = SeederRegistry(ttl=90)
+    reg.register(("a", 1), [entry(1)], now=0)
+    reg.register(("a", 1), [entry(1), entry(2, "g")], now=1)
+    assert reg.resolve(name="g") == entry(2, "g")
+    assert reg.holders(entry(2).file_id, 10, random.Random(0)) == [("a", 1)]
+
+
+def test_a_seeder_seen_exactly_a_ttl_ago_is_kept():
+    reg = SeederRegistry(ttl=90)
+    reg.register(("a", 1), [entry(1)], now=10)
+    assert reg.expire(now=100) == []
+    assert reg.expire(now=100.001) == [("a", 1)]
+
+
+def test_holders_stay_consistent_through_removals_from_the_middle():
+    reg = SeederRegistry(ttl=90)
+    seeders = [("s", n) for n in range(4)]
+    for key in seeders:
+        reg.register(key, [entry(1)], now=0)
+    reg.unregister(seeders[0])  # the last holder moves into its slot
+    reg.unregister(seeders[3])  # then the moved one leaves too
+    assert sorted(reg.holders(entry(1).file_id, 10, random.Random(0))) == seeders[1:3]
+    reg.unregister(seeders[1])
+    reg.unregister(seeders[2])
+    assert reg.file_count == 0 and reg.resolve(name="f") is None
+
+
+def test_a_name_keeps_its_other_file_when_one_of_two_goes():
+    reg = SeederRegistry(ttl=90)
+    reg.register(("a", 1), [entry(1)], now=0)
+    reg.register(("b", 1), [entry(2)], now=0)  # the same name "f", another file
+    reg.unregister(("a", 1))
+    assert reg.resolve(name="f") == entry(2)
+    reg.unregister(("b", 1))
+    assert reg.resolve(name="f") is None
+
+
+def test_the_most_seeded_file_wins_a_name_even_with_the_smaller_id():
+    reg = SeederRegistry(ttl=90)
+    reg.register(("a", 1), [entry(1)], now=0)
+    reg.register(("b", 1), [entry(1)], now=0)
+    reg.register(("c", 1), [entry(9)], now=0)
+    assert reg.resolve(name="f") == entry(1)
+
+
+def test_files_are_listed_most_seeded_first_then_by_name():
+    reg = SeederRegistry(ttl=90)
+    reg.register(("a", 1), [entry(1, "b-name"), entry(2, "a-name"), entry(3, "c-name")], now=0)
+    reg.register(("b", 1), [entry(3, "c-name")], now=0)
+    assert [(e.name, n) for e, n in reg.files()] == [("c-name", 2), ("a-name", 1), ("b-name", 1)]
+
+
+def test_a_seeder_registers_at_most_1024_files_by_default():
+    reg = SeederRegistry(ttl=90)
+    reg.register(("a", 1), [entry(n) for n in range(1024)], now=0)
+    with pytest.raises(RegistryFull):
+        reg.register(("a", 1), [entry(1024)], now=0)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from p2p_shared import wire
 from p2p_shared.errors import LocalProtocolError, RemoteProtocolError
-from p2p_shared.limits import MAX_CHUNK_SIZE
+from p2p_shared.limits import MAX_CHUNK_SIZE, MAX_CHUNKS
 
 FID = bytes(range(32))
 FID_HEX = FID.hex()
@@ -183,3 +183,64 @@ def test_announce_refuses_to_encode_nothing_or_too_much():
     for indices in ((), tuple(range(wire.MAX_ANNOUNCED + 1))):
         with pytest.raises(LocalProtocolError):
             wire.encode(wire.Announce(FID, indices))
+
+
+def test_have_bitfields_at_byte_boundaries():
+    have = wire.Have.of(FID, 9, [0, 8])
+    assert have == wire.Have(FID, 9, b"\x80\x80")  # 9 chunks take two bytes
+    assert wire.Have.full(FID, 8) == wire.Have(FID, 8, b"\xff")
+    assert not wire.Have.full(FID, 8).has(8)  # one past the end, no byte read past it
+    assert not wire.Have.of(FID, 8, [7]).has(0)  # only bit 7 (value 1) is set
+    assert wire.Have.of(FID, 8, [7]).indices() == {7}
+    reader = wire.FrameReader()
+    reader.receive_data(wire.encode(have))
+    assert reader.next_event() == have
+
+
+@pytest.mark.parametrize("last_byte", [b"\x01", b"\x02"], ids=["lowest-spare-bit", "second-spare-bit"])
+def test_have_bits_past_the_chunk_count_are_refused(last_byte):
+    body = FID + struct.pack("!I", 6) + last_byte  # 6 chunks: the two low bits are spare
+    reader = wire.FrameReader()
+    with pytest.raises(RemoteProtocolError, match="past its chunk count"):
+        reader.receive_data(struct.pack("!BI", 5, len(body)) + body)
+
+
+def test_have_of_the_maximum_chunk_count_is_accepted():
+    have = wire.Have.full(FID, MAX_CHUNKS)
+    reader = wire.FrameReader()
+    reader.receive_data(wire.encode(have))
+    assert reader.next_event() == have
+
+
+def test_error_text_that_is_not_utf8_is_replaced_not_refused():
+    body = b"\x02" + FID + b"\x00\x00\x00\x07" + b"bad \xff text"
+    reader = wire.FrameReader()
+    reader.receive_data(struct.pack("!BI", 8, len(body)) + body)
+    assert reader.next_event() == wire.Error(wire.ErrorCode.BAD_INDEX, "bad \ufffd text", FID, 7)
+
+
+def test_chunk_header_of_the_largest_chunk_is_allowed():
+    header = wire.chunk_header(FID, 1, MAX_CHUNK_SIZE)
+    assert header == struct.pack("!BI", 7, 36 + MAX_CHUNK_SIZE) + FID + b"\x00\x00\x00\x01"
+    with pytest.raises(LocalProtocolError):
+        wire.chunk_header(FID, 1, MAX_CHUNK_SIZE + 1)
+
+
+def test_manifest_frames_are_bounded_by_the_largest_manifest():
+    # The file id, then a manifest: 19-byte header, a name (1020 bytes allowed here), 2**20 digests.
+    largest = 32 + 19 + 1020 + (1 << 20) * 32
+    reader = wire.FrameReader()
+    reader.receive_data(struct.pack("!BI", 3, largest))  # the header alone is accepted
+    reader = wire.FrameReader()
+    with pytest.raises(RemoteProtocolError, match="out of bounds"):
+        reader.receive_data(struct.pack("!BI", 3, largest + 1))
+
+
+def test_after_a_chunk_the_reader_is_at_a_frame_boundary_and_reads_on():
+    reader = wire.FrameReader()
+    reader.receive_data(wire.chunk_header(FID, 1, 3) + b"abc")
+    assert reader.at_frame_boundary
+    reader.receive_data(wire.chunk_header(FID, 2, 2) + b"de" + wire.encode(wire.Request(FID, 5)))
+    first, second, request = (reader.next_event() for _ in range(3))
+    assert (first.index, bytes(first.data), second.index, bytes(second.data)) == (1, b"abc", 2, b"de")
+    assert request == wire.Request(FID, 5)
