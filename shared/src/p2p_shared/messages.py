@@ -13,7 +13,7 @@ version 1 answer never carries one (version 1 clients refuse unknown keys).
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -62,15 +62,14 @@ class _Message(BaseModel):
     v: int = Field(TRACKER_VERSION, ge=0, le=255)
     txn: int = Field(0, ge=0, le=2**32 - 1)
 
-    _since_v2: ClassVar[tuple[str, ...]] = ()  # fields a version 1 message must leave unset
 
-    @model_validator(mode="after")
-    def _no_v2_fields_in_v1(self):
-        if self.v == 1 and self._since_v2:
-            late = [name for name in self._since_v2 if getattr(self, name) not in (None, False)]
-            if late:
-                raise ValueError(f"{', '.join(late)} needs protocol version 2")
-        return self
+
+def _check_v1(message: _Message, *since_v2: str) -> None:
+    """A version 1 message leaves the fields of version 2 unset."""
+    if message.v == 1:
+        late = [name for name in since_v2 if getattr(message, name) not in (None, False)]
+        if late:
+            raise ValueError(f"{', '.join(late)} needs protocol version 2")
 
 
 class FileEntry(BaseModel):
@@ -114,7 +113,10 @@ class Register(ProvenRequest):
     files: list[FileEntry] = Field(default_factory=list, max_length=MAX_FILES_PER_REGISTER)
     partial: StrictBool = False  # v2: JSON true or false, nothing else
 
-    _since_v2 = ("partial",)
+    @model_validator(mode="after")
+    def _v1(self) -> Register:
+        _check_v1(self, "partial")
+        return self
 
 
 class Heartbeat(ProvenRequest):
@@ -141,12 +143,11 @@ class Lookup(ProvenRequest):
     port: Port | None = None  # v2
     host: Host | None = None  # v2; the datagram's source address otherwise
 
-    _since_v2 = ("port", "host")
-
     @model_validator(mode="after")
     def _one_key(self) -> Lookup:
         if (self.name is None) == (self.file_id is None):
             raise ValueError("lookup needs exactly one of name and file_id")
+        _check_v1(self, "port", "host")
         return self
 
 
@@ -169,7 +170,10 @@ class Peers(_Message):
     peers: list[tuple[Host, Port]] = Field(default_factory=list, max_length=MAX_PEERS_PER_ANSWER)  # [host, port]
     partial: list[tuple[Host, Port]] | None = Field(None, max_length=MAX_PEERS_PER_ANSWER)  # v2
 
-    _since_v2 = ("partial",)
+    @model_validator(mode="after")
+    def _v1(self) -> Peers:
+        _check_v1(self, "partial")
+        return self
 
 
 class Files(_Message):

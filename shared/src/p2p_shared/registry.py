@@ -38,6 +38,8 @@ class RegistryFull(Exception):
 class _KeySet:
     """A set with O(1) add and remove and O(k) random sampling: a list plus each key's index."""
 
+    __slots__ = ("keys", "_index")
+
     def __init__(self) -> None:
         self.keys: list[HolderKey] = []
         self._index: dict[HolderKey, int] = {}
@@ -61,6 +63,8 @@ class _KeySet:
 
     def sample(self, limit: int, rng: random.Random, exclude: HolderKey | None) -> list[HolderKey]:
         """Up to `limit` keys in random order, never `exclude`."""
+        if not self.keys:
+            return []
         if exclude in self._index:
             picks = rng.sample(self.keys, min(limit + 1, len(self.keys)))
             if exclude in picks:
@@ -69,23 +73,23 @@ class _KeySet:
         return rng.sample(self.keys, min(limit, len(self.keys)))
 
 
-@dataclass
+@dataclass(slots=True)
 class _FileHolders:
     entry: FileEntry  # the first registration's
     complete: _KeySet = field(default_factory=_KeySet)
     partial: _KeySet = field(default_factory=_KeySet)
 
 
-@dataclass
+@dataclass(slots=True)  # one per holder: 100,000 of them must stay small
 class HolderRecord:
     key: HolderKey
     last_seen: float
-    files: dict[str, FileEntry] = field(default_factory=dict)
-    partial: set[str] = field(default_factory=set)  # ids of the files it holds only in part
+    files: dict[str, bool] = field(default_factory=dict)  # file id -> held only in part
+    partial_files: int = 0
 
     def kinds(self) -> tuple[bool, bool]:
         """(complete for some file, partial for some file); with no file at all, complete."""
-        return len(self.files) > len(self.partial) or not self.files, bool(self.partial)
+        return len(self.files) > self.partial_files or not self.files, self.partial_files > 0
 
 
 class HolderRegistry:
@@ -147,22 +151,24 @@ class HolderRegistry:
 
     def _hold(self, record: HolderRecord, entry: FileEntry, partial: bool) -> None:
         file_id = entry.file_id
-        if file_id not in record.files:
+        held_in_part = record.files.get(file_id)
+        if held_in_part is None:
             if len(record.files) >= self.max_files_per_holder:
                 raise RegistryFull(f"a holder may register at most {self.max_files_per_holder} files")
-            record.files[file_id] = entry
             if file_id not in self._files:
                 self._files[file_id] = _FileHolders(entry)
                 self._by_name.setdefault(entry.name, set()).add(file_id)
-        elif (file_id in record.partial) == partial:
+        elif held_in_part == partial:
             return
+        else:
+            record.partial_files -= held_in_part
+        record.files[file_id] = partial
+        record.partial_files += partial
         holders = self._files[file_id]
         if partial:
-            record.partial.add(file_id)
             holders.complete.discard(record.key)
             holders.partial.add(record.key)
         else:
-            record.partial.discard(file_id)
             holders.partial.discard(record.key)
             holders.complete.add(record.key)
             self._lost.pop(file_id, None)
@@ -186,9 +192,9 @@ class HolderRegistry:
             return None
         self._tally(record, -1)
         orphans = []
-        for file_id in record.files:
+        for file_id, held_in_part in record.files.items():
             holders = self._files[file_id]
-            if file_id in record.partial:
+            if held_in_part:
                 holders.partial.discard(key)
             else:
                 holders.complete.discard(key)

@@ -62,7 +62,9 @@ class TrackerCore:
             log.debug("datagram dropped", source=source[0], reason=str(exc))
             return None
         self.metrics.datagrams.labels(message.type).inc()
-        if message.v not in messages.TRACKER_VERSIONS:
+        version = message.v  # the answer's
+        if version not in messages.TRACKER_VERSIONS:
+            version = TRACKER_VERSION
             self.metrics.malformed.labels("unsupported_version").inc()
             versions = " and ".join(map(str, messages.TRACKER_VERSIONS))
             reply: messages.Reply = messages.ErrorReply(
@@ -79,7 +81,6 @@ class TrackerCore:
             if answer is None:
                 return None
             reply = answer
-        version = message.v if message.v in messages.TRACKER_VERSIONS else TRACKER_VERSION
         reply = reply.model_copy(update={"txn": message.txn, "v": version})
         while True:
             try:
