@@ -148,7 +148,7 @@ def leecher_job(swarm):
 
 def test_five_seeders_are_registered_and_scraped(swarm):
     assert eventually(lambda: swarm.seeders_listed() == 5, timeout=30)
-    eventually(lambda: swarm.value("p2p_tracker_live_seeders") == 5)
+    eventually(lambda: swarm.value('p2p_tracker_live_holders{kind="complete"}') == 5)
 
     def seeder_targets_up():
         """five seeder targets up in Prometheus"""

@@ -127,7 +127,8 @@ def test_command_line_contract_as_written(tmp_path):
         assert (tmp_path / "out" / "contract.bin").read_bytes() == data.read_bytes()
 
         t = scrape(tmetrics)
-        assert t[("p2p_tracker_live_seeders", ())] == 3
+        assert t[("p2p_tracker_live_holders", (("kind", "complete"),))] == 3
+        assert t[("p2p_tracker_live_holders", (("kind", "partial"),))] == 0
         assert t[("p2p_tracker_files", ())] == 1
         assert t[("p2p_tracker_registrations_total", (("result", "new"),))] == 3
         assert t[("p2p_tracker_lookups_total", (("result", "found"),))] >= 1
@@ -161,7 +162,7 @@ def test_list_shows_every_seeded_file(seeded):
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
     assert set(rows) == set(SIZES)
-    assert rows["one-chunk.bin"][1:3] == [str(DEFAULT_CHUNK_SIZE), "3"]
+    assert rows["one-chunk.bin"][1:4] == [str(DEFAULT_CHUNK_SIZE), "3", "0"]  # size, seeders, partial holders
 
 
 def test_no_target_is_a_usage_error():

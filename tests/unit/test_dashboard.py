@@ -82,3 +82,25 @@ def test_promtool_would_catch_a_broken_query(tmp_path):
     (tmp_path / "bad.rules.yml").write_text(yaml.safe_dump(rules))
     result = subprocess.run([promtool, "check", "rules", "bad.rules.yml"], cwd=tmp_path, capture_output=True)
     assert result.returncode != 0
+
+
+def test_live_holders_panel_shows_each_kind(dashboard):
+    [panel] = [p for p in dashboard["panels"] if p["title"] == "Live holders"]
+    assert [(t["expr"], t["legendFormat"]) for t in panel["targets"]] == [("p2p_tracker_live_holders", "{{kind}}")]
+
+
+def test_every_tracker_metric_the_dashboard_and_alerts_read_is_exposed(dashboard):
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from p2p_shared.registry import HolderRegistry
+    from p2p_tracker.metrics import TrackerMetrics
+
+    registry = CollectorRegistry()
+    TrackerMetrics(registry, HolderRegistry(ttl=1))
+    exposed = {s.name for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
+    rules = (Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/p2p.rules.yml").read_text()
+    read = set(re.findall(r"p2p_tracker_\w+", " ".join(panel_queries(dashboard)) + rules))
+    assert "p2p_tracker_live_holders" in read and read - exposed == set()

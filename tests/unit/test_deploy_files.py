@@ -26,7 +26,7 @@ def test_every_panel_and_query_uses_the_datasource_variable():
     assert {p["datasource"]["uid"] for p in panels} == {"${datasource}"}
     assert {t["datasource"]["uid"] for p in panels for t in p["targets"]} == {"${datasource}"}
     titles = " ".join(p["title"].lower() for p in panels)
-    for topic in ("live seeders", "heartbeats", "bytes served", "chunks served", "share", "retries", "latency",
+    for topic in ("live holders", "heartbeats", "bytes served", "chunks served", "share", "retries", "latency",
                   "last download"):
         assert topic in titles
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from p2p_shared import PROTOCOL_VERSION, wire
+from p2p_shared import PEER_VERSION, wire
 from p2p_shared.errors import PeerError, PeerRejected
 from p2p_shared.handshake import ClientHandshake, HandshakeRefused, ServerHandshake
 
@@ -41,7 +41,7 @@ def test_a_client_with_a_wrong_secret_is_refused_by_the_server():
 
 def test_a_client_that_sends_a_wrong_proof_is_refused():
     server = ServerHandshake(SECRET)
-    server.receive(wire.Hello(PROTOCOL_VERSION, wire.FLAG_AUTH, b"n" * 16))
+    server.receive(wire.Hello(PEER_VERSION, wire.FLAG_AUTH, b"n" * 16))
     with pytest.raises(HandshakeRefused) as refused:
         server.receive(wire.Auth(b"\0" * 32))
     assert refused.value.error.code == wire.ErrorCode.UNAUTHORIZED and not server.done
@@ -51,8 +51,8 @@ def test_a_client_that_sends_a_wrong_proof_is_refused():
     ("first", "code"),
     [
         (wire.GetHave(bytes(32)), wire.ErrorCode.BAD_REQUEST),
-        (wire.Hello(PROTOCOL_VERSION + 1), wire.ErrorCode.UNSUPPORTED_VERSION),
-        (wire.Hello(PROTOCOL_VERSION), wire.ErrorCode.UNAUTHORIZED),  # no secret shown
+        (wire.Hello(PEER_VERSION + 1), wire.ErrorCode.UNSUPPORTED_VERSION),
+        (wire.Hello(PEER_VERSION), wire.ErrorCode.UNAUTHORIZED),  # no secret shown
     ],
 )
 def test_server_refuses_anything_but_a_proper_hello(first, code):
@@ -63,8 +63,8 @@ def test_server_refuses_anything_but_a_proper_hello(first, code):
 
 def test_client_refuses_a_server_without_the_secret_or_of_another_version():
     with pytest.raises(PeerRejected, match="does not hold the swarm secret"):
-        ClientHandshake(SECRET, "peer").receive(wire.Hello(PROTOCOL_VERSION))
+        ClientHandshake(SECRET, "peer").receive(wire.Hello(PEER_VERSION))
     with pytest.raises(PeerError, match="version"):
-        ClientHandshake(None, "peer").receive(wire.Hello(PROTOCOL_VERSION + 1))
+        ClientHandshake(None, "peer").receive(wire.Hello(PEER_VERSION + 1))
     with pytest.raises(PeerRejected):
         ClientHandshake(None, "peer").receive(wire.Error(wire.ErrorCode.UNAUTHORIZED, "no"))

@@ -26,6 +26,18 @@ EXAMPLES = [
     m.Peers(txn=10),
     m.Files(txn=11, files=[m.FileSummary(**ENTRY.model_dump(), seeders=3)], total=1),
     m.ErrorReply(txn=12, code="unknown_seeder", message="register again"),
+    # Version 2: partial holders.
+    m.Register(txn=13, port=7002, files=[ENTRY], partial=True),
+    m.Lookup(txn=14, file_id=FID, port=7002),
+    m.Lookup(txn=15, name="demo.bin", port=7002, host="leecher-4"),
+    m.Peers(txn=16, file=ENTRY, peers=[("seeder-2", 7000)], partial=[("10.0.0.9", 7002)]),
+    m.Peers(txn=17, partial=[]),
+    m.Files(txn=18, files=[m.FileSummary(**ENTRY.model_dump(), seeders=3, partial=5)], total=1),
+    # Version 1 messages, as version 1 clients send them and the tracker answers them.
+    m.Register(v=1, txn=19, port=7000, files=[ENTRY]),
+    m.Lookup(v=1, txn=20, name="demo.bin"),
+    m.Peers(v=1, txn=21, file=ENTRY, peers=[("127.0.0.1", 7001)]),
+    m.Files(v=1, txn=22, files=[m.FileSummary(**ENTRY.model_dump(), seeders=3)], total=1),
 ]
 
 
@@ -35,13 +47,34 @@ def test_round_trip(message):
 
 
 def test_exact_json():
-    assert m.encode(m.Heartbeat(txn=3, port=7000)) == b'{"v":1,"txn":3,"type":"heartbeat","port":7000}'
-    assert json.loads(m.encode(m.Lookup(txn=5, name="x"))) == {"v": 1, "txn": 5, "type": "lookup", "name": "x"}
+    assert m.encode(m.Heartbeat(txn=3, port=7000)) == b'{"v":2,"txn":3,"type":"heartbeat","port":7000}'
+    assert json.loads(m.encode(m.Lookup(txn=5, name="x"))) == {"v": 2, "txn": 5, "type": "lookup", "name": "x"}
+    assert json.loads(m.encode(m.Lookup(txn=5, name="x", port=7002))) == {
+        "v": 2, "txn": 5, "type": "lookup", "name": "x", "port": 7002
+    }
+    assert m.encode(m.Register(txn=1, port=7002, partial=True)) == (
+        b'{"v":2,"txn":1,"type":"register","port":7002,"files":[],"partial":true}'
+    )
 
 
 def test_peers_travel_as_host_port_pairs():
-    data = m.encode(m.Peers(txn=1, peers=[("10.0.0.1", 7000)]))
-    assert data == b'{"v":1,"txn":1,"type":"peers","peers":[["10.0.0.1",7000]]}'
+    data = m.encode(m.Peers(txn=1, peers=[("10.0.0.1", 7000)], partial=[("10.0.0.2", 7002)]))
+    assert data == b'{"v":2,"txn":1,"type":"peers","peers":[["10.0.0.1",7000]],"partial":[["10.0.0.2",7002]]}'
+
+
+def test_version_1_answers_have_only_version_1_keys():
+    assert m.encode(m.Peers(v=1, txn=1, peers=[("10.0.0.1", 7000)])) == (
+        b'{"v":1,"txn":1,"type":"peers","peers":[["10.0.0.1",7000]]}'
+    )
+    files = m.Files(v=1, files=[m.FileSummary(**ENTRY.model_dump(), seeders=3)], total=1)
+    assert set(json.loads(m.encode(files))["files"][0]) == {"file_id", "name", "size", "chunk_size", "seeders"}
+
+
+def test_version_1_datagrams_decode_without_version_2_fields():
+    register = m.decode(b'{"v":1,"txn":1,"type":"register","port":7000,"files":[]}')
+    assert register.v == 1 and register.partial is False
+    lookup = m.decode(b'{"v":1,"txn":2,"type":"lookup","name":"demo.bin"}')
+    assert lookup.v == 1 and lookup.port is None and lookup.host is None
 
 
 def test_largest_registration_fits_a_datagram():
@@ -80,6 +113,20 @@ BAD = [
     b'{"type":"register","port":1,"files":[' + b",".join([b'{"file_id":"' + b"ab" * 32 + b'","name":"a","size":1,"chunk_size":4}'] * 17) + b"]}",
     b"{" * 5000,
     b" " * (MAX_DATAGRAM + 1),
+    # Version 2 fields: their types, and never in a version 1 message.
+    b'{"type":"register","port":1,"partial":"yes"}',
+    b'{"type":"register","port":1,"partial":1}',
+    b'{"v":1,"type":"register","port":1,"partial":true}',
+    b'{"type":"lookup","name":"a","port":0}',
+    b'{"type":"lookup","name":"a","port":7000,"host":"a b"}',
+    b'{"v":1,"type":"lookup","name":"a","port":7000}',
+    b'{"v":1,"type":"lookup","name":"a","host":"leecher-1"}',
+    b'{"type":"peers","partial":[["a",0]]}',
+    b'{"type":"peers","partial":[["a"]]}',
+    b'{"type":"peers","partial":[' + b",".join([b'["a",1]'] * 51) + b"]}",
+    b'{"v":1,"type":"peers","peers":[],"partial":[]}',
+    b'{"type":"files","files":[{"file_id":"' + b"ab" * 32 + b'","name":"a","size":1,"chunk_size":4,"seeders":1,"partial":-1}]}',
+    b'{"v":1,"type":"files","files":[{"file_id":"' + b"ab" * 32 + b'","name":"a","size":1,"chunk_size":4,"seeders":1,"partial":0}]}',
 ]
 
 
@@ -107,10 +154,15 @@ def test_fuzz_any_datagram_decodes_or_is_a_typed_error(data):
     st.fixed_dictionaries(
         {"type": st.sampled_from(["register", "heartbeat", "lookup", "ack", "peers", "files", "error"])},
         optional={
-            "port": st.integers(-(2**70), 2**70) | st.text(max_size=5),
+            "port": st.integers(-(2**70), 2**70) | st.text(max_size=5) | st.none(),
+            "host": st.text(max_size=10) | st.none(),
             "name": st.text(max_size=20),
             "txn": st.integers(-(2**40), 2**40),
-            "v": st.integers(-3, 300),
+            "v": st.integers(-3, 300) | st.sampled_from([1, 2]),
+            "partial": st.booleans() | st.none() | st.integers(-2, 2) | st.lists(
+                st.lists(st.integers(-1, 70000) | st.text(max_size=6), max_size=3), max_size=3
+            ),
+            "peers": st.lists(st.lists(st.integers(-1, 70000) | st.text(max_size=6), max_size=3), max_size=3),
             "files": st.lists(st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8)), max_size=3),
         },
     )
@@ -135,3 +187,33 @@ def test_datagrams_of_exactly_the_maximum_size_pass_both_ways():
 def test_a_malformed_datagram_says_which_field_is_wrong():
     with pytest.raises(RemoteProtocolError, match=r"^malformed datagram: heartbeat\.port: Input should be greater"):
         m.decode(b'{"type":"heartbeat","v":1,"txn":0,"port":0}')
+
+
+HOSTS = st.sampled_from(["10.0.0.1", "seeder-2", "a b", "", "h" * 254])
+PAIRS = st.lists(st.tuples(HOSTS, st.integers(-1, 70000)), max_size=4)
+
+
+@given(
+    st.sampled_from(["register", "lookup", "peers", "files"]),
+    st.sampled_from([1, 2]),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "partial": st.booleans() | st.integers(0, 3) | PAIRS,
+            "port": st.integers(0, 70000) | st.none(),
+            "host": HOSTS | st.none(),
+            "peers": PAIRS,
+        },
+    ),
+)
+def test_fuzz_a_version_1_message_never_carries_version_2_fields(kind, version, fields):
+    base = {"register": {"port": 7000}, "lookup": {"name": "demo.bin"}, "peers": {}, "files": {}}[kind]
+    try:
+        message = m.decode(json.dumps({"type": kind, "v": version, **base, **fields}).encode())
+    except RemoteProtocolError:
+        return
+    assert m.decode(m.encode(message)) == message
+    if version == 1:
+        assert getattr(message, "partial", None) in (None, False)
+        assert getattr(message, "port", None) is None or kind == "register"
+        assert kind != "lookup" or message.host is None

@@ -11,11 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from p2p_leecher.metrics import LeecherMetrics
 from p2p_seeder.metrics import SeederMetrics
 from p2p_shared.messages import FileEntry
-from p2p_shared.registry import SeederRegistry
+from p2p_shared.registry import HolderRegistry
 from p2p_tracker.metrics import TrackerMetrics
 
 FACTORIES = {
-    "p2p-tracker": lambda registry: TrackerMetrics(registry, SeederRegistry(ttl=90)),
+    "p2p-tracker": lambda registry: TrackerMetrics(registry, HolderRegistry(ttl=90)),
     "p2p-seeder": SeederMetrics,
     "p2p-leecher": LeecherMetrics,
 }
@@ -50,9 +50,9 @@ def test_no_created_series(exposition):
 
 
 def test_tracker_exposes_files_without_seeders():
-    registry, seeders = CollectorRegistry(), SeederRegistry(ttl=10)
-    TrackerMetrics(registry, seeders)
-    seeders.register(("a", 1), [FileEntry(file_id="1" * 64, name="f", size=1, chunk_size=1)], now=0)
+    registry, holders = CollectorRegistry(), HolderRegistry(ttl=10)
+    TrackerMetrics(registry, holders)
+    holders.register(("a", 1), [FileEntry(file_id="1" * 64, name="f", size=1, chunk_size=1)], now=0)
     assert registry.get_sample_value("p2p_tracker_files_without_seeders") == 0
-    seeders.expire(now=11)
+    holders.expire(now=11)
     assert registry.get_sample_value("p2p_tracker_files_without_seeders") == 1

@@ -1,5 +1,6 @@
 """The tracker's handling, datagram in and answer out, on a fake clock with real metrics."""
 
+import json
 import random
 
 import pytest
@@ -7,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from p2p_shared import messages as m
 from p2p_shared.limits import MAX_DATAGRAM
-from p2p_shared.registry import SeederRegistry
+from p2p_shared.registry import HolderRegistry
 from p2p_tracker.core import TrackerCore
 from p2p_tracker.metrics import TrackerMetrics
 
@@ -18,7 +19,7 @@ ENTRY = m.FileEntry(file_id=FID, name="demo.bin", size=100, chunk_size=10)
 @pytest.fixture
 def tracker():
     registry = CollectorRegistry()
-    seeders = SeederRegistry(ttl=3.0, max_seeders=3)
+    seeders = HolderRegistry(ttl=3.0, max_holders=3)
     core = TrackerCore(seeders, TrackerMetrics(registry, seeders), interval=1.0, max_peers=2, rng=random.Random(1))
     core.prom = registry
     return core
@@ -44,7 +45,8 @@ def test_register_then_lookup_uses_the_source_address(tracker):
     assert peers.txn == 8 and peers.file == ENTRY
     assert peers.peers == [("10.0.0.1", 7000)]
     assert metric(tracker, "p2p_tracker_registrations_total", result="new") == 1
-    assert metric(tracker, "p2p_tracker_live_seeders") == 1
+    assert metric(tracker, "p2p_tracker_live_holders", kind="complete") == 1
+    assert metric(tracker, "p2p_tracker_live_holders", kind="partial") == 0
     assert metric(tracker, "p2p_tracker_files") == 1
 
 
@@ -61,7 +63,7 @@ def test_lookup_answers_are_capped(tracker):
 
 def test_peer_list_is_trimmed_to_fit_a_datagram():
     registry = CollectorRegistry()
-    seeders = SeederRegistry(ttl=3.0)
+    seeders = HolderRegistry(ttl=3.0)
     core = TrackerCore(seeders, TrackerMetrics(registry, seeders), interval=1.0, max_peers=50)
     for i in range(50):
         ask(core, m.Register(port=7000 + i, host="h" * 250 + f"{i:03}", files=[ENTRY]))
@@ -126,16 +128,18 @@ def test_answers_sent_to_the_tracker_are_not_reflected(tracker):
     assert metric(tracker, "p2p_tracker_malformed_datagrams_total", reason="unexpected") == 1
 
 
-def test_other_protocol_version_gets_a_typed_error(tracker):
-    reply = ask(tracker, m.Heartbeat(v=2, txn=9, port=7000))
-    assert reply.type == "error" and reply.code == "unsupported_version" and reply.txn == 9
+@pytest.mark.parametrize("version", [0, 3, 255])
+def test_other_protocol_version_gets_a_typed_error(tracker, version):
+    answer = tracker.handle(b'{"v":%d,"txn":9,"type":"connect"}' % version, ("10.0.0.1", 1), 0.0)
+    assert answer == b'{"v":2,"txn":9,"type":"error","code":"unsupported_version","message":"this tracker speaks versions 1 and 2"}'
+    assert metric(tracker, "p2p_tracker_malformed_datagrams_total", reason="unsupported_version") == 1
 
 
 def test_a_flood_from_one_address_is_dropped_and_counted():
     from p2p_shared.ratelimit import AddressLimiter
 
     registry = CollectorRegistry()
-    seeders = SeederRegistry(ttl=3.0)
+    seeders = HolderRegistry(ttl=3.0)
     core = TrackerCore(seeders, TrackerMetrics(registry, seeders), 1.0, 50, limiter=AddressLimiter(100, 10))
     conn = core.ids.issue("10.6.6.6", 0.0)
     flood = [core.handle(m.encode(m.Register(conn=conn, port=7000 + i)), ("10.6.6.6", 1), 0.0) for i in range(50)]
@@ -167,7 +171,7 @@ def test_with_a_swarm_secret_only_sealed_datagrams_count():
     from p2p_shared.auth import Sealer
 
     registry = CollectorRegistry()
-    seeders = SeederRegistry(ttl=3.0)
+    seeders = HolderRegistry(ttl=3.0)
     core = TrackerCore(seeders, TrackerMetrics(registry, seeders), 1.0, 50, sealer=Sealer(b"s" * 16))
     member = Sealer(b"s" * 16)
     assert core.handle(m.encode(m.Connect()), ("10.0.0.1", 1), 1000.0) is None  # unsigned: dropped
@@ -177,3 +181,128 @@ def test_with_a_swarm_secret_only_sealed_datagrams_count():
     assert m.decode(member.open(answer, 1000.0)).type == "connected"
     assert core.handle(sealed, ("10.0.0.1", 1), 1001.0) is None  # replayed
     assert registry.get_sample_value("p2p_tracker_refused_datagrams_total", {"reason": "unauthenticated"}) == 3
+
+
+# Partial holders (protocol version 2) and version 1 clients, datagram bytes in and out.
+
+LEECHER = ("10.0.0.7", 40000)  # a leecher's datagrams come from an ephemeral port; it serves on 7100
+
+
+def ask_raw(core, request: bytes, source=("10.0.0.1", 5555), now=0.0) -> dict:
+    """A request as exact bytes (connection id added), the answer as parsed JSON with every key."""
+    conn = json.loads(core.handle(b'{"v":1,"type":"connect"}', source, now))["conn"]
+    return json.loads(core.handle(request.replace(b"{", b'{"conn":%d,' % conn, 1), source, now))
+
+
+def test_version_1_client_gets_version_1_answers_with_complete_holders_only(tracker):
+    ask(tracker, m.Register(port=7000, files=[ENTRY]))
+    ask(tracker, m.Register(port=7100, files=[ENTRY], partial=True), source=LEECHER)
+    connected = tracker.handle(b'{"v":1,"txn":1,"type":"connect"}', ("10.0.0.9", 1), 0.0)
+    assert json.loads(connected).keys() == {"v", "txn", "type", "conn"} and json.loads(connected)["v"] == 1
+    answer = ask_raw(tracker, b'{"v":1,"txn":2,"type":"lookup","file_id":"%s"}' % FID.encode(), ("10.0.0.9", 1))
+    assert answer == {"v": 1, "txn": 2, "type": "peers", "file": ENTRY.model_dump(), "peers": [["10.0.0.1", 7000]]}
+    listed = ask_raw(tracker, b'{"v":1,"txn":3,"type":"list_files"}', ("10.0.0.9", 1))
+    assert listed == {"v": 1, "txn": 3, "type": "files", "files": [{**ENTRY.model_dump(), "seeders": 1}], "total": 1}
+
+
+def test_version_1_register_heartbeat_unregister(tracker):
+    ack = ask_raw(tracker, b'{"v":1,"txn":4,"type":"register","port":7000,"files":[%s]}' % ENTRY.model_dump_json().encode())
+    assert ack == {"v": 1, "txn": 4, "type": "ack", "interval": 1.0}
+    assert ask(tracker, m.Lookup(file_id=FID)).peers == [("10.0.0.1", 7000)]
+    assert ask_raw(tracker, b'{"v":1,"txn":5,"type":"heartbeat","port":7000}', now=1.0)["type"] == "ack"
+    assert ask_raw(tracker, b'{"v":1,"txn":6,"type":"unregister","port":7000}', now=1.0)["v"] == 1
+    unknown = ask_raw(tracker, b'{"v":1,"txn":7,"type":"heartbeat","port":7000}', now=1.0)
+    assert unknown == {"v": 1, "txn": 7, "type": "error", "code": "unknown_seeder", "message": "register again"}
+
+
+def test_version_1_lookup_of_a_file_only_partial_holders_have_finds_nothing(tracker):
+    ask(tracker, m.Register(port=7100, files=[ENTRY], partial=True), source=LEECHER)
+    answer = ask_raw(tracker, b'{"v":1,"txn":8,"type":"lookup","name":"demo.bin"}')
+    assert answer == {"v": 1, "txn": 8, "type": "peers", "peers": []}
+    assert metric(tracker, "p2p_tracker_lookups_total", result="not_found") == 1
+    assert ask(tracker, m.Lookup(name="demo.bin")).partial == [("10.0.0.7", 7100)]  # version 2 sees it
+
+
+def test_version_1_cannot_register_partial(tracker):
+    request = b'{"v":1,"type":"register","port":7000,"partial":true}'
+    assert tracker.handle(request, ("10.0.0.1", 1), 0.0) is None
+    assert metric(tracker, "p2p_tracker_malformed_datagrams_total", reason="invalid") == 1
+
+
+def test_version_2_lookup_gets_both_kinds_bounded_and_never_the_asker(tracker):
+    tracker.registry.max_holders = 6  # room for 3 seeders and 3 leechers
+    for i in range(3):
+        ask(tracker, m.Register(port=7000 + i, files=[ENTRY]), source=(f"10.0.1.{i}", 1))
+        ask(tracker, m.Register(port=7100, files=[ENTRY], partial=True), source=(f"10.0.2.{i}", 1))
+    answer = ask_raw(tracker, b'{"txn":9,"type":"lookup","file_id":"%s"}' % FID.encode(), ("10.9.9.9", 1))
+    assert answer["v"] == 2 and answer["txn"] == 9 and answer["file"] == ENTRY.model_dump()
+    assert len(answer["peers"]) == 2 and {h for h, _ in answer["peers"]} <= {"10.0.1.0", "10.0.1.1", "10.0.1.2"}
+    assert len(answer["partial"]) == 2 and {h for h, _ in answer["partial"]} <= {"10.0.2.0", "10.0.2.1", "10.0.2.2"}
+    for seed in range(20):  # the asker, a partial holder itself, never hears of itself
+        tracker.rng = random.Random(seed)
+        reply = ask(tracker, m.Lookup(file_id=FID, port=7100), source=("10.0.2.1", 2))
+        assert ("10.0.2.1", 7100) not in reply.partial and len(reply.partial) == 2 and len(reply.peers) == 2
+
+
+def test_the_asker_with_an_advertised_host_is_left_out(tracker):
+    ask(tracker, m.Register(port=7100, host="leecher-1", files=[ENTRY], partial=True))
+    ask(tracker, m.Register(port=7100, host="leecher-2", files=[ENTRY], partial=True))
+    reply = ask(tracker, m.Lookup(file_id=FID, port=7100, host="leecher-1"))
+    assert reply.partial == [("leecher-2", 7100)] and reply.peers == []
+    others = ask(tracker, m.Lookup(file_id=FID, port=7100))  # from 10.0.0.1: neither of them
+    assert sorted(others.partial) == [("leecher-1", 7100), ("leecher-2", 7100)]
+
+
+def test_a_partial_holder_that_finishes_registers_complete(tracker):
+    ask(tracker, m.Register(port=7100, files=[ENTRY], partial=True), source=LEECHER)
+    assert metric(tracker, "p2p_tracker_live_holders", kind="partial") == 1
+    assert ask(tracker, m.ListFiles()).files[0].partial == 1
+    ask(tracker, m.Register(port=7100, files=[ENTRY]), source=LEECHER, now=0.5)
+    reply = ask(tracker, m.Lookup(file_id=FID))
+    assert reply.peers == [("10.0.0.7", 7100)] and reply.partial == []
+    assert metric(tracker, "p2p_tracker_live_holders", kind="complete") == 1
+    assert metric(tracker, "p2p_tracker_live_holders", kind="partial") == 0
+    [summary] = ask(tracker, m.ListFiles()).files
+    assert (summary.seeders, summary.partial) == (1, 0)
+    assert metric(tracker, "p2p_tracker_registrations_total", result="refreshed") == 1
+
+
+def test_partial_holders_heartbeat_and_expire_like_seeders(tracker):
+    ask(tracker, m.Register(port=7000, files=[ENTRY]), now=0)
+    ask(tracker, m.Register(port=7100, files=[ENTRY], partial=True), source=LEECHER, now=0)
+    assert ask(tracker, m.Heartbeat(port=7100), source=LEECHER, now=2.5).type == "ack"
+    tracker.expire(now=3.5)  # the seeder's ttl is over, the leecher's is not
+    assert metric(tracker, "p2p_tracker_live_holders", kind="complete") == 0
+    assert metric(tracker, "p2p_tracker_live_holders", kind="partial") == 1
+    assert ask(tracker, m.Lookup(file_id=FID), now=3.5).partial == [("10.0.0.7", 7100)]
+    assert metric(tracker, "p2p_tracker_files_without_seeders") == 1  # no complete copy left
+    tracker.expire(now=6.0)
+    assert metric(tracker, "p2p_tracker_live_holders", kind="partial") == 0
+    assert metric(tracker, "p2p_tracker_expirations_total") == 2
+    assert ask(tracker, m.Heartbeat(txn=2, port=7100), source=LEECHER, now=6.0).code == "unknown_seeder"
+
+
+def test_a_holder_complete_for_one_file_and_partial_for_another_counts_once_per_kind(tracker):
+    other = m.FileEntry(file_id="ef" * 32, name="other.bin", size=1, chunk_size=1)
+    ask(tracker, m.Register(port=7100, files=[ENTRY]), source=LEECHER)
+    ask(tracker, m.Register(port=7100, files=[other], partial=True), source=LEECHER)
+    assert metric(tracker, "p2p_tracker_live_holders", kind="complete") == 1
+    assert metric(tracker, "p2p_tracker_live_holders", kind="partial") == 1
+    assert metric(tracker, "p2p_tracker_files") == 2
+
+
+def test_both_peer_lists_are_trimmed_to_fit_a_datagram():
+    registry = CollectorRegistry()
+    holders = HolderRegistry(ttl=3.0)
+    core = TrackerCore(holders, TrackerMetrics(registry, holders), interval=1.0, max_peers=50)
+    for i in range(50):
+        ask(core, m.Register(port=7000 + i, host="h" * 250 + f"{i:03}", files=[ENTRY]))
+        ask(core, m.Register(port=7000 + i, host="p" * 250 + f"{i:03}", files=[ENTRY], partial=True))
+    conn = core.ids.issue("10.0.0.1", 0.0)
+    answer = core.handle(m.encode(m.Lookup(conn=conn, file_id=FID)), ("10.0.0.1", 1), 0.0)
+    assert len(answer) <= MAX_DATAGRAM
+    reply = m.decode(answer)
+    assert 5 <= len(reply.peers) < 50 and 5 <= len(reply.partial) < 50
+    # A version 1 answer has only the complete holders to trim, so it keeps more of them.
+    v1 = core.handle(b'{"v":1,"conn":%d,"type":"lookup","file_id":"%s"}' % (conn, FID.encode()), ("10.0.0.1", 1), 0.0)
+    assert len(v1) <= MAX_DATAGRAM and len(m.decode(v1).peers) > len(reply.peers)

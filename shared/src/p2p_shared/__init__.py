@@ -4,4 +4,5 @@ Modules at this level are sans-IO: no sockets, no event loop, time passed in as 
 The asyncio shells shared by several services live in `p2p_shared.net`.
 """
 
-PROTOCOL_VERSION = 1
+TRACKER_VERSION = 2  # the tracker's datagrams; it also answers version 1 (see messages)
+PEER_VERSION = 1  # the HELLO of the peer protocol over TCP

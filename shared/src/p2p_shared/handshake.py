@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import os
 
-from . import PROTOCOL_VERSION, wire
+from . import PEER_VERSION, wire
 from .auth import peer_proof
 from .errors import PeerError, PeerRejected, RemoteProtocolError
 
@@ -45,17 +45,17 @@ class ServerHandshake:
             raise HandshakeRefused(wire.ErrorCode.UNAUTHORIZED, "wrong proof of the swarm secret")
         if not isinstance(event, wire.Hello):
             raise HandshakeRefused(wire.ErrorCode.BAD_REQUEST, "expected HELLO first")
-        if event.version != PROTOCOL_VERSION:
-            raise HandshakeRefused(wire.ErrorCode.UNSUPPORTED_VERSION, f"this peer speaks version {PROTOCOL_VERSION}")
+        if event.version != PEER_VERSION:
+            raise HandshakeRefused(wire.ErrorCode.UNSUPPORTED_VERSION, f"this peer speaks version {PEER_VERSION}")
         self.peer_flags = event.flags
         if self.secret is None:
             self.done = True
-            return [wire.Hello(PROTOCOL_VERSION, OUR_FLAGS)]
+            return [wire.Hello(PEER_VERSION, OUR_FLAGS)]
         if not event.flags & wire.FLAG_AUTH or len(event.nonce) != wire.NONCE_BYTES:
             raise HandshakeRefused(wire.ErrorCode.UNAUTHORIZED, "this swarm needs its secret")
         self._client_nonce, self._nonce = event.nonce, self._nonce or os.urandom(wire.NONCE_BYTES)
         proof = peer_proof(self.secret, b"server", self._client_nonce, self._nonce)
-        return [wire.Hello(PROTOCOL_VERSION, OUR_FLAGS | wire.FLAG_AUTH, self._nonce), wire.Auth(proof)]
+        return [wire.Hello(PEER_VERSION, OUR_FLAGS | wire.FLAG_AUTH, self._nonce), wire.Auth(proof)]
 
 
 class ClientHandshake:
@@ -68,7 +68,7 @@ class ClientHandshake:
         self.peer_flags = 0
 
     def hello(self) -> wire.Hello:
-        return wire.Hello(PROTOCOL_VERSION, OUR_FLAGS | (wire.FLAG_AUTH if self.secret else 0), self._nonce)
+        return wire.Hello(PEER_VERSION, OUR_FLAGS | (wire.FLAG_AUTH if self.secret else 0), self._nonce)
 
     def receive(self, event: wire.Event) -> list[wire.Event]:
         """PeerRejected if the server is not one of ours; PeerError if it speaks another version."""
@@ -83,7 +83,7 @@ class ClientHandshake:
             return [wire.Auth(peer_proof(self.secret, b"client", self._nonce, self._server_nonce))]
         if not isinstance(event, wire.Hello):
             raise RemoteProtocolError(f"{self.label} sent {type(event).__name__}, expected Hello")
-        if event.version != PROTOCOL_VERSION:
+        if event.version != PEER_VERSION:
             raise PeerError(f"{self.label} speaks protocol version {event.version}")
         self.peer_flags = event.flags
         if not self.secret:

@@ -3,6 +3,11 @@
 Every message carries `type`, the protocol version `v` and a transaction id `txn` that the
 answer echoes, so a client can match answers to retried requests. A datagram is at most
 MAX_DATAGRAM bytes in either direction.
+
+Version 2 (TRACKER_VERSION) adds partial holders: `register.partial`, `lookup.port` and
+`lookup.host`, `peers.partial` and `files[].partial`. The tracker answers a request in the
+version it was asked in; a version 1 message that carries a version 2 field is malformed, and a
+version 1 answer never carries one (version 1 clients refuse unknown keys).
 """
 
 from __future__ import annotations
@@ -10,9 +15,18 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
-from . import PROTOCOL_VERSION
+from . import TRACKER_VERSION
 from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import (
     MAX_CHUNK_SIZE,
@@ -38,13 +52,24 @@ def _check_host(host: str) -> str:
 
 
 Host = Annotated[str, Field(min_length=1, max_length=MAX_HOST_CHARS), AfterValidator(_check_host)]
+# `unknown_seeder` means "unknown holder" (of either kind); the name stays for version 1 clients.
 ErrorCode = Literal["malformed", "unsupported_version", "unknown_seeder", "not_found", "full", "connect_first"]
+TRACKER_VERSIONS = (1, TRACKER_VERSION)  # the versions the tracker answers
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    v: int = Field(PROTOCOL_VERSION, ge=0, le=255)
+    v: int = Field(TRACKER_VERSION, ge=0, le=255)
     txn: int = Field(0, ge=0, le=2**32 - 1)
+
+
+
+def _check_v1(message: _Message, *since_v2: str) -> None:
+    """A version 1 message leaves the fields of version 2 unset."""
+    if message.v == 1:
+        late = [name for name in since_v2 if getattr(message, name) not in (None, False)]
+        if late:
+            raise ValueError(f"{', '.join(late)} needs protocol version 2")
 
 
 class FileEntry(BaseModel):
@@ -56,7 +81,8 @@ class FileEntry(BaseModel):
 
 
 class FileSummary(FileEntry):
-    seeders: int = Field(ge=0)
+    seeders: int = Field(ge=0)  # complete holders
+    partial: int | None = Field(None, ge=0)  # v2: partial holders
 
 
 class ProvenRequest(_Message):
@@ -78,13 +104,19 @@ class Connected(_Message):
 
 
 class Register(ProvenRequest):
-    """A seeder announces the files it holds. Repeated registrations add files."""
+    """A holder announces files it holds. Repeated registrations add files, and each one says
+    how the sender holds the files it lists: in part (a leecher downloading) or complete."""
 
     type: Literal["register"] = "register"
     port: Port
     host: Host | None = None  # advertised host; the datagram's source address otherwise
     files: list[FileEntry] = Field(default_factory=list, max_length=MAX_FILES_PER_REGISTER)
-    partial: bool = False  # TEMP until the tracker side lands
+    partial: StrictBool = False  # v2: JSON true or false, nothing else
+
+    @model_validator(mode="after")
+    def _v1(self) -> Register:
+        _check_v1(self, "partial")
+        return self
 
 
 class Heartbeat(ProvenRequest):
@@ -100,17 +132,22 @@ class Unregister(ProvenRequest):
 
 
 class Lookup(ProvenRequest):
-    """Which live seeders hold this file? Exactly one of `name` and `file_id`."""
+    """Which live holders have this file? Exactly one of `name` and `file_id`.
+
+    A holder that looks up gives its own serving `port` (and advertised `host`, if it has one) so
+    that the answer leaves it out."""
 
     type: Literal["lookup"] = "lookup"
     name: FileName | None = None
     file_id: FileId | None = None
-    port: Port | None = None  # TEMP until the tracker side lands
+    port: Port | None = None  # v2
+    host: Host | None = None  # v2; the datagram's source address otherwise
 
     @model_validator(mode="after")
     def _one_key(self) -> Lookup:
         if (self.name is None) == (self.file_id is None):
             raise ValueError("lookup needs exactly one of name and file_id")
+        _check_v1(self, "port", "host")
         return self
 
 
@@ -126,16 +163,29 @@ class Ack(_Message):
 
 
 class Peers(_Message):
+    """Complete holders in `peers`; partial holders in `partial` (v2 answers only, maybe empty)."""
+
     type: Literal["peers"] = "peers"
     file: FileEntry | None = None
     peers: list[tuple[Host, Port]] = Field(default_factory=list, max_length=MAX_PEERS_PER_ANSWER)  # [host, port]
-    partial: list[tuple[Host, Port]] | None = None  # TEMP until the tracker side lands
+    partial: list[tuple[Host, Port]] | None = Field(None, max_length=MAX_PEERS_PER_ANSWER)  # v2
+
+    @model_validator(mode="after")
+    def _v1(self) -> Peers:
+        _check_v1(self, "partial")
+        return self
 
 
 class Files(_Message):
     type: Literal["files"] = "files"
     files: list[FileSummary] = Field(default_factory=list, max_length=MAX_FILES_PER_ANSWER)
     total: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _no_partial_counts_in_v1(self) -> Files:
+        if self.v == 1 and any(f.partial is not None for f in self.files):
+            raise ValueError("partial needs protocol version 2")
+        return self
 
 
 class ErrorReply(_Message):

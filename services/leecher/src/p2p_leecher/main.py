@@ -135,9 +135,9 @@ async def list_files(settings: LeecherSettings) -> int:
         tracker.close()
     if not isinstance(reply, messages.Files):
         raise P2PError(f"tracker answered {reply.type} to a file list request")
-    print(f"{'NAME':40} {'SIZE':>14} {'SEEDERS':>7}  FILE ID")
+    print(f"{'NAME':40} {'SIZE':>14} {'SEEDERS':>7} {'PARTIAL':>7}  FILE ID")
     for f in reply.files:
-        print(f"{f.name:40} {f.size:>14} {f.seeders:>7}  {f.file_id}")
+        print(f"{f.name:40} {f.size:>14} {f.seeders:>7} {'-' if f.partial is None else f.partial:>7}  {f.file_id}")
     if reply.total > len(reply.files):
         print(f"... and {reply.total - len(reply.files)} more files")
     return 0

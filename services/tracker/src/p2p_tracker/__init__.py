@@ -1,1 +1,1 @@
-"""The tracker: a UDP registry of live seeders and the files they hold."""
+"""The tracker: a UDP registry of live holders (seeders, sharing leechers) and the files they hold."""

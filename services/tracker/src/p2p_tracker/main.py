@@ -1,4 +1,4 @@
-"""p2p-tracker: the UDP registry of live seeders."""
+"""p2p-tracker: the UDP registry of live holders (seeders, and leechers that share)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from p2p_shared.auth import Sealer
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.ratelimit import AddressLimiter
-from p2p_shared.registry import SeederRegistry
+from p2p_shared.registry import HolderRegistry
 from p2p_shared.settings import CommonSettings, add_common_flags, build_settings
 
 from .core import TrackerCore
@@ -27,21 +27,21 @@ class TrackerSettings(CommonSettings):
     host: str = "0.0.0.0"
     port: int = Field(6969, ge=1, le=65535)
     metrics_port: int = Field(9101, ge=0, le=65535)
-    heartbeat_interval: float = Field(30.0, gt=0, description="seconds between seeder heartbeats")
-    missed_heartbeats: int = Field(3, ge=1, description="heartbeats missed before a seeder expires")
-    max_peers: int = Field(50, ge=1, le=50, description="seeders in one lookup answer")
-    max_seeders: int = Field(100_000, ge=1)
+    heartbeat_interval: float = Field(30.0, gt=0, description="seconds between holder heartbeats")
+    missed_heartbeats: int = Field(3, ge=1, description="heartbeats missed before a holder expires")
+    max_peers: int = Field(50, ge=1, le=50, description="holders of each kind in one lookup answer")
+    max_seeders: int = Field(100_000, ge=1, description="registry capacity, holders of either kind")
     max_requests_per_address: float = Field(200.0, ge=0, description="datagrams/s one address may send; 0: no limit")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2p-tracker", description="Registry of live seeders (UDP).")
+    p = argparse.ArgumentParser(prog="p2p-tracker", description="Registry of live holders: seeders and sharing leechers (UDP).")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--port", type=int, help="UDP port (default 6969)")
-    p.add_argument("--heartbeat-interval", type=float, help="seconds between seeder heartbeats (default 30)")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between holder heartbeats (default 30)")
     p.add_argument("--missed-heartbeats", type=int, help="missed heartbeats before expiry (default 3)")
-    p.add_argument("--max-peers", type=int, help="seeders in one lookup answer (default 50)")
-    p.add_argument("--max-seeders", type=int, help="registry capacity (default 100000)")
+    p.add_argument("--max-peers", type=int, help="holders of each kind, complete and partial, in one lookup answer (default 50)")
+    p.add_argument("--max-seeders", type=int, help="registry capacity, holders of either kind (default 100000)")
     p.add_argument("--max-requests-per-address", type=float, help="datagrams/s one address may send, bursts of twice that (default 200; 0 turns it off)")
     add_common_flags(p)
     return p
@@ -67,16 +67,16 @@ class _TrackerProtocol(asyncio.DatagramProtocol):
 async def serve(settings: TrackerSettings) -> int:
     stop = stop_event()
     registry = CollectorRegistry()
-    seeders = SeederRegistry(
-        ttl=settings.heartbeat_interval * settings.missed_heartbeats, max_seeders=settings.max_seeders
+    holders = HolderRegistry(
+        ttl=settings.heartbeat_interval * settings.missed_heartbeats, max_holders=settings.max_seeders
     )
     rate = settings.max_requests_per_address
     limiter = AddressLimiter(rate, 2 * rate) if rate else None
     secret = settings.secret_bytes()
     settings.warn_if_open(log, "tracker")
     core = TrackerCore(
-        seeders,
-        TrackerMetrics(registry, seeders),
+        holders,
+        TrackerMetrics(registry, holders),
         settings.heartbeat_interval,
         settings.max_peers,
         limiter=limiter,

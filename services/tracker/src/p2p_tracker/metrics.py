@@ -1,11 +1,11 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from p2p_shared.metrics import register_service_metrics
-from p2p_shared.registry import SeederRegistry
+from p2p_shared.registry import HolderRegistry
 
 
 class TrackerMetrics:
-    def __init__(self, registry: CollectorRegistry, seeders: SeederRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, holders: HolderRegistry) -> None:
         register_service_metrics(registry, "p2p-tracker")
         self.datagrams = Counter(
             "p2p_tracker_datagrams_total", "Datagrams received, by message type", ["type"], registry=registry
@@ -17,16 +17,16 @@ class TrackerMetrics:
             registry=registry,
         )
         self.registrations = Counter(
-            "p2p_tracker_registrations_total", "Seeder registrations, by result", ["result"], registry=registry
+            "p2p_tracker_registrations_total", "Holder registrations, by result", ["result"], registry=registry
         )
         self.heartbeats = Counter(
-            "p2p_tracker_heartbeats_total", "Seeder heartbeats received, by result", ["result"], registry=registry
+            "p2p_tracker_heartbeats_total", "Holder heartbeats received, by result", ["result"], registry=registry
         )
         self.unregistrations = Counter(
-            "p2p_tracker_unregistrations_total", "Seeders that unregistered on shutdown", registry=registry
+            "p2p_tracker_unregistrations_total", "Holders that unregistered on shutdown", registry=registry
         )
         self.expirations = Counter(
-            "p2p_tracker_expirations_total", "Seeders forgotten after missed heartbeats", registry=registry
+            "p2p_tracker_expirations_total", "Holders forgotten after missed heartbeats", registry=registry
         )
         self.refused = Counter(
             "p2p_tracker_refused_datagrams_total",
@@ -46,13 +46,21 @@ class TrackerMetrics:
             self.heartbeats.labels(result)
         for result in ("found", "not_found"):
             self.lookups.labels(result)
-        live = Gauge("p2p_tracker_live_seeders", "Seeders currently registered", registry=registry)
-        live.set_function(lambda: len(seeders))
-        files = Gauge("p2p_tracker_files", "Distinct files held by live seeders", registry=registry)
-        files.set_function(lambda: seeders.file_count)
-        lost = Gauge(
-            "p2p_tracker_files_without_seeders",
-            "Files whose last seeder went silent (expired) in the last 24 h and no seeder registered since",
+        live = Gauge(
+            "p2p_tracker_live_holders",
+            "Holders currently registered, by kind: complete (seeders, finished leechers) or partial "
+            "(leechers downloading); a holder complete for one file and partial for another counts once in each",
+            ["kind"],
             registry=registry,
         )
-        lost.set_function(lambda: seeders.lost_file_count)
+        for kind in ("complete", "partial"):
+            live.labels(kind).set_function(lambda kind=kind: holders.count(kind))
+        files = Gauge("p2p_tracker_files", "Distinct files held by live holders, complete or partial", registry=registry)
+        files.set_function(lambda: holders.file_count)
+        lost = Gauge(
+            "p2p_tracker_files_without_seeders",
+            "Files whose last complete holder went silent (expired) in the last 24 h and none registered "
+            "them complete since",
+            registry=registry,
+        )
+        lost.set_function(lambda: holders.lost_file_count)

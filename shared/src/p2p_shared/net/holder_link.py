@@ -54,8 +54,9 @@ class HolderLink:
     async def register(self) -> None:
         for start in range(0, max(1, len(self.entries)), MAX_FILES_PER_REGISTER):
             batch = self.entries[start : start + MAX_FILES_PER_REGISTER]
-            extra = {"partial": True} if self.partial else {}
-            reply = await self.client.request(messages.Register(port=self.port, host=self.host, files=batch, **extra))
+            reply = await self.client.request(
+                messages.Register(port=self.port, host=self.host, files=batch, partial=self.partial)
+            )
             if isinstance(reply, messages.ErrorReply):
                 self.metrics.registrations.labels("refused").inc()
                 raise P2PError(f"tracker refused registration: {reply.code}: {reply.message}")
