@@ -10,7 +10,7 @@ COMPOSE := docker compose $(if $(TLS),-f docker-compose.yml -f docker-compose.tl
 export P2P_UID := $(shell id -u)
 export P2P_GID := $(shell id -g)
 
-.PHONY: bench certs fuzz install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
+.PHONY: bench bench-net bench-net-clean netbed-tools certs fuzz install test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.t
 
 install: $(BIN)/p2p-leecher
 
-test: install
+test: install netbed-tools
 	-@deploy/install-compose.sh >/dev/null
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -80,3 +80,20 @@ clean:
 bench: install
 	$(BIN)/pip install --quiet -c constraints.txt matplotlib
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Shaped hosts (network namespaces, root): every scenario with our services and with libtorrent
+# (about 12 minutes); bench/results/net.json, net.png and the README table. BENCH_NET_ARGS="--only one_to_8".
+bench-net: install netbed-tools
+	@/usr/bin/python3 -c 'import libtorrent' 2>/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-libtorrent >/dev/null; }
+	$(BIN)/pip install --quiet -c constraints.txt matplotlib
+	$(PY) -m bench.net $(BENCH_NET_ARGS)
+
+# Remove the namespaces and processes an interrupted bench-net or test run left behind.
+bench-net-clean: install
+	$(PY) -m bench.net clean
+
+# iproute2 (ip, tc) for the namespace tests and bench-net, when missing and we are root.
+netbed-tools:
+	@command -v ip >/dev/null && command -v tc >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
