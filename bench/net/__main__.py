@@ -22,7 +22,7 @@ from tools.localswarm import random_file
 
 from . import report, runner
 from .scenarios import MiB, SCENARIOS
-from .testbed import TestbedError, clean, leftovers, netem_available, unavailable_reason
+from .testbed import PREFIX, TestbedError, clean, leftovers, netem_available, unavailable_reason
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -80,7 +80,8 @@ def run_all(args) -> dict:
     ).stdout.strip()
     started = time.monotonic()
     rows, torrents = [], {}
-    with tempfile.TemporaryDirectory(prefix="p2pnet-data-") as data:
+    # Named like a run (p<pid>), so `clean` finds it if this process is killed outright.
+    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}p{os.getpid()}-data-") as data:
         for scenario in scenarios:
             row = {
                 "name": scenario.name, "title": scenario.title, "size": scenario.size,

@@ -110,7 +110,8 @@ def draw(results: dict, path: Path) -> None:
         ax.set_xticks(range(len(others)), [r["name"].replace("_", " ") for r in others])
         ax.set_ylabel("seconds")
         ax.set_title("3 seeders → 1 leecher, disturbed")
-        ax.legend(fontsize=8)
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
+        ax.legend(fontsize=8, ncols=3, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

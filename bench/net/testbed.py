@@ -106,14 +106,14 @@ def _remove_namespace(ns: str) -> None:
 
 
 def clean() -> list[str]:
-    """Remove every leftover namespace, its processes and its run's files; return what went."""
+    """Remove every leftover namespace with its processes, and dead runs' folders; return the namespaces."""
     gone = leftovers()
     for ns in gone:
         _remove_namespace(ns)
-    for owner in OWNERS.glob("*") if OWNERS.exists() else []:
-        if not _owner_alive(owner.name):
-            owner.unlink(missing_ok=True)
-            shutil.rmtree(Path(tempfile.gettempdir()) / f"{PREFIX}{owner.name}", ignore_errors=True)
+    folders = [p for p in Path(tempfile.gettempdir()).glob(f"{PREFIX}*") if p.is_dir()]
+    for path in [*folders, *(OWNERS.glob("*") if OWNERS.exists() else [])]:
+        if not _owner_alive(path.name.removeprefix(PREFIX).split("-")[0]):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return gone
 
 
