@@ -27,8 +27,12 @@ def table(results: dict) -> str:
     lt = results["libtorrent"]
     lines = [
         f"Run on {results['machine']['cpus']} cores, {results['machine']['platform']}, {results['date']}; "
-        f"libtorrent {lt['version'] or 'not run: ' + str(lt['skipped'])}; the whole run took "
-        f"{results['wall_seconds'] / 60:.0f} min. Each cell: time until every leecher holds the exact file "
+        f"libtorrent {lt['version'] or 'not run: ' + str(lt['skipped'])}"
+        + "".join(f" (pieces of {v // 1024} KiB; ours are 512 KiB chunks)" for v in set(lt["piece_size"].values()))
+        + "; the whole run took "
+        f"{results['wall_seconds'] / 60:.0f} min. F = "
+        + ", ".join(sorted({f"{r['size'] / 2**20:g} MiB" for r in results["scenarios"]}))
+        + " of random data. Each cell: time until every leecher holds the exact file "
         "(× the Kumar–Ross bound), then what the seeders sent (interface counters) in file sizes F.",
         "",
         "| scenario | bound (Kumar–Ross) | bound if leechers do not upload | p2p (ours) | libtorrent |",

@@ -33,14 +33,14 @@ OWNERS = Path("/run/p2pnet")
 NETWORK = ipaddress.ip_network("198.18.0.0/15")
 
 
-class TestbedError(RuntimeError):
+class NamespaceError(RuntimeError):
     """The testbed cannot be built or used here (a one-line reason)."""
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise TestbedError(f"{' '.join(argv)}: {(result.stderr or result.stdout).strip()}")
+        raise NamespaceError(f"{' '.join(argv)}: {(result.stderr or result.stdout).strip()}")
     return result
 
 
@@ -160,10 +160,10 @@ class Testbed:
     def __enter__(self) -> Testbed:
         reason = unavailable_reason()
         if reason:
-            raise TestbedError(reason)
+            raise NamespaceError(reason)
         found = leftovers()
         if found:
-            raise TestbedError(
+            raise NamespaceError(
                 f"leftovers of an earlier run ({', '.join(found)}); remove them with `make bench-net-clean`"
             )
         OWNERS.mkdir(parents=True, exist_ok=True)
