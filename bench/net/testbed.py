@@ -141,6 +141,7 @@ class Host:
 
 def _tbf(rate_bps: float) -> list[str]:
     # The bucket must hold a whole GSO burst (64 KiB) or tbf drops it; 10 ms of the rate otherwise.
+    # A 50 ms queue at the link's rate: a modest router buffer, enough for TCP to fill the link.
     burst = max(int(rate_bps / 8 / 100), 96 * 1024)
     return ["tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "latency", "50ms"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench.net.runner import Swarm
-from bench.net.testbed import Link, Testbed, TestbedError, unavailable_reason
-from tests.integration.conftest import wait_until
+from bench.net.testbed import Link, Testbed, NamespaceError, unavailable_reason
+from .conftest import wait_until
 from tools.localswarm import random_file, sha256_file
 
 MiB = 1 << 20
@@ -39,7 +39,7 @@ def bed():
     testbed = Testbed()
     try:
         testbed.__enter__()
-    except TestbedError as exc:  # leftovers of an interrupted run, say: one line, not a traceback
+    except NamespaceError as exc:  # leftovers of an interrupted run, say: one line, not a traceback
         pytest.fail(str(exc), pytrace=False)
     try:
         yield testbed
