@@ -82,7 +82,7 @@ bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # Shaped hosts (network namespaces, root): every scenario with our services and with libtorrent
-# (about 12 minutes); bench/results/net.json, net.png and the README table. BENCH_NET_ARGS="--only one_to_8".
+# (about 11 minutes); bench/results/net.json, net.png and the README table. BENCH_NET_ARGS="--only one_to_8".
 bench-net: install netbed-tools
 	@/usr/bin/python3 -c 'import libtorrent' 2>/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-libtorrent >/dev/null; }
