@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 SWARM_ARGS ?=
 COMPOSE := docker compose $(if $(TLS),-f docker-compose.yml -f docker-compose.tls.yml)
 
-.PHONY: bench certs fuzz mutate install preflight test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
+.PHONY: bench bench-net bench-net-clean netbed-tools certs fuzz mutate install preflight test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -93,3 +93,20 @@ mutate: install
 	cp tools/mutmut.toml .mutate/pyproject.toml
 	cd .mutate && ../$(BIN)/mutmut run >/dev/null && ../$(BIN)/mutmut results --all true >results.txt
 	$(PY) -m tools.mutation_score .mutate/results.txt
+
+# Shaped hosts (network namespaces, root): every scenario with our services and with libtorrent
+# (about 11 minutes); bench/results/net.json, net.png and the README table. BENCH_NET_ARGS="--only one_to_8".
+bench-net: install netbed-tools
+	@/usr/bin/python3 -c 'import libtorrent' 2>/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-libtorrent >/dev/null; }
+	$(BIN)/pip install --quiet -c constraints.txt matplotlib
+	$(PY) -m bench.net $(BENCH_NET_ARGS)
+
+# Remove the namespaces and processes an interrupted bench-net or test run left behind.
+bench-net-clean: install
+	$(PY) -m bench.net clean
+
+# iproute2 (ip, tc) for the namespace tests and bench-net, when missing and we are root.
+netbed-tools:
+	@command -v ip >/dev/null && command -v tc >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }

@@ -69,7 +69,7 @@ def test_typed_errors_keep_the_connection_open(one_seeder):
         hello, unknown, bad_index, chunk = talk(
             s, wire.Hello(1), wire.GetManifest(b"\x01" * 32), wire.Request(fid, 3), wire.Request(fid, 2)
         )
-    assert hello == wire.Hello(1)
+    assert hello == wire.Hello(1, wire.FLAG_ANNOUNCE)
     assert isinstance(unknown, wire.Error) and unknown.code == wire.ErrorCode.UNKNOWN_FILE
     assert isinstance(bad_index, wire.Error) and bad_index.code == wire.ErrorCode.BAD_INDEX and bad_index.index == 3
     assert isinstance(chunk, wire.Chunk) and bytes(chunk.data) == content[800:]
@@ -110,7 +110,7 @@ def test_frame_cut_off_by_eof_closes_only_that_connection(one_seeder):
             received += data
     reader = wire.FrameReader()
     reader.receive_data(received)
-    assert reader.next_event() == wire.Hello(1) and reader.next_event() is None  # nothing served for half a frame
+    assert reader.next_event() == wire.Hello(1, wire.FLAG_ANNOUNCE) and reader.next_event() is None  # nothing served for half a frame
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         _, chunk = talk(s, wire.Hello(1), wire.Request(fid, 1))
     assert bytes(chunk.data) == content[400:800]
