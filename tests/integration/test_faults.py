@@ -122,7 +122,7 @@ def test_silent_seeder_expires_after_the_missed_heartbeats_and_is_counted(tmp_pa
         assert (missed - 1) * interval - 0.2 <= gone_after <= (missed + 2) * interval
         metrics = scrape(tracker.metrics_port)
         assert metrics[("p2p_tracker_expirations_total", ())] == 1
-        assert metrics[("p2p_tracker_live_seeders", ())] == 1
+        assert metrics[("p2p_tracker_live_holders", (("kind", "complete"),))] == 1
         # The seeder that keeps beating outlives many ttls.
         time.sleep(missed * interval + interval)
         assert [port for _, port in swarm.lookup("expire.bin").peers] == [alive.port]

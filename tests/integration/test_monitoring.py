@@ -83,7 +83,7 @@ def test_concurrent_runs_push_to_their_own_groups(swarm, tmp_path, pushgateway):
 
     assert samples[("p2p_leecher_downloads_total", group(ok, result="ok"))] == 1
     assert samples[("p2p_leecher_downloads_total", group(failed, result="failed"))] == 1
-    assert samples[("p2p_leecher_bytes_received_total", group(ok))] == 2 << 20
+    assert samples[("p2p_leecher_bytes_received_total", group(ok, source="seeder"))] == 2 << 20
     assert samples[("push_time_seconds", group(ok))] > 0 and samples[("push_time_seconds", group(failed))] > 0
     assert samples[("p2p_build_info", group(ok, version=version("p2p-leecher")))] == 1
 

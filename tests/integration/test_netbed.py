@@ -117,7 +117,7 @@ def test_partitioned_tracker_downloads_in_flight_finish_new_ones_start_once_heal
     assert in_flight.wait(60) == 0, in_flight.output  # the seeders need no tracker once found
     assert sha256_file(swarm.output(first) / source.name) == sha256_file(source)
 
-    late = swarm.leecher(second, source.name, 2, "--wait", "40")
+    late = swarm.leecher(second, source.name, 2, "--wait", "40", "--wait-for-file")
     time.sleep(2)  # the partition lasts two seconds: the new leecher cannot find anyone meanwhile
     assert late.proc.poll() is None and not (swarm.output(second) / source.name).exists(), late.output
     bed.heal(swarm.tracker)

@@ -73,7 +73,12 @@ def test_health_files_appear_when_serving_and_go_away_on_stop(tmp_path):
     data = random_file(tmp_path / "seed" / "h.bin", 1000)
     tracker_health, seeder_health = tmp_path / "tracker.healthy", tmp_path / "seeder.healthy"
     with LocalSwarm(tmp_path) as swarm:
-        seeder = swarm.add_seeder([data], "--health-file", str(seeder_health), wait=False)
+        swarm.tracker_port = free_port(socket.SOCK_DGRAM)  # where the tracker will be, once started
+        seeder = Service("seeder", service_argv(
+            "seeder", "-f", str(data), "-p", str(free_port()), "--host", "127.0.0.1", "--tracker", swarm.tracker_addr,
+            "--metrics-port", "0", "--no-cache", "--health-file", str(seeder_health),
+        ), swarm.env)
+        swarm.others.append(seeder)
         seeder.wait_for("seeder listening")
         assert not seeder_health.exists()  # serving, but no tracker knows it yet
         swarm.start_tracker("--health-file", str(tracker_health))

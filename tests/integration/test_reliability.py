@@ -77,7 +77,7 @@ def test_slow_seeder_does_not_hold_the_download_back(tmp_path, pushgateway):
     # Each chunk counted once, whatever copies arrived: the first valid copy wins.
     pushed = pushgateway.samples()
     assert pushed[("p2p_leecher_chunks_received_total", ())] == 16
-    assert pushed[("p2p_leecher_bytes_received_total", ())] == data.stat().st_size
+    assert pushed[("p2p_leecher_bytes_received_total", (("source", "seeder"),))] == data.stat().st_size
 
 
 def test_manifest_that_does_not_hash_to_the_file_id_is_refused(tmp_path, pushgateway):

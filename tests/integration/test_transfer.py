@@ -130,7 +130,9 @@ def test_command_line_contract_as_written(tmp_path):
         assert t[("p2p_tracker_live_holders", (("kind", "complete"),))] == 3
         assert t[("p2p_tracker_live_holders", (("kind", "partial"),))] == 0
         assert t[("p2p_tracker_files", ())] == 1
-        assert t[("p2p_tracker_registrations_total", (("result", "new"),))] == 3
+        # The three seeders, and the leecher: it shared while downloading and left when done.
+        assert t[("p2p_tracker_registrations_total", (("result", "new"),))] == 4
+        assert t[("p2p_tracker_unregistrations_total", ())] == 1
         assert t[("p2p_tracker_lookups_total", (("result", "found"),))] >= 1
         served = [scrape(p) for p in seeder_metrics]
         assert sum(s[("p2p_seeder_chunks_served_total", ())] for s in served) >= 4
