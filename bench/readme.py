@@ -31,9 +31,10 @@ def table(r: dict) -> str:
         (f"file size {', '.join(label(x['bytes']) for x in sizes)}: time", ", ".join(f"{x['seconds']:.2f}" for x in sizes) + " s"),
         ("the same sizes: leecher peak RSS", ", ".join(f"{x['rss_mb']:.0f}" for x in sizes) + " MB"),
         (f"{', '.join(seeders)} seeders", ", ".join(f"{s['by_seeders'][k]['seconds']:.2f}" for k in seeders) + " s"),
-        (f"{m['leechers']} leechers at once, {label(r['many_bytes'])} each, 3 seeders",
-         f"{'all finished' if m['all_finished'] else 'NOT all finished'}; {m['seconds']:.2f} s, {m['aggregate_mb_per_s']:.0f} MB/s aggregate"
-         + (f", seeders sent {m['seeder_egress_bytes'] / 2**20:.0f} MiB" if "seeder_egress_bytes" in m else "")),
+        (f"{m['leechers']} leechers at once, {label(m['bytes'])} each, 3 seeders: sharing / `--no-share`",
+         f"{'all exact' if m['share']['all_exact'] and m['no_share']['all_exact'] else 'NOT all exact'}; "
+         f"{m['share']['seconds']:.2f} s / {m['no_share']['seconds']:.2f} s until all are done; seeders sent "
+         f"{m['share']['seeder_egress_per_file']:.2f}x / {m['no_share']['seeder_egress_per_file']:.2f}x the file"),
         ("one of 3 seeders SIGKILLed after 100 chunks / undisturbed", f"{f['one_seeder_killed_seconds']:.2f} s / {f['undisturbed_seconds']:.2f} s"),
         ("mutual TLS on the chunk channel / plain", f"{tls['tls_seconds']:.2f} s / {tls['plain_seconds']:.2f} s ({tls['tls_seconds'] / tls['plain_seconds']:.1f}x)"),
         ("seeder start-up hashing vs hashlib on one thread, same file",

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from p2p_shared import messages
-from tools.localswarm import LocalSwarm, Service, free_port, random_file, scrape, service_argv, tracker_request
+from tools.localswarm import LocalSwarm, Service, free_port, random_file, scrape, service_argv, sha256_file, tracker_request
 
 from . import baselines, tracker_load
 
@@ -137,31 +137,51 @@ def bench_swarm(swarm: LocalSwarm, files: dict[str, Path], work: Path, repeat: i
     return base, result
 
 
-def egress_bytes(metrics_ports: list[int]) -> float:
-    return sum(scrape(port)[("p2p_seeder_bytes_served_total", ())] for port in metrics_ports)
+def egress_bytes(seeders) -> float:
+    return sum(scrape(s.metrics_port)[("p2p_seeder_bytes_served_total", ())] for s in seeders)
 
 
-def bench_many_leechers(swarm: LocalSwarm, metrics_ports: list[int], name: str, size: int, work: Path, count: int = 8) -> dict:
-    """`count` leechers at once, each from 3 of the swarm's seeders; egress summed over all seeders."""
-    cpu_before = sum(proc_stats(s.proc.pid)[0] for s in swarm.seeders)
-    egress_before = egress_bytes(metrics_ports)
-    outs = [work / f"many{i}" for i in range(count)]
-    for out in outs:
-        clean(out)
-    started = time.perf_counter()
-    leechers = [swarm.leecher(name, out, "--log-format", "json", "--max-peers", "3") for out in outs]
-    codes = [leecher.wait(600) for leecher in leechers]
-    wall = time.perf_counter() - started
-    for out in outs:
-        clean(out)
-    return {
-        "leechers": count,
-        "all_finished": all(c == 0 for c in codes),
-        "seconds": wall,
-        "aggregate_mb_per_s": count * size / wall / 1e6,
-        "seeder_egress_bytes": egress_bytes(metrics_ports) - egress_before,
-        "seeder_cpu_seconds": sum(proc_stats(s.proc.pid)[0] for s in swarm.seeders) - cpu_before,
-    }
+def bench_many_leechers(data: Path, work: Path, repeat: int, count: int = 8) -> dict:
+    """`count` leechers at once from 3 seeders, sharing (the default) and with --no-share, in
+    alternating rounds: time until all are done, every copy checked, seeder egress summed."""
+    expected = sha256_file(data)
+    size = data.stat().st_size
+    rounds: dict[str, list[dict]] = {"share": [], "no_share": []}
+    with LocalSwarm(work / "many-swarm", heartbeat=30) as swarm:
+        swarm.start_tracker()
+        seeders = [swarm.add_seeder([data], "--cache-dir", str(work / "manifest-cache"), metrics=True) for _ in range(3)]
+        for n in range(repeat):
+            for mode in ("no_share", "share") if n % 2 == 0 else ("share", "no_share"):
+                outs = [work / f"many{i}" for i in range(count)]
+                for out in outs:
+                    clean(out)
+                cpu_before = sum(proc_stats(s.proc.pid)[0] for s in seeders)
+                egress_before = egress_bytes(seeders)
+                extra = ["--no-share"] if mode == "no_share" else []
+                started = time.perf_counter()
+                leechers = [swarm.leecher(data.name, out, "--log-format", "json", *extra) for out in outs]
+                codes = [leecher.wait(600) for leecher in leechers]
+                wall = time.perf_counter() - started
+                exact = all(c == 0 and sha256_file(out / data.name) == expected for c, out in zip(codes, outs))
+                for out in outs:
+                    clean(out)
+                rounds[mode].append({
+                    "all_exact": exact,
+                    "seconds": wall,
+                    "seeder_egress_bytes": egress_bytes(seeders) - egress_before,
+                    "seeder_cpu_seconds": sum(proc_stats(s.proc.pid)[0] for s in seeders) - cpu_before,
+                })
+    result: dict = {"leechers": count, "seeders": 3, "bytes": size}
+    for mode, runs in rounds.items():
+        result[mode] = {
+            "all_exact": all(r["all_exact"] for r in runs),
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "seeder_egress_bytes": statistics.median(r["seeder_egress_bytes"] for r in runs),
+            "seeder_egress_per_file": statistics.median(r["seeder_egress_bytes"] for r in runs) / size,
+            "seeder_cpu_seconds": statistics.median(r["seeder_cpu_seconds"] for r in runs),
+            "rounds": runs,
+        }
+    return result
 
 
 def bench_seeder_killed(files: dict[str, Path], work: Path, repeat: int) -> dict:
@@ -281,9 +301,10 @@ def table(results: dict) -> str:
     for k, r in s["by_seeders"].items():
         rows.append((f"{k} seeder(s), {size_gib:g} GiB", f"{r['seconds']:.2f} s", ""))
     m = results["many_leechers"]
-    rows.append((f"{m['leechers']} leechers at once, {results['many_bytes'] / MiB:.0f} MiB each",
-                 f"{m['seconds']:.2f} s", f"{m['aggregate_mb_per_s']:.0f} MB/s aggregate, seeder egress "
-                 f"{m['seeder_egress_bytes'] / MiB:.0f} MiB, all finished: {m['all_finished']}"))
+    for mode in ("share", "no_share"):
+        r_ = m[mode]
+        rows.append((f"{m['leechers']} leechers, {m['bytes'] / MiB:.0f} MiB, 3 seeders, {mode}", f"{r_['seconds']:.2f} s",
+                     f"seeder egress {r_['seeder_egress_per_file']:.2f}x the file, all exact: {r_['all_exact']}"))
     rows.append(("seeder start: hashlib one thread / seeder hashing", f"{st['hashlib_one_thread_seconds']:.2f} s / {st['seeder_hash_seconds']:.2f} s",
                  f"{st['seeder_hash_seconds'] / st['hashlib_one_thread_seconds']:.2f}x"))
     rows.append(("seeder start to registered / restart unchanged", f"{st['seeder_start_to_registered_seconds']:.2f} s / {st['restart_unchanged_seconds']:.2f} s", ""))
@@ -333,10 +354,10 @@ def main() -> int:
                 swarm.add_seeder(all_files, "--metrics-port", str(port))
             print("baselines and downloads", flush=True)
             results["baselines"], results["swarm"] = bench_swarm(swarm, files, work, repeat, list(sizes))
-            print("eight leechers", flush=True)
-            results["many_leechers"] = bench_many_leechers(swarm, metrics_ports, "many.bin", many_size, work)
             print("seeder start-up", flush=True)
             results["startup"] = bench_startup(files["main.bin"], work, swarm.tracker_addr)
+        print("eight leechers, sharing and not", flush=True)
+        results["many_leechers"] = bench_many_leechers(files["many.bin"], work, 1 if args.quick else 2)
         print("a seeder killed mid-download", flush=True)
         results["fault"] = bench_seeder_killed(files, work, repeat)
         print("mutual TLS", flush=True)

@@ -21,8 +21,10 @@ def test_bench_quick_run_writes_every_figure(tmp_path):
     assert figures["baselines"]["tcp_hash_seconds"] > 0
     assert set(figures["swarm"]["by_seeders"]) == {"1", "2", "3", "5"}
     many = figures["many_leechers"]
-    assert many["all_finished"] is True
-    assert many["seeder_egress_bytes"] >= many["leechers"] * figures["many_bytes"]  # every copy came from seeders
+    assert many["share"]["all_exact"] is True and many["no_share"]["all_exact"] is True
+    # Without sharing every copy comes from the seeders; with it, the leechers carry part of it.
+    assert many["no_share"]["seeder_egress_bytes"] >= many["leechers"] * many["bytes"]
+    assert 0 < many["share"]["seeder_egress_bytes"] < many["no_share"]["seeder_egress_bytes"]
     assert figures["startup"]["restart_unchanged_seconds"] > 0
     assert figures["tracker"]["requests_per_second"] > 100
     assert figures["tracker"]["half_load"]["answered"] > 0

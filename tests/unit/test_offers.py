@@ -48,33 +48,39 @@ def test_offers_not_taken_go_to_the_next_downloader():
     assert set(book.join("b")) == untaken
 
 
-def test_second_pass_offers_the_least_spread_chunks_again():
+def test_second_pass_offers_only_what_no_connected_downloader_holds():
     book = OfferBook(4, window=2, rng=random.Random(6))
     a = book.join("a")
     b = book.join("b")
     for index in a:
-        book.sent("a", index)  # a now holds two chunks; b was offered the other two
+        book.sent("a", index)
     for index in b:
         book.sent("b", index)
     assert book.holds("c", []) == []  # unknown downloader: ignored
-    book.holds("a", b)  # a got b's chunks elsewhere: those are held twice now, a's once
-    assert set(book.join("c")) == set(a)  # every chunk is out: the least spread again
+    # Every chunk is held by a connected downloader: c gets them from a and b, not from us.
+    assert book.join("c") == []
+    book.leave("a")  # a leaves before passing its chunks on: now only we can send them
+    assert set(book.holds("c", b)) == set(a)
 
 
 @given(st.integers(1, 40), st.integers(1, 8), st.integers(1, 6), st.integers(0, 2**32))
-def test_every_downloader_ends_up_with_every_chunk(num_chunks, window, downloaders, seed):
-    """Whatever the order, fetching what is offered (and nothing else) completes everyone."""
+def test_downloaders_that_share_all_complete(num_chunks, window, downloaders, seed):
+    """Downloaders copy from each other what another holds (and say so), and take from us only
+    what no other holds, as leechers do: however the turns fall, nobody is left waiting."""
     rng = random.Random(seed)
     book = OfferBook(num_chunks, window=window, rng=rng)
     holds = {d: set() for d in range(downloaders)}
     for d in holds:
         book.join(d)
-    for _ in range(num_chunks * downloaders * 4):
+    for _ in range(num_chunks * downloaders * 8):
         d = rng.choice(list(holds))
-        offered = book.offered(d)
-        if not offered:
-            continue
-        index = rng.choice(sorted(offered))
-        holds[d].add(index)
-        book.sent(d, index)
-    assert all(len(h) == num_chunks for h in holds.values()) or any(book.offered(d) for d in holds)
+        elsewhere = set().union(*(h for o, h in holds.items() if o != d)) - holds[d]
+        if elsewhere:
+            index = rng.choice(sorted(elsewhere))
+            holds[d].add(index)
+            book.holds(d, [index])
+        elif offered := book.offered(d):
+            index = rng.choice(sorted(offered))
+            holds[d].add(index)
+            book.sent(d, index)
+    assert all(len(h) == num_chunks for h in holds.values())

@@ -19,15 +19,20 @@ Conn = Hashable
 
 
 class OfferBook:
-    def __init__(self, num_chunks: int, window: int = 8, rng: random.Random | None = None) -> None:
+    def __init__(self, num_chunks: int, window: int = 4, rng: random.Random | None = None, order_key: bytes = b"") -> None:
         self.num_chunks = num_chunks
         self.window = window
         self._rng = rng or random.Random()
+        # Every origin of a file walks the same random order (from the file id), each from its
+        # own random starting point: origins that cannot see each other's downloaders still
+        # hand out different chunks until one walk reaches chunks another has spread already.
         order = list(range(num_chunks))
-        self._rng.shuffle(order)
-        self._fresh = deque(order)  # never offered to anyone
+        random.Random(order_key).shuffle(order)
+        start = self._rng.randrange(num_chunks) if num_chunks else 0
+        self._fresh = deque(order[start:] + order[:start])  # never offered to anyone
         self._spread = [0] * num_chunks  # copies we sent + downloaders known to hold it
         self._offers_out = [0] * num_chunks  # downloaders it is offered to right now
+        self._holders_now = [0] * num_chunks  # connected downloaders that hold it
         self._offered: dict[Conn, set[int]] = {}
         self._holds: dict[Conn, set[int]] = {}
 
@@ -51,7 +56,8 @@ class OfferBook:
             self._offers_out[index] -= 1
             if self._spread[index] == 0 and not self._offers_out[index] and index not in self._fresh:
                 self._fresh.appendleft(index)
-        self._holds.pop(conn, None)
+        for index in self._holds.pop(conn, ()):
+            self._holders_now[index] -= 1
 
     def sent(self, conn: Conn, index: int) -> list[int]:
         """We sent `index` to `conn`: new offers for it."""
@@ -79,6 +85,7 @@ class OfferBook:
         if index not in self._holds[conn]:
             self._holds[conn].add(index)
             self._spread[index] += 1
+            self._holders_now[index] += 1
 
     def _top_up(self, conn: Conn) -> list[int]:
         offers = self._offered[conn]
@@ -104,13 +111,16 @@ class OfferBook:
         self._fresh.extendleft(reversed(skipped))
         if found is not None:
             return found
-        # Every chunk is out once: offer again the least spread chunk this downloader lacks,
-        # preferring one not on offer elsewhere.
+        # Every chunk is out once. Offer again only a chunk that no connected downloader holds
+        # (its holders left before passing it on): the others, downloaders get from each other.
+        # A chunk still on offer to a downloader that has not taken it yet comes last: offering
+        # it here too would most likely send it twice.
         best, best_key = None, None
         for index in range(self.num_chunks):
-            if index in holds or index in offers:
+            if index in holds or index in offers or self._holders_now[index]:
                 continue
-            key = (self._spread[index], self._offers_out[index], self._rng.random())
+            reserved = self._spread[index] == 0 and self._offers_out[index] > 0
+            key = (reserved, self._spread[index], self._offers_out[index], self._rng.random())
             if best_key is None or key < best_key:
                 best, best_key = index, key
         return best

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 PeerKey = tuple[str, int]
+FIRST_REFRESH = 0.25  # seconds to the first lookup after the start; doubling up to refresh_interval
 
 
 @dataclass
@@ -77,6 +78,7 @@ class DownloadResult:
     size: int
     seconds: float
     fetched_bytes: int
+    from_seeders: int = 0  # of the fetched bytes, those a complete holder sent
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Download:
         self.book = PeerBook()
         self.verified: set[int] = set()
         self.fetched_bytes = 0
+        self.from_seeders = 0
         self.limit: TokenBucket | None = None
         self._writes: set[Future] = set()
         self._workers: dict[PeerKey, PeerWorker] = {}
@@ -256,7 +259,7 @@ class Download:
             await self._drain_writes()
             part.close()
             self.pool.shutdown(wait=False)
-        return DownloadResult(final, manifest.size, loop.time() - started, self.fetched_bytes)
+        return DownloadResult(final, manifest.size, loop.time() - started, self.fetched_bytes, self.from_seeders)
 
     # -- what workers report ------------------------------------------------------------------
 
@@ -272,6 +275,7 @@ class Download:
         assert self._manifest is not None
         length = self._manifest.chunk_span(index)[1]
         self.fetched_bytes += length
+        self.from_seeders += length if origin else 0
         self.verified.add(index)
         self.metrics.chunks.inc()
         self.metrics.bytes.labels("seeder" if origin else "peer").inc(length)
@@ -314,12 +318,16 @@ class Download:
         opts = self.options
         tasks: dict[asyncio.Task, PeerKey] = {}
         last_lookup = loop.time()
+        # Look up again soon, then less often: leechers that start together register moments
+        # apart, and the first of them must meet the others before it has fetched everything.
+        lookup_every = FIRST_REFRESH
         idle_since: float | None = None
         try:
             while not plan.finished:
                 now = loop.time()
-                if now - last_lookup >= (opts.refresh_interval if tasks else 1.0):
+                if now - last_lookup >= (lookup_every if tasks else FIRST_REFRESH):
                     last_lookup = now
+                    lookup_every = min(2 * lookup_every, opts.refresh_interval)
                     try:
                         # A short budget: the supervisor must not stall while the tracker is away.
                         self._meet(await self._lookup(file_id, budget=2.0))
@@ -359,16 +367,11 @@ class Download:
             self.metrics.peers_active.set(0)
 
     def _candidates(self, active: set[PeerKey], now: float) -> list[PeerKey]:
-        """Peers to connect to now: origins last, so that the slots go to other leechers first
-        when there are more peers than slots (one origin is kept, to reach chunks no leecher has)."""
+        """Peers to connect to now, origins first: every origin we are connected to hears which
+        chunks we hold, so it offers us chunks no one has yet (p2p_shared.offers)."""
         usable = [p for p in self.book.known() if p not in active and self.book.usable(p, now)]
         random.shuffle(usable)
-        has_origin = any(self.book.is_origin(p) for p in active)
-        origins = [p for p in usable if self.book.is_origin(p)]
-        others = [p for p in usable if not self.book.is_origin(p)]
-        if not has_origin and origins:
-            return [origins[0], *others, *origins[1:]]
-        return others + origins
+        return sorted(usable, key=lambda p: not self.book.is_origin(p))
 
     def _worker_ended(self, peer: PeerKey, task: asyncio.Task, plan: ChunkPlan, now: float) -> None:
         self._workers.pop(peer, None)

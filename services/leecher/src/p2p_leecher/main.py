@@ -225,6 +225,7 @@ def report(result: DownloadResult, metrics: LeecherMetrics) -> None:
         path=str(result.path),
         seconds=round(result.seconds, 3),
         fetched_bytes=result.fetched_bytes,
+        from_seeders_bytes=result.from_seeders,
         mb_per_s=round(rate, 1),
         peak_rss_mb=peak_rss_mb(),
     )

@@ -57,9 +57,14 @@ class ServingMetrics:
             self.refused.labels(code)
 
 
-async def _send_payload(transport: asyncio.Transport, handle: BinaryIO, offset: int, length: int) -> int:
+COPY_BLOCK = 256 * 1024
+
+
+async def _send_payload(writer: asyncio.StreamWriter, handle: BinaryIO, offset: int, length: int) -> int:
     """Send file bytes: os.sendfile straight away while the socket has room (most chunks fit
-    the socket buffer whole), then loop.sendfile, which waits for room, for the rest."""
+    the socket buffer whole), then the loop's sendfile, which waits for room, for the rest; on
+    a loop without one (uvloop), or where the kernel cannot (TLS), blocks copied through memory."""
+    transport = writer.transport
     sent = 0
     sock = transport.get_extra_info("socket")
     if transport.get_write_buffer_size() == 0 and sock is not None and transport.get_extra_info("sslcontext") is None:
@@ -74,7 +79,17 @@ async def _send_payload(transport: asyncio.Transport, handle: BinaryIO, offset: 
     if sent < length:
         # Its fallback (TLS) reads from the file position and skips the seek for offset 0.
         handle.seek(offset + sent)
-        sent += await asyncio.get_running_loop().sendfile(transport, handle, offset + sent, length - sent)
+        try:
+            return sent + await asyncio.get_running_loop().sendfile(transport, handle, offset + sent, length - sent)
+        except NotImplementedError:
+            pass
+    while sent < length:
+        block = os.pread(handle.fileno(), min(COPY_BLOCK, length - sent), offset + sent)
+        if not block:
+            break
+        writer.write(block)
+        sent += len(block)
+        await writer.drain()
     return sent
 
 
@@ -97,7 +112,7 @@ class _Connection:
         self.early_holds: dict[bytes, set[int]] = {}  # a HAVE sent before its GET_HAVE
 
     def announce(self, file_id: bytes, indices: list[int]) -> None:
-        if not indices or not self.announces or file_id not in self.subscribed:
+        if not indices or not self.announces or file_id not in self.subscribed or self.writer.is_closing():
             return
         self.queued.setdefault(file_id, []).extend(indices)
         if not self.in_payload:
@@ -134,7 +149,7 @@ class PeerServer:
         self.max_per_address = max_per_address
         self.handshake_timeout = handshake_timeout
         self.secret = secret
-        self._offers = {s.raw_id: OfferBook(s.manifest.num_chunks) for s in sources} if super_seed else {}
+        self._offers = {s.raw_id: OfferBook(s.manifest.num_chunks, order_key=s.raw_id) for s in sources} if super_seed else {}
         self._stale: set[bytes] = set()
         self._active = 0
         self._by_address: dict[str, int] = {}
@@ -287,7 +302,7 @@ class PeerServer:
         conn.writer.write(wire.chunk_header(file_id, index, length))
         conn.in_payload = True
         try:
-            if length and await _send_payload(conn.writer.transport, handle, offset, length) < length:
+            if length and await _send_payload(conn.writer, handle, offset, length) < length:
                 # The file shrank under us: the frame is cut short, so the stream is unusable.
                 log.warning("file shrank while being served", file=source.manifest.name)
                 raise ConnectionAbortedError("short file")
