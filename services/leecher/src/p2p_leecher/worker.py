@@ -70,6 +70,7 @@ class PeerWorker:
         self.plan = plan
         self.part = part
         self.conn: PeerConnection | None = None
+        self.pumping = False  # wake-ups go only to a worker that reads its queue for them
 
     @property
     def label(self) -> str:
@@ -82,7 +83,7 @@ class PeerWorker:
             conn.send(wire.Announce(raw_id, (index,)))
 
     def wake(self) -> None:
-        if self.conn is not None:
+        if self.conn is not None and self.pumping:
             self.conn.events.put_nowait(WAKE)
 
     async def run(self, manifest: Manifest, pool: ThreadPoolExecutor) -> None:
@@ -108,6 +109,7 @@ class PeerWorker:
                 raise PeerBanned(f"{conn.label} announced {have.num_chunks} chunks, the manifest has {manifest.num_chunks}")
             indices = have.indices()
             self.plan.add_peer(self.peer, None if len(indices) == manifest.num_chunks else indices, origin=self.origin)
+            self.pumping = True
             await self._pump(conn, raw_id, manifest, pool)
         finally:
             self.conn = None
