@@ -203,6 +203,41 @@ def test_prometheus_loads_the_alert_rules(swarm):
     assert len(found) >= 8 and set(found) == {"ok"}
 
 
+def test_eight_sharing_leechers_every_copy_exact_and_the_seeders_spared(swarm, leecher_job):
+    """`docker compose up --scale leecher=8`: eight leechers into one download folder at once,
+    sharing what they verify; the seeders send far less than eight copies."""
+    size = 32 << 20
+
+    def served() -> float:
+        """the seeders' egress, as Prometheus last scraped it"""
+        return swarm.value("sum(p2p_seeder_bytes_served_total)")
+
+    def settled() -> float:
+        first = served()
+        time.sleep(6)  # one scrape interval (5 s) and a little: the counters have stopped moving
+        return first == served() and first
+
+    before = eventually(settled, timeout=60, every=0)
+    (swarm.downloads / "demo.bin").unlink()
+    swarm.run("up", "--detach", "--no-recreate", "--scale", "leecher=8", "leecher")
+
+    def all_exited():
+        """eight leecher containers exited"""
+        rows = swarm.run("ps", "--all", "--format", "{{.State}} {{.ExitCode}}", "leecher").stdout.split("\n")
+        rows = [r.split() for r in rows if r.strip()]
+        return len(rows) == 8 and all(r[0] == "exited" for r in rows) and rows
+
+    rows = eventually(all_exited, timeout=300, every=1.0)
+    logs = swarm.run("logs", "--no-log-prefix", "leecher").stdout
+    assert [r[1] for r in rows] == ["0"] * 8, logs
+    assert swarm.downloaded_sha256() == swarm.seed_sha256
+    assert list(swarm.downloads.glob("*.part")) == []  # those that downloaded aside cleaned up
+    summaries = [json.loads(line) for line in logs.splitlines() if '"summary"' in line]
+    assert sum(s["fetched_bytes"] - s["from_seeders_bytes"] for s in summaries) > 0  # leechers served each other
+    egress = eventually(lambda: (after := settled()) and after > before and after, timeout=90, every=0) - before
+    assert egress < 4 * size, egress / size
+
+
 def test_scale_down_the_tracker_forgets_and_a_new_run_succeeds(swarm, leecher_job):
     swarm.run("up", "--detach", "--wait", "--no-recreate", "--scale", "seeder=2", "seeder")
     assert eventually(lambda: swarm.seeders_listed() == 2, timeout=30)

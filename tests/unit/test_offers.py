@@ -84,3 +84,18 @@ def test_downloaders_that_share_all_complete(num_chunks, window, downloaders, se
             holds[d].add(index)
             book.sent(d, index)
     assert all(len(h) == num_chunks for h in holds.values())
+
+
+def test_a_declined_offer_is_replaced_and_not_offered_to_that_downloader_again():
+    book = OfferBook(3, window=1, rng=random.Random(8))
+    [first] = book.join("a")
+    [second] = book.decline("a", [first, 99])  # fetched from another origin; 99: out of range, ignored
+    assert second != first and book.offered("a") == {second}
+    book.sent("a", second)
+    [third] = book.offered("a")
+    assert third not in (first, second)
+    book.sent("a", third)
+    # Every chunk is out: the declined one is not offered again to the one that declined it...
+    assert book.offered("a") == set()
+    # ...but to another downloader, since no connected downloader holds it.
+    assert book.join("b") == [first]

@@ -44,3 +44,19 @@ def test_verified_chunks_finds_good_and_damaged_chunks(tmp_path):
     path.write_bytes(data[:-1])
     assert verified_chunks(path, m) == set()  # wrong size: nothing trusted
     assert verified_chunks(tmp_path / "missing", m) == set()
+
+
+def test_a_second_writer_of_the_same_file_downloads_aside(tmp_path):
+    final = tmp_path / "f.bin"
+    first = PartFile(final, 4)
+    second = PartFile(final, 4)  # the lock is per open file: a second leecher process alike
+    assert first.path == tmp_path / "f.bin.part"
+    assert second.path != first.path and second.path.name.startswith("f.bin.") and second.path.suffix == ".part"
+    first.write(0, memoryview(b"abcd"))
+    second.write(0, memoryview(b"wxyz"))
+    assert first.path.read_bytes() == b"abcd"  # neither writes under the other
+    first.close()
+    second.close()
+    third = PartFile(final, 4)  # the lock went with the first writer
+    assert third.path == first.path and third.resumed
+    third.close()

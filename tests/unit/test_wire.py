@@ -25,6 +25,7 @@ TABLE = [
     (wire.Request(FID, 258), b"\x06\x00\x00\x00\x24" + FID + b"\x00\x00\x01\x02"),
     (wire.Hello(1, wire.FLAG_ANNOUNCE), b"\x01\x00\x00\x00\x04" + b"\x00\x01\x00\x02"),
     (wire.Announce(FID, (3, 258)), b"\x0a\x00\x00\x00\x28" + FID + b"\x00\x00\x00\x03\x00\x00\x01\x02"),
+    (wire.Decline(FID, (7,)), b"\x0b\x00\x00\x00\x24" + FID + b"\x00\x00\x00\x07"),
     (
         wire.Error(wire.ErrorCode.BAD_INDEX, "no", FID, 7),
         b"\x08\x00\x00\x00\x27" + b"\x02" + FID + b"\x00\x00\x00\x07" + b"no",

@@ -19,7 +19,7 @@ Conn = Hashable
 
 
 class OfferBook:
-    def __init__(self, num_chunks: int, window: int = 4, rng: random.Random | None = None, order_key: bytes = b"") -> None:
+    def __init__(self, num_chunks: int, window: int = 8, rng: random.Random | None = None, order_key: bytes = b"") -> None:
         self.num_chunks = num_chunks
         self.window = window
         self._rng = rng or random.Random()
@@ -35,11 +35,13 @@ class OfferBook:
         self._holders_now = [0] * num_chunks  # connected downloaders that hold it
         self._offered: dict[Conn, set[int]] = {}
         self._holds: dict[Conn, set[int]] = {}
+        self._declined: dict[Conn, set[int]] = {}
 
     def join(self, conn: Conn, holds: Iterable[int] = ()) -> list[int]:
         """A downloader asks what we have: its first offers."""
         self._offered[conn] = set()
         self._holds[conn] = set()
+        self._declined[conn] = set()
         for index in holds:
             self._note(conn, index)
         return self._top_up(conn)
@@ -58,6 +60,7 @@ class OfferBook:
                 self._fresh.appendleft(index)
         for index in self._holds.pop(conn, ()):
             self._holders_now[index] -= 1
+        self._declined.pop(conn, None)
 
     def sent(self, conn: Conn, index: int) -> list[int]:
         """We sent `index` to `conn`: new offers for it."""
@@ -74,6 +77,17 @@ class OfferBook:
         for index in indices:
             self._withdraw(conn, index)
             self._note(conn, index)
+        return self._top_up(conn)
+
+    def decline(self, conn: Conn, indices: Iterable[int]) -> list[int]:
+        """`conn` fetches these offered chunks elsewhere: others for it instead. They are not
+        offered to it again (it may still ask for them)."""
+        if conn not in self._offered:
+            return []
+        for index in indices:
+            if 0 <= index < self.num_chunks:
+                self._withdraw(conn, index)
+                self._declined[conn].add(index)
         return self._top_up(conn)
 
     def _withdraw(self, conn: Conn, index: int) -> None:
@@ -117,7 +131,7 @@ class OfferBook:
         # it here too would most likely send it twice.
         best, best_key = None, None
         for index in range(self.num_chunks):
-            if index in holds or index in offers or self._holders_now[index]:
+            if index in holds or index in offers or self._holders_now[index] or index in self._declined[conn]:
                 continue
             reserved = self._spread[index] == 0 and self._offers_out[index] > 0
             key = (reserved, self._spread[index], self._offers_out[index], self._rng.random())

@@ -69,6 +69,11 @@ class ChunkPlan:
     def peers(self) -> list[Peer]:
         return list(self._have)
 
+    def holds(self, peer: Peer, index: int) -> bool:
+        """Whether `peer` announced `index`."""
+        have = self._have.get(peer, set())
+        return have is None or index in have
+
     def availability(self, index: int) -> int:
         return self._avail[index]
 

@@ -39,6 +39,7 @@ class FrameType(IntEnum):
     ERROR = 8
     AUTH = 9
     ANNOUNCE = 10
+    DECLINE = 11
 
 
 class ErrorCode(IntEnum):
@@ -122,6 +123,15 @@ class Announce:
 
 
 @dataclass(frozen=True, slots=True)
+class Decline:
+    """From a downloader to an origin: chunks it offered that we are fetching elsewhere, so
+    that it offers us others instead (p2p_shared.offers). Advisory: they may still be asked for."""
+
+    file_id: bytes
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     file_id: bytes
     index: int
@@ -145,7 +155,7 @@ class Error:
     index: int = 0
 
 
-Event = Hello | Auth | GetManifest | ManifestData | GetHave | Have | Announce | Request | Chunk | Error
+Event = Hello | Auth | GetManifest | ManifestData | GetHave | Have | Announce | Decline | Request | Chunk | Error
 
 
 def _frame(kind: FrameType, body: bytes) -> bytes:
@@ -177,10 +187,11 @@ def encode(event: Event) -> bytes:
             return _frame(FrameType.GET_HAVE, _check_id(file_id))
         case Have(file_id, num_chunks, bitfield):
             return _frame(FrameType.HAVE, _HAVE_HEAD.pack(_check_id(file_id), num_chunks) + bitfield)
-        case Announce(file_id, indices):
+        case Announce(file_id, indices) | Decline(file_id, indices):
+            kind = FrameType.ANNOUNCE if isinstance(event, Announce) else FrameType.DECLINE
             if not 0 < len(indices) <= MAX_ANNOUNCED:
-                raise LocalProtocolError(f"ANNOUNCE carries 1 to {MAX_ANNOUNCED} chunk indices")
-            return _frame(FrameType.ANNOUNCE, _check_id(file_id) + struct.pack(f"!{len(indices)}I", *indices))
+                raise LocalProtocolError(f"{kind.name} carries 1 to {MAX_ANNOUNCED} chunk indices")
+            return _frame(kind, _check_id(file_id) + struct.pack(f"!{len(indices)}I", *indices))
         case Request(file_id, index):
             return _frame(FrameType.REQUEST, _ID_INDEX.pack(_check_id(file_id), index))
         case Chunk(file_id, index, data, _):
@@ -209,6 +220,7 @@ _BOUNDS = {
     FrameType.GET_HAVE: (FILE_ID_BYTES, FILE_ID_BYTES),
     FrameType.HAVE: (_HAVE_HEAD.size, _HAVE_HEAD.size + MAX_CHUNKS // 8),
     FrameType.ANNOUNCE: (FILE_ID_BYTES + 4, FILE_ID_BYTES + 4 * MAX_ANNOUNCED),
+    FrameType.DECLINE: (FILE_ID_BYTES + 4, FILE_ID_BYTES + 4 * MAX_ANNOUNCED),
     FrameType.REQUEST: (_ID_INDEX.size, _ID_INDEX.size),
     FrameType.CHUNK: (_ID_INDEX.size, _ID_INDEX.size + MAX_CHUNK_SIZE),
     FrameType.ERROR: (_ERROR_HEAD.size, min(MAX_CONTROL_FRAME, _ERROR_HEAD.size + MAX_ERROR_TEXT)),
@@ -330,11 +342,12 @@ def _decode_body(kind: FrameType, body: bytearray) -> Event:
         if spare and bitfield[-1] & ((1 << spare) - 1):
             raise RemoteProtocolError("HAVE bitfield has bits set past its chunk count")
         return Have(file_id, num_chunks, bitfield)
-    if kind == FrameType.ANNOUNCE:
+    if kind in (FrameType.ANNOUNCE, FrameType.DECLINE):
         count, spare = divmod(len(body) - FILE_ID_BYTES, 4)
         if spare:
-            raise RemoteProtocolError("ANNOUNCE body is not whole chunk indices")
-        return Announce(bytes(body[:FILE_ID_BYTES]), struct.unpack_from(f"!{count}I", body, FILE_ID_BYTES))
+            raise RemoteProtocolError(f"{kind.name} body is not whole chunk indices")
+        indices = struct.unpack_from(f"!{count}I", body, FILE_ID_BYTES)
+        return (Announce if kind == FrameType.ANNOUNCE else Decline)(bytes(body[:FILE_ID_BYTES]), indices)
     if kind == FrameType.REQUEST:
         return Request(*_ID_INDEX.unpack(body))
     if kind == FrameType.ERROR:

@@ -41,7 +41,7 @@ from p2p_shared.plan import ChunkPlan
 from p2p_shared.ratelimit import TokenBucket
 
 from .metrics import LeecherMetrics
-from .output import PartFile, verified_chunks
+from .output import FinalExists, PartFile, verified_chunks
 from .peer import open_peer
 from .progress import Progress
 from .worker import PeerBanned, PeerWorker
@@ -236,11 +236,10 @@ class Download:
                     await self.sharing.start(manifest, final, set(range(manifest.num_chunks)))
                 return DownloadResult(final, manifest.size, loop.time() - started, 0)
             raise DownloadError(f"{final} already exists and differs from {manifest.name}; move it or pick another -o")
-        resume = final.with_name(final.name + ".part")
-        done = await asyncio.to_thread(verified_chunks, resume, manifest) if resume.exists() else set()
-        if done:
-            log.info("resuming", path=str(resume), verified_chunks=len(done), of=manifest.num_chunks)
         part = PartFile(final, manifest.size)
+        done = await asyncio.to_thread(verified_chunks, part.path, manifest) if part.resumed else set()
+        if done:
+            log.info("resuming", path=str(part.path), verified_chunks=len(done), of=manifest.num_chunks)
         self._manifest = manifest
         self.verified = set(done)
         self._raw_id = bytes.fromhex(file_id)
@@ -253,7 +252,14 @@ class Download:
                 await self.sharing.start(manifest, part.path, self.verified)
             await self._swarm(file_id, manifest, plan, part, holders)
             await self._drain_writes()
-            part.finish()
+            try:
+                part.finish()
+            except FinalExists:
+                # Another leecher of the same file into the same folder finished first.
+                if len(await asyncio.to_thread(verified_chunks, final, manifest)) != manifest.num_chunks:
+                    raise
+                part.path.unlink(missing_ok=True)
+                log.info("another leecher finished this file first; its copy verified, ours dropped", path=str(final))
         finally:
             progress.close()
             await self._drain_writes()
@@ -296,9 +302,14 @@ class Download:
         self._plan.fail(index, peer)
         self.wake_all()
 
-    def plan_changed(self) -> None:
-        """A chunk was assigned: once none is left unassigned, idle workers may start endgame copies."""
-        if not self._endgame_woken and self._plan is not None and not self._plan.unassigned_count:
+    def chunk_assigned(self, index: int, peer: PeerKey) -> None:
+        """A chunk was asked of `peer`: the origins that offered it too may offer us others instead.
+        Once none is left unassigned, idle workers may start endgame copies."""
+        assert self._plan is not None
+        for other, worker in self._workers.items():
+            if other != peer and self._plan.holds(other, index):
+                worker.decline(self._raw_id, index)
+        if not self._endgame_woken and not self._plan.unassigned_count:
             self._endgame_woken = True
             self.wake_all()
 

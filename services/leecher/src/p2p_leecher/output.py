@@ -8,12 +8,22 @@ fully verified, fsynced file is linked to its final name, and never over an exis
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import socket
 from pathlib import Path
+
+import structlog
 
 from p2p_shared.errors import DownloadError
 from p2p_shared.hashing import hash_chunks
 from p2p_shared.manifest import Manifest
+
+log = structlog.get_logger()
+
+
+class FinalExists(DownloadError):
+    """The final name was taken while we downloaded (perhaps by another leecher of the same file)."""
 
 
 def verified_chunks(path: Path, manifest: Manifest) -> set[int]:
@@ -28,13 +38,20 @@ def verified_chunks(path: Path, manifest: Manifest) -> set[int]:
 
 
 class PartFile:
+    """NAME.part, locked while we write it: a second leecher of the same file into the same
+    folder at the same time (`docker compose up --scale leecher=N` on one download folder)
+    downloads aside, into NAME.HOST-PID.part, instead of writing under the first."""
+
     def __init__(self, final: Path, size: int) -> None:
         self.final = final
         self.path = final.with_name(final.name + ".part")
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise DownloadError(f"cannot create {self.path}: {exc.strerror}") from None
+        self.fd = self._open_locked(self.path)
+        if self.fd < 0:
+            aside = final.with_name(f"{final.name}.{socket.gethostname()}-{os.getpid()}.part")
+            log.info("another leecher is writing this file here; downloading aside", part=str(self.path), aside=str(aside))
+            self.path = aside
+            self.fd = self._open_locked(aside)
+        self.resumed = os.fstat(self.fd).st_size > 0
         try:
             os.ftruncate(self.fd, size)
             if size:
@@ -42,6 +59,20 @@ class PartFile:
         except OSError as exc:
             os.close(self.fd)
             raise DownloadError(f"cannot make room for {self.path} ({size} bytes): {exc.strerror}") from None
+
+    @staticmethod
+    def _open_locked(path: Path) -> int:
+        """The part file's descriptor, locked for us; -1 if another process holds the lock."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DownloadError(f"cannot create {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return -1
+        return fd
 
     def _reserve(self, size: int) -> None:
         # Claim the disk space now, so a full disk fails the download at once, not at 99%.
@@ -70,7 +101,7 @@ class PartFile:
                 os.link(self.path, self.final)  # fails rather than replace an existing file
                 os.unlink(self.path)
             except FileExistsError:
-                raise DownloadError(
+                raise FinalExists(
                     f"{self.final} appeared during the download; the verified copy is kept at {self.path}"
                 ) from None
             except OSError as exc:

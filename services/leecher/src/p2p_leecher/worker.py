@@ -82,6 +82,12 @@ class PeerWorker:
         if conn is not None and conn.announces and conn.error is None:
             conn.send(wire.Announce(raw_id, (index,)))
 
+    def decline(self, raw_id: bytes, index: int) -> None:
+        """We fetch `index` from another peer: if this is an origin that offered it, free its offer."""
+        conn = self.conn
+        if self.origin and conn is not None and conn.announces and conn.error is None:
+            conn.send(wire.Decline(raw_id, (index,)))
+
     def wake(self) -> None:
         if self.conn is not None and self.pumping:
             self.conn.events.put_nowait(WAKE)
@@ -124,7 +130,7 @@ class PeerWorker:
                 index = plan.next_chunk(self.peer)
                 if index is None:
                     break
-                download.plan_changed()
+                download.chunk_assigned(index, self.peer)
                 if download.limit is not None:  # pace requests: the bytes follow them
                     await asyncio.sleep(download.limit.reserve(manifest.chunk_span(index)[1], loop.time()))
                 conn.send(wire.Request(raw_id, index))

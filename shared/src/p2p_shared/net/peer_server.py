@@ -274,6 +274,11 @@ class PeerServer:
             case wire.Announce(file_id, indices):
                 self._check_indices(self._source(file_id), indices)
                 self._downloader_holds(conn, file_id, indices)
+            case wire.Decline(file_id, indices):
+                self._check_indices(self._source(file_id), indices)
+                book = self._offers.get(file_id)
+                if book is not None and conn.announces:
+                    conn.announce(file_id, book.decline(conn, indices))
             case _:
                 raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, f"unexpected {type(event).__name__} frame"))
 
