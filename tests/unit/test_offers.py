@@ -11,56 +11,56 @@ from p2p_shared.offers import OfferBook
 
 def test_offers_to_different_downloaders_are_disjoint_until_every_chunk_is_out():
     book = OfferBook(32, window=4, rng=random.Random(1))
-    offers = [set(book.join(conn)) for conn in "abcdefgh"]
+    offers = [set(book.join(conn, 0.0)) for conn in "abcdefgh"]
     assert all(len(o) == 4 for o in offers)
     assert len(set().union(*offers)) == 32  # 8 x 4: every chunk offered exactly once
 
 
 def test_sending_a_chunk_makes_room_for_one_new_offer():
     book = OfferBook(10, window=2, rng=random.Random(2))
-    first = book.join("a")
-    more = book.sent("a", first[0])
+    first = book.join("a", 0.0)
+    more = book.sent("a", first[0], 0.0)
     assert len(more) == 1 and more[0] not in first
     assert book.offered("a") == {first[1], more[0]}
 
 
 def test_a_chunk_got_elsewhere_is_withdrawn_and_replaced():
     book = OfferBook(10, window=2, rng=random.Random(3))
-    first = book.join("a")
-    replacement = book.holds("a", [first[0]])
+    first = book.join("a", 0.0)
+    replacement = book.holds("a", [first[0]], 0.0)
     assert len(replacement) == 1 and first[0] not in book.offered("a")
     # Once someone holds it, it is no longer offered as fresh to others.
     seen = set()
     for conn in "bcdefgh":
-        seen |= set(book.join(conn))
+        seen |= set(book.join(conn, 0.0))
     assert first[0] not in seen
 
 
 def test_downloaders_are_not_offered_what_they_hold():
     book = OfferBook(6, window=6, rng=random.Random(4))
-    assert set(book.join("a", holds=[0, 1, 2])) == {3, 4, 5}
+    assert set(book.join("a", 0.0, [0, 1, 2])) == {3, 4, 5}
 
 
 def test_offers_not_taken_go_to_the_next_downloader():
     book = OfferBook(4, window=4, rng=random.Random(5))
-    untaken = set(book.join("a"))
+    untaken = set(book.join("a", 0.0))
     book.leave("a")
-    assert set(book.join("b")) == untaken
+    assert set(book.join("b", 0.0)) == untaken
 
 
 def test_second_pass_offers_only_what_no_connected_downloader_holds():
     book = OfferBook(4, window=2, rng=random.Random(6))
-    a = book.join("a")
-    b = book.join("b")
+    a = book.join("a", 0.0)
+    b = book.join("b", 0.0)
     for index in a:
-        book.sent("a", index)
+        book.sent("a", index, 0.0)
     for index in b:
-        book.sent("b", index)
-    assert book.holds("c", []) == []  # unknown downloader: ignored
+        book.sent("b", index, 0.0)
+    assert book.holds("c", [], 0.0) == []  # unknown downloader: ignored
     # Every chunk is held by a connected downloader: c gets them from a and b, not from us.
-    assert book.join("c") == []
+    assert book.join("c", 0.0) == []
     book.leave("a")  # a leaves before passing its chunks on: now only we can send them
-    assert set(book.holds("c", b)) == set(a)
+    assert set(book.holds("c", b, 0.0)) == set(a)
 
 
 @given(st.integers(1, 40), st.integers(1, 8), st.integers(1, 6), st.integers(0, 2**32))
@@ -71,31 +71,41 @@ def test_downloaders_that_share_all_complete(num_chunks, window, downloaders, se
     book = OfferBook(num_chunks, window=window, rng=rng)
     holds = {d: set() for d in range(downloaders)}
     for d in holds:
-        book.join(d)
+        book.join(d, 0.0)
     for _ in range(num_chunks * downloaders * 8):
         d = rng.choice(list(holds))
         elsewhere = set().union(*(h for o, h in holds.items() if o != d)) - holds[d]
         if elsewhere:
             index = rng.choice(sorted(elsewhere))
             holds[d].add(index)
-            book.holds(d, [index])
+            book.holds(d, [index], 0.0)
         elif offered := book.offered(d):
             index = rng.choice(sorted(offered))
             holds[d].add(index)
-            book.sent(d, index)
+            book.sent(d, index, 0.0)
     assert all(len(h) == num_chunks for h in holds.values())
 
 
 def test_a_declined_offer_is_replaced_and_not_offered_to_that_downloader_again():
     book = OfferBook(3, window=1, rng=random.Random(8))
-    [first] = book.join("a")
-    [second] = book.decline("a", [first, 99])  # fetched from another origin; 99: out of range, ignored
+    [first] = book.join("a", 0.0)
+    [second] = book.decline("a", [first, 99], 0.0)  # fetched from another origin; 99: out of range, ignored
     assert second != first and book.offered("a") == {second}
-    book.sent("a", second)
+    book.sent("a", second, 0.0)
     [third] = book.offered("a")
     assert third not in (first, second)
-    book.sent("a", third)
+    book.sent("a", third, 0.0)
     # Every chunk is out: the declined one is not offered again to the one that declined it...
     assert book.offered("a") == set()
     # ...but to another downloader, since no connected downloader holds it.
-    assert book.join("b") == [first]
+    assert book.join("b", 0.0) == [first]
+
+
+def test_offers_to_a_downloader_that_takes_nothing_go_stale_and_are_offered_elsewhere():
+    book = OfferBook(2, window=1, rng=random.Random(9), patience=10.0)
+    [hoarded] = book.join("hoarder", 0.0)
+    [other] = book.join("b", 0.0)
+    book.sent("b", other, 1.0)
+    assert book.offered("b") == set()  # the rest is on offer to a downloader still in time
+    assert book.top_up_all(5.0) == {}
+    assert book.top_up_all(11.0) == {"b": [hoarded]}  # the hoarder took nothing for 11 s

@@ -1,12 +1,18 @@
 """Super-seeding without I/O: which chunks a complete holder offers each downloader.
 
 An origin that lets every downloader take any chunk sends the same chunk to several of them
-before any can pass it on (libtorrent's origin sent 2.1 copies of the file to 8 leechers in our
-testbed). Instead, as in BitTorrent's super-seeding (BEP 16), the origin announces to each
-downloader only a few chunks, never offered to anyone else while unoffered chunks remain; each
-chunk it sends, and each chunk a downloader says it got elsewhere, makes room for one more
-offer. Once every chunk has been offered, the least spread chunks are offered again, so the
-tail of a download is never held back. Downloaders see the origin as a peer whose have-set grows.
+before any can pass it on (libtorrent's origin sent 1.6 to 2.1 copies of the file to 8 leechers
+in our testbed). Instead, as in BitTorrent's super-seeding (BEP 16), the origin announces to each
+downloader only a few chunks, offered to no one else: each chunk it sends, each chunk a
+downloader says it got elsewhere, and each offer it declines, makes room for one more. Every
+origin of a file walks the same random order (from the file id), each from its own random
+start, so that origins that cannot see each other's downloaders hand out different chunks.
+
+Once every chunk has been offered, a chunk is offered again only if no connected downloader
+holds it (its holders left before passing it on) and it is not on offer elsewhere; a chunk on
+offer to downloaders that have taken nothing for `patience` seconds counts as free again, so a
+downloader that hoards offers cannot hold the others back. Time is passed in (`now`).
+Downloaders see the origin as a peer whose have-set grows.
 """
 
 from __future__ import annotations
@@ -19,32 +25,29 @@ Conn = Hashable
 
 
 class OfferBook:
-    def __init__(self, num_chunks: int, window: int = 8, rng: random.Random | None = None, order_key: bytes = b"") -> None:
+    def __init__(
+        self,
+        num_chunks: int,
+        window: int = 4,
+        rng: random.Random | None = None,
+        order_key: bytes = b"",
+        patience: float = 10.0,
+    ) -> None:
         self.num_chunks = num_chunks
         self.window = window
+        self.patience = patience
         self._rng = rng or random.Random()
-        # Every origin of a file walks the same random order (from the file id), each from its
-        # own random starting point: origins that cannot see each other's downloaders still
-        # hand out different chunks until one walk reaches chunks another has spread already.
         order = list(range(num_chunks))
         random.Random(order_key).shuffle(order)
         start = self._rng.randrange(num_chunks) if num_chunks else 0
         self._fresh = deque(order[start:] + order[:start])  # never offered to anyone
         self._spread = [0] * num_chunks  # copies we sent + downloaders known to hold it
-        self._offers_out = [0] * num_chunks  # downloaders it is offered to right now
         self._holders_now = [0] * num_chunks  # connected downloaders that hold it
+        self._offered_to: dict[int, set[Conn]] = {}  # chunk -> downloaders it is on offer to
         self._offered: dict[Conn, set[int]] = {}
         self._holds: dict[Conn, set[int]] = {}
         self._declined: dict[Conn, set[int]] = {}
-
-    def join(self, conn: Conn, holds: Iterable[int] = ()) -> list[int]:
-        """A downloader asks what we have: its first offers."""
-        self._offered[conn] = set()
-        self._holds[conn] = set()
-        self._declined[conn] = set()
-        for index in holds:
-            self._note(conn, index)
-        return self._top_up(conn)
+        self._active_at: dict[Conn, float] = {}  # when each last joined or took a chunk
 
     def joined(self, conn: Conn) -> bool:
         return conn in self._offered
@@ -52,34 +55,46 @@ class OfferBook:
     def offered(self, conn: Conn) -> set[int]:
         return set(self._offered.get(conn, ()))
 
+    def join(self, conn: Conn, now: float, holds: Iterable[int] = ()) -> list[int]:
+        """A downloader asks what we have: its first offers."""
+        self._offered[conn] = set()
+        self._holds[conn] = set()
+        self._declined[conn] = set()
+        self._active_at[conn] = now
+        for index in holds:
+            self._note(conn, index)
+        return self._top_up(conn, now)
+
     def leave(self, conn: Conn) -> None:
         """Offers never taken go back to the front, for the next downloader."""
         for index in self._offered.pop(conn, ()):
-            self._offers_out[index] -= 1
-            if self._spread[index] == 0 and not self._offers_out[index] and index not in self._fresh:
+            self._offered_to[index].discard(conn)
+            if not self._spread[index] and not self._offered_to[index] and index not in self._fresh:
                 self._fresh.appendleft(index)
         for index in self._holds.pop(conn, ()):
             self._holders_now[index] -= 1
         self._declined.pop(conn, None)
+        self._active_at.pop(conn, None)
 
-    def sent(self, conn: Conn, index: int) -> list[int]:
+    def sent(self, conn: Conn, index: int, now: float) -> list[int]:
         """We sent `index` to `conn`: new offers for it."""
         if conn not in self._offered:
             return []
+        self._active_at[conn] = now
         self._withdraw(conn, index)
         self._note(conn, index)
-        return self._top_up(conn)
+        return self._top_up(conn, now)
 
-    def holds(self, conn: Conn, indices: Iterable[int]) -> list[int]:
+    def holds(self, conn: Conn, indices: Iterable[int], now: float) -> list[int]:
         """`conn` says it holds these chunks (from anyone): new offers for it."""
         if conn not in self._offered:
             return []
         for index in indices:
             self._withdraw(conn, index)
             self._note(conn, index)
-        return self._top_up(conn)
+        return self._top_up(conn, now)
 
-    def decline(self, conn: Conn, indices: Iterable[int]) -> list[int]:
+    def decline(self, conn: Conn, indices: Iterable[int], now: float) -> list[int]:
         """`conn` fetches these offered chunks elsewhere: others for it instead. They are not
         offered to it again (it may still ask for them)."""
         if conn not in self._offered:
@@ -88,12 +103,16 @@ class OfferBook:
             if 0 <= index < self.num_chunks:
                 self._withdraw(conn, index)
                 self._declined[conn].add(index)
-        return self._top_up(conn)
+        return self._top_up(conn, now)
+
+    def top_up_all(self, now: float) -> dict[Conn, list[int]]:
+        """New offers for every downloader with room (offers that went stale free up over time)."""
+        return {conn: new for conn in list(self._offered) if (new := self._top_up(conn, now))}
 
     def _withdraw(self, conn: Conn, index: int) -> None:
         if index in self._offered[conn]:
             self._offered[conn].discard(index)
-            self._offers_out[index] -= 1
+            self._offered_to[index].discard(conn)
 
     def _note(self, conn: Conn, index: int) -> None:
         if index not in self._holds[conn]:
@@ -101,40 +120,40 @@ class OfferBook:
             self._spread[index] += 1
             self._holders_now[index] += 1
 
-    def _top_up(self, conn: Conn) -> list[int]:
+    def _top_up(self, conn: Conn, now: float) -> list[int]:
         offers = self._offered[conn]
         new = []
-        while len(offers) < self.window and (index := self._next_for(conn)) is not None:
+        while len(offers) < self.window and (index := self._next_for(conn, now)) is not None:
             offers.add(index)
-            self._offers_out[index] += 1
+            self._offered_to.setdefault(index, set()).add(conn)
             new.append(index)
         return new
 
-    def _next_for(self, conn: Conn) -> int | None:
-        holds, offers = self._holds[conn], self._offered[conn]
+    def _next_for(self, conn: Conn, now: float) -> int | None:
+        holds, offers, declined = self._holds[conn], self._offered[conn], self._declined[conn]
         skipped = []
         found = None
         while self._fresh:
             index = self._fresh.popleft()
-            if index in holds or self._spread[index]:
-                if not self._spread[index]:
-                    skipped.append(index)  # still fresh for the others
+            if self._spread[index]:
+                continue  # someone got it elsewhere: no longer fresh
+            if index in holds or index in declined:
+                skipped.append(index)  # still fresh for the others
                 continue
             found = index
             break
         self._fresh.extendleft(reversed(skipped))
         if found is not None:
             return found
-        # Every chunk is out once. Offer again only a chunk that no connected downloader holds
-        # (its holders left before passing it on): the others, downloaders get from each other.
-        # A chunk still on offer to a downloader that has not taken it yet comes last: offering
-        # it here too would most likely send it twice.
+        # Every chunk is out once: only a chunk that no connected downloader holds, and that is
+        # not on offer to a downloader still taking chunks, the least spread first.
         best, best_key = None, None
         for index in range(self.num_chunks):
-            if index in holds or index in offers or self._holders_now[index] or index in self._declined[conn]:
+            if index in holds or index in offers or index in declined or self._holders_now[index]:
                 continue
-            reserved = self._spread[index] == 0 and self._offers_out[index] > 0
-            key = (reserved, self._spread[index], self._offers_out[index], self._rng.random())
+            if any(now - self._active_at[other] <= self.patience for other in self._offered_to.get(index, ())):
+                continue
+            key = (self._spread[index], self._rng.random())
             if best_key is None or key < best_key:
                 best, best_key = index, key
         return best

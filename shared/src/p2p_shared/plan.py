@@ -69,6 +69,10 @@ class ChunkPlan:
     def peers(self) -> list[Peer]:
         return list(self._have)
 
+    def taken_elsewhere(self, index: int, peer: Peer) -> bool:
+        """Verified already, or being fetched from another peer."""
+        return index in self._done or bool(self._in_flight.get(index, set()) - {peer})
+
     def holds(self, peer: Peer, index: int) -> bool:
         """Whether `peer` announced `index`."""
         have = self._have.get(peer, set())

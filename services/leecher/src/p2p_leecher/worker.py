@@ -170,7 +170,12 @@ class PeerWorker:
                 case wire.Announce(file_id=fid, indices=indices):
                     if fid != raw_id:
                         raise PeerBanned(f"{conn.label} announced chunks of another file")
-                    plan.peer_has(self.peer, [i for i in indices if i < manifest.num_chunks])
+                    indices = [i for i in indices if i < manifest.num_chunks]
+                    plan.peer_has(self.peer, indices)
+                    if self.origin and conn.announces:  # offers of chunks we are getting anyway
+                        taken = tuple(i for i in indices if plan.taken_elsewhere(i, self.peer))
+                        if taken:
+                            conn.send(wire.Decline(raw_id, taken))
                 case wire.Error(code=code, message=message, index=index):
                     if window.refused(index):
                         plan.fail(index, self.peer)

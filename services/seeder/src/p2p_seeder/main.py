@@ -163,10 +163,12 @@ async def serve(settings: SeederSettings) -> int:
         await keep_healthy(settings.health_file, stop)
 
     health = asyncio.create_task(healthy_once_registered())
+    offering = asyncio.create_task(peers.keep_offering(stop))
     try:
         await link.run(stop)
     finally:
         health.cancel()
+        offering.cancel()
         server.close()
         await link.unregister()
         client.close()

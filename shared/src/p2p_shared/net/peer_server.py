@@ -14,6 +14,7 @@ sent right after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import BinaryIO
@@ -93,6 +94,10 @@ async def _send_payload(writer: asyncio.StreamWriter, handle: BinaryIO, offset: 
     return sent
 
 
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
 class _Refuse(Exception):
     def __init__(self, error: wire.Error, close: bool = False) -> None:
         self.error, self.close = error, close
@@ -159,6 +164,16 @@ class PeerServer:
         """A chunk of `file_id` became available here: tell the peers that follow it."""
         for conn in self._connections:
             conn.announce(file_id, [index])
+
+    async def keep_offering(self, stop: asyncio.Event, every: float = 2.0) -> None:
+        """An origin's offers held by downloaders that stopped taking chunks go stale with time,
+        not with traffic: look for room every few seconds."""
+        while self._offers and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            for file_id, book in self._offers.items():
+                for conn, new in book.top_up_all(_now()).items():
+                    conn.announce(file_id, new)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -239,7 +254,7 @@ class PeerServer:
         if book is None or not conn.announces:
             return
         if book.joined(conn):
-            conn.announce(file_id, book.holds(conn, indices))
+            conn.announce(file_id, book.holds(conn, indices, _now()))
         else:
             conn.early_holds.setdefault(file_id, set()).update(indices)
 
@@ -260,7 +275,7 @@ class PeerServer:
                 book = self._offers.get(file_id)
                 num = source.manifest.num_chunks
                 if book is not None and conn.announces:
-                    have = wire.Have.of(file_id, num, book.join(conn, conn.early_holds.pop(file_id, ())))
+                    have = wire.Have.of(file_id, num, book.join(conn, _now(), conn.early_holds.pop(file_id, ())))
                 elif (held := source.held()) is None:
                     have = wire.Have.full(file_id, num)
                 else:
@@ -278,7 +293,7 @@ class PeerServer:
                 self._check_indices(self._source(file_id), indices)
                 book = self._offers.get(file_id)
                 if book is not None and conn.announces:
-                    conn.announce(file_id, book.decline(conn, indices))
+                    conn.announce(file_id, book.decline(conn, indices, _now()))
             case _:
                 raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, f"unexpected {type(event).__name__} frame"))
 
@@ -316,7 +331,7 @@ class PeerServer:
         conn.flush()
         book = self._offers.get(file_id)
         if book is not None and conn.announces:
-            conn.announce(file_id, book.sent(conn, index))
+            conn.announce(file_id, book.sent(conn, index, _now()))
         self.metrics.chunks_served.inc()
         self.metrics.bytes_served.inc(length)
         self.metrics.serve_seconds.observe(time.perf_counter() - started)
