@@ -188,3 +188,35 @@ def test_a_seeder_whose_certificate_another_ca_signed_is_refused_by_the_leecher(
         assert "certificate verify failed" in member.output and "Traceback" not in member.output
         assert scrape(impostor.metrics_port)[("p2p_seeder_chunks_served_total", ())] == 0
     assert not (tmp_path / "out" / "secret.bin").exists()
+
+
+def test_over_tls_chunks_asked_out_of_order_are_the_right_bytes(tmp_path, two_cas):
+    """TLS cannot use sendfile: the payload is read from the file in the loop's fallback, which
+    once read chunk 0 from wherever the previous chunk left the file position."""
+    from p2p_shared.net.tls import client_context
+
+    certs, _ = two_cas
+    chunk = 64 << 10
+    data = random_file(tmp_path / "seed" / "order.bin", 3 * chunk)
+    raw = data.read_bytes()
+    fid = Manifest(name="order.bin", size=len(raw), chunk_size=chunk,
+                   digests=hash_chunks(data, len(raw), chunk)).file_id
+    fid = bytes.fromhex(fid)
+    context = client_context(certs / "ca.crt", certs / "leecher.crt", certs / "leecher.key")
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        seeder = swarm.add_seeder([data], "--chunk-size", str(chunk), *tls_flags(certs, "seeder"))
+        with socket.create_connection(("127.0.0.1", seeder.port), timeout=10) as tcp:
+            with context.wrap_socket(tcp) as tls:
+                tls.sendall(b"".join(wire.encode(e) for e in (wire.Hello(1), *(wire.Request(fid, i) for i in (2, 0, 1)))))
+                reader = wire.FrameReader()
+                events = []
+                while len(events) < 4:
+                    received = tls.recv(1 << 20)
+                    assert received, events
+                    reader.receive_data(received)
+                    while (event := reader.next_event()) is not None:
+                        events.append(event)
+    hello, *chunks = events
+    assert isinstance(hello, wire.Hello)
+    assert [(c.index, bytes(c.data)) for c in chunks] == [(i, raw[i * chunk : (i + 1) * chunk]) for i in (2, 0, 1)]
