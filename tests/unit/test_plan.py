@@ -281,3 +281,50 @@ def test_endgame_copies_respect_have_sets_and_earlier_failures():
     assert plan.next_chunk("partial") is None  # chunk 0 is in flight, but partial does not hold it
     assert plan.next_chunk("failed") == 0  # an endgame copy of a's chunk...
     assert plan.next_chunk("failed") is None  # ...but not of the chunk it failed, while partial fetches it
+
+
+def test_the_rarest_chunk_wins_even_when_a_commoner_one_comes_first_in_rank():
+    """With a full peer the plan scans its unassigned chunks in rank order and may stop early,
+    but only at a chunk no other chunk can be rarer than."""
+    plan = sequential(3)
+    plan.add_peer("full")
+    plan.add_peer("partial", have={0})  # chunk 0, first in rank, is held twice; 1 and 2 once
+    assert plan.next_chunk("full") == 1
+    plan.add_peer("other", have={1, 2})
+    assert plan.next_chunk("full") == 0  # 0 and 2 now tie at two holders: rank decides
+    plan.remove_peer("partial")
+    plan.remove_peer("other")
+    assert [plan.availability(i) for i in range(3)] == [1, 1, 1]
+
+
+def test_an_origin_leaving_does_not_count_as_a_partial_holder_leaving():
+    plan = sequential(2)
+    plan.add_peer("origin-a", origin=True)
+    plan.add_peer("origin-b", origin=True)
+    plan.remove_peer("origin-a")
+    assert plan.next_chunk("origin-b") == 0  # no phantom partial holder keeps the origin off chunk 0
+    plan.add_peer("leecher", have={1})
+    plan.remove_peer("leecher")
+    assert plan.next_chunk("origin-b") == 1
+
+
+def test_holds_and_taken_elsewhere():
+    plan = sequential(3)
+    plan.add_peer("full")
+    plan.add_peer("partial", have={1})
+    assert plan.holds("full", 2) and plan.holds("partial", 1) and not plan.holds("partial", 2)
+    assert not plan.holds("stranger", 0)
+    index = plan.next_chunk("partial")
+    assert plan.taken_elsewhere(index, "full") and not plan.taken_elsewhere(index, "partial")
+    plan.complete(index, "partial")
+    assert plan.taken_elsewhere(index, "partial")  # verified: taken for everyone
+    assert not plan.taken_elsewhere(0, "full")
+
+
+def test_exactly_the_first_picks_ignore_rarity():
+    plan = sequential(4)
+    plan.random_first = 2
+    plan.add_peer("full")
+    plan.add_peer("r", have={0, 1})  # 0 and 1 are held twice, 2 and 3 once
+    assert [plan.next_chunk("full"), plan.next_chunk("full")] == [0, 1]  # the first two by rank only
+    assert plan.next_chunk("full") == 2  # then by rarity (2 and 3 tie; rank)
