@@ -109,3 +109,12 @@ def test_offers_to_a_downloader_that_takes_nothing_go_stale_and_are_offered_else
     assert book.offered("b") == set()  # the rest is on offer to a downloader still in time
     assert book.top_up_all(5.0) == {}
     assert book.top_up_all(11.0) == {"b": [hoarded]}  # the hoarder took nothing for 11 s
+
+
+def test_a_downloader_starved_for_patience_seconds_may_have_chunks_others_hold():
+    book = OfferBook(2, window=2, rng=random.Random(10), patience=10.0)
+    for index in book.join("a", 0.0):
+        book.sent("a", index, 0.0)  # a holds both chunks and does not pass them on
+    assert book.join("b", 1.0) == []  # b should get them from a...
+    assert book.top_up_all(5.0) == {}
+    assert sorted(book.top_up_all(12.0)["b"]) == [0, 1]  # ...but after 10 s without a chunk, from us

@@ -59,16 +59,17 @@ class ServerHandshake:
 
 
 class ClientHandshake:
-    def __init__(self, secret: bytes | None, label: str, nonce: bytes | None = None) -> None:
+    def __init__(self, secret: bytes | None, label: str, nonce: bytes | None = None, shares: bool = False) -> None:
         self.secret = secret
         self.label = label
+        self.flags = OUR_FLAGS | (wire.FLAG_SHARES if shares else 0) | (wire.FLAG_AUTH if secret else 0)
         self._nonce = (nonce or os.urandom(wire.NONCE_BYTES)) if secret else b""
         self._server_nonce = b""
         self.done = False
         self.peer_flags = 0
 
     def hello(self) -> wire.Hello:
-        return wire.Hello(PEER_VERSION, OUR_FLAGS | (wire.FLAG_AUTH if self.secret else 0), self._nonce)
+        return wire.Hello(PEER_VERSION, self.flags, self._nonce)
 
     def receive(self, event: wire.Event) -> list[wire.Event]:
         """PeerRejected if the server is not one of ours; PeerError if it speaks another version."""

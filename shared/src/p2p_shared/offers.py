@@ -11,7 +11,9 @@ start, so that origins that cannot see each other's downloaders hand out differe
 Once every chunk has been offered, a chunk is offered again only if no connected downloader
 holds it (its holders left before passing it on) and it is not on offer elsewhere; a chunk on
 offer to downloaders that have taken nothing for `patience` seconds counts as free again, so a
-downloader that hoards offers cannot hold the others back. Time is passed in (`now`).
+downloader that hoards offers cannot hold the others back, and a downloader that has taken
+nothing for that long may have any chunk it lacks, so one whose peers do not pass chunks on
+(unreachable, or not sharing) is not held back either. Time is passed in (`now`).
 Downloaders see the origin as a peer whose have-set grows.
 """
 
@@ -146,10 +148,13 @@ class OfferBook:
         if found is not None:
             return found
         # Every chunk is out once: only a chunk that no connected downloader holds, and that is
-        # not on offer to a downloader still taking chunks, the least spread first.
+        # not on offer to a downloader still taking chunks, the least spread first. A downloader
+        # that has taken nothing for `patience` seconds (its peers do not pass chunks on to it)
+        # may have any chunk it lacks.
+        starved = now - self._active_at[conn] > self.patience
         best, best_key = None, None
         for index in range(self.num_chunks):
-            if index in holds or index in offers or index in declined or self._holders_now[index]:
+            if index in holds or index in offers or index in declined or (self._holders_now[index] and not starved):
                 continue
             if any(now - self._active_at[other] <= self.patience for other in self._offered_to.get(index, ())):
                 continue

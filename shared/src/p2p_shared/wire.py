@@ -53,6 +53,7 @@ class ErrorCode(IntEnum):
 
 FLAG_AUTH = 1  # HELLO flag: the sender holds the swarm secret; its 16-byte nonce follows
 FLAG_ANNOUNCE = 2  # HELLO flag: the sender sends and understands ANNOUNCE frames
+FLAG_SHARES = 4  # HELLO flag: the sender serves what it downloads (an origin may hand it offers)
 NONCE_BYTES = 16
 MAX_ANNOUNCED = 1024  # chunk indices in one ANNOUNCE frame
 

@@ -120,6 +120,7 @@ async def open_peer(
     timeout: float,
     secret: bytes | None = None,
     tls: ssl.SSLContext | None = None,
+    shares: bool = False,
 ) -> PeerConnection:
     """Connect and exchange HELLO (and with a swarm secret, proofs both ways); OS errors become
     PeerConnectError."""
@@ -134,7 +135,7 @@ async def open_peer(
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise PeerConnectError(f"cannot connect to {host}:{port}: {reason}") from None
     try:
-        handshake = ClientHandshake(secret, conn.label)
+        handshake = ClientHandshake(secret, conn.label, shares=shares)
         conn.send(handshake.hello())
         while not handshake.done:
             for frame in handshake.receive(await conn.next_event(timeout)):

@@ -77,9 +77,10 @@ class PeerWorker:
         return f"{self.peer[0]}:{self.peer[1]}"
 
     def announce(self, raw_id: bytes, index: int) -> None:
-        """We verified a chunk: tell this peer, if it listens."""
+        """We verified a chunk: tell this peer, if it listens and if we share. A leecher that
+        does not share keeps quiet: an origin would count on it to pass its chunks on."""
         conn = self.conn
-        if conn is not None and conn.announces and conn.error is None:
+        if self.download.sharing is not None and conn is not None and conn.announces and conn.error is None:
             conn.send(wire.Announce(raw_id, (index,)))
 
     def decline(self, raw_id: bytes, index: int) -> None:
@@ -97,14 +98,14 @@ class PeerWorker:
         try:
             conn = await open_peer(
                 *self.peer, chunk_size=manifest.chunk_size, depth=opts.depth, timeout=opts.connect_timeout,
-                secret=opts.secret, tls=opts.tls,
+                secret=opts.secret, tls=opts.tls, shares=self.download.sharing is not None,
             )
         except PeerRejected as exc:  # not in our swarm, or not speaking our protocol
             raise PeerBanned(str(exc)) from None
         self.conn = conn
         try:
             raw_id = bytes.fromhex(manifest.file_id)
-            if conn.announces:  # what we hold, so that an origin offers us something else
+            if conn.announces and self.download.sharing is not None:  # so that an origin offers us other chunks
                 conn.send(wire.Have.of(raw_id, manifest.num_chunks, self.download.verified))
             conn.send(wire.GetHave(raw_id))
             try:

@@ -110,6 +110,7 @@ class _Connection:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.announces = False  # the peer understands ANNOUNCE
+        self.shares = False  # the peer serves what it downloads: an origin hands it offers
         self.subscribed: set[bytes] = set()  # file ids it asked the have-set of
         self.in_payload = False
         self.queued: dict[bytes, list[int]] = {}
@@ -206,6 +207,7 @@ class PeerServer:
                                 writer.write(wire.encode(frame))
                             if handshake.done:
                                 conn.announces = bool(handshake.peer_flags & wire.FLAG_ANNOUNCE)
+                                conn.shares = conn.announces and bool(handshake.peer_flags & wire.FLAG_SHARES)
                                 self._connections.add(conn)
                         else:  # a peer that stops reading is dropped like an idle one
                             await asyncio.wait_for(self._answer(event, conn), self.idle_timeout)
@@ -251,7 +253,7 @@ class PeerServer:
     def _downloader_holds(self, conn: _Connection, file_id: bytes, indices) -> None:
         """What a downloader holds (its HAVE, then ANNOUNCEs): an origin offers it other chunks."""
         book = self._offers.get(file_id)
-        if book is None or not conn.announces:
+        if book is None or not conn.shares:
             return
         if book.joined(conn):
             conn.announce(file_id, book.holds(conn, indices, _now()))
@@ -274,7 +276,7 @@ class PeerServer:
                 conn.subscribed.add(file_id)
                 book = self._offers.get(file_id)
                 num = source.manifest.num_chunks
-                if book is not None and conn.announces:
+                if book is not None and conn.shares:
                     have = wire.Have.of(file_id, num, book.join(conn, _now(), conn.early_holds.pop(file_id, ())))
                 elif (held := source.held()) is None:
                     have = wire.Have.full(file_id, num)
@@ -292,7 +294,7 @@ class PeerServer:
             case wire.Decline(file_id, indices):
                 self._check_indices(self._source(file_id), indices)
                 book = self._offers.get(file_id)
-                if book is not None and conn.announces:
+                if book is not None and conn.shares:
                     conn.announce(file_id, book.decline(conn, indices, _now()))
             case _:
                 raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, f"unexpected {type(event).__name__} frame"))
@@ -330,7 +332,7 @@ class PeerServer:
             conn.in_payload = False
         conn.flush()
         book = self._offers.get(file_id)
-        if book is not None and conn.announces:
+        if book is not None and conn.shares:
             conn.announce(file_id, book.sent(conn, index, _now()))
         self.metrics.chunks_served.inc()
         self.metrics.bytes_served.inc(length)
