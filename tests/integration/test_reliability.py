@@ -231,7 +231,8 @@ def test_bandwidth_limits_hold_within_ten_percent(tmp_path, side):
     with LocalSwarm(tmp_path) as swarm:
         swarm.start_tracker()
         # Two seeders each limited to half the rate upload together at `rate`; the leecher's limit is global.
-        seeder_args = ["--max-upload-rate", str(rate // 2)] if side == "upload" else []
+        # The limit is what is tested here, not how offers share out chunks: every chunk on offer.
+        seeder_args = ["--max-upload-rate", str(rate // 2), "--no-super-seed"] if side == "upload" else []
         leecher_args = ["--max-download-rate", str(rate)] if side == "download" else []
         for _ in range(2):
             swarm.add_seeder([data], *seeder_args)
