@@ -31,10 +31,7 @@ def table(r: dict) -> str:
         (f"file size {', '.join(label(x['bytes']) for x in sizes)}: time", ", ".join(f"{x['seconds']:.2f}" for x in sizes) + " s"),
         ("the same sizes: leecher peak RSS", ", ".join(f"{x['rss_mb']:.0f}" for x in sizes) + " MB"),
         (f"{', '.join(seeders)} seeders", ", ".join(f"{s['by_seeders'][k]['seconds']:.2f}" for k in seeders) + " s"),
-        (f"{m['leechers']} leechers at once, {label(m['bytes'])} each, 3 seeders: sharing / `--no-share`",
-         f"{'all exact' if m['share']['all_exact'] and m['no_share']['all_exact'] else 'NOT all exact'}; "
-         f"{m['share']['seconds']:.2f} s / {m['no_share']['seconds']:.2f} s until all are done; seeders sent "
-         f"{m['share']['seeder_egress_per_file']:.2f}x / {m['no_share']['seeder_egress_per_file']:.2f}x the file"),
+        many_leechers_row(m, r, label),
         ("one of 3 seeders SIGKILLed after 100 chunks / undisturbed", f"{f['one_seeder_killed_seconds']:.2f} s / {f['undisturbed_seconds']:.2f} s"),
         ("mutual TLS on the chunk channel / plain", f"{tls['tls_seconds']:.2f} s / {tls['plain_seconds']:.2f} s ({tls['tls_seconds'] / tls['plain_seconds']:.1f}x)"),
         ("seeder start-up hashing vs hashlib on one thread, same file",
@@ -66,3 +63,16 @@ def update(results: dict, readme: Path = README) -> None:
 if __name__ == "__main__":
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest.json"
     update(json.loads(source.read_text()))
+
+
+def many_leechers_row(m: dict, r: dict, label) -> tuple[str, str]:
+    """Leechers at once, sharing and not; results written before leechers shared have one run."""
+    if "share" not in m:
+        return (f"{m['leechers']} leechers at once, {label(r['many_bytes'])} each, 3 seeders (before leechers shared)",
+                f"{'all finished' if m['all_finished'] else 'NOT all finished'}; {m['seconds']:.2f} s, "
+                f"seeders sent {m['seeder_egress_bytes'] / 2**20:.0f} MiB")
+    both_exact = m["share"]["all_exact"] and m["no_share"]["all_exact"]
+    return (f"{m['leechers']} leechers at once, {label(m['bytes'])} each, 3 seeders: sharing / `--no-share`",
+            f"{'all exact' if both_exact else 'NOT all exact'}; "
+            f"{m['share']['seconds']:.2f} s / {m['no_share']['seconds']:.2f} s until all are done; seeders sent "
+            f"{m['share']['seeder_egress_per_file']:.2f}x / {m['no_share']['seeder_egress_per_file']:.2f}x the file")
