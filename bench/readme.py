@@ -11,6 +11,19 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
+def many_leechers_row(m: dict, r: dict, label) -> tuple[str, str]:
+    """Leechers at once, sharing and not; results written before leechers shared have one run."""
+    if "share" not in m:
+        return (f"{m['leechers']} leechers at once, {label(r['many_bytes'])} each, 3 seeders (before leechers shared)",
+                f"{'all finished' if m['all_finished'] else 'NOT all finished'}; {m['seconds']:.2f} s, "
+                f"seeders sent {m['seeder_egress_bytes'] / 2**20:.0f} MiB")
+    both_exact = m["share"]["all_exact"] and m["no_share"]["all_exact"]
+    return (f"{m['leechers']} leechers at once, {label(m['bytes'])} each, 3 seeders: sharing / `--no-share`",
+            f"{'all exact' if both_exact else 'NOT all exact'}; "
+            f"{m['share']['seconds']:.2f} s / {m['no_share']['seconds']:.2f} s until all are done; seeders sent "
+            f"{m['share']['seeder_egress_per_file']:.2f}x / {m['no_share']['seeder_egress_per_file']:.2f}x the file")
+
+
 def table(r: dict) -> str:
     b, s, head = r["baselines"], r["swarm"], r["swarm"]["one_leecher_three_seeders"]
     sizes = sorted(s["by_size"].values(), key=lambda x: x["bytes"])
@@ -64,15 +77,3 @@ if __name__ == "__main__":
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest.json"
     update(json.loads(source.read_text()))
 
-
-def many_leechers_row(m: dict, r: dict, label) -> tuple[str, str]:
-    """Leechers at once, sharing and not; results written before leechers shared have one run."""
-    if "share" not in m:
-        return (f"{m['leechers']} leechers at once, {label(r['many_bytes'])} each, 3 seeders (before leechers shared)",
-                f"{'all finished' if m['all_finished'] else 'NOT all finished'}; {m['seconds']:.2f} s, "
-                f"seeders sent {m['seeder_egress_bytes'] / 2**20:.0f} MiB")
-    both_exact = m["share"]["all_exact"] and m["no_share"]["all_exact"]
-    return (f"{m['leechers']} leechers at once, {label(m['bytes'])} each, 3 seeders: sharing / `--no-share`",
-            f"{'all exact' if both_exact else 'NOT all exact'}; "
-            f"{m['share']['seconds']:.2f} s / {m['no_share']['seconds']:.2f} s until all are done; seeders sent "
-            f"{m['share']['seeder_egress_per_file']:.2f}x / {m['no_share']['seeder_egress_per_file']:.2f}x the file")
