@@ -66,11 +66,15 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def replace_between(readme: Path, start: str, end: str, text: str) -> None:
+    """Put `text` in place of what the README holds between two markers."""
+    before, rest = readme.read_text().split(start, 1)
+    _, after = rest.split(end, 1)
+    readme.write_text(f"{before}{start}\n{text}\n{end}{after}")
+
+
 def update(results: dict, readme: Path = README) -> None:
-    text = readme.read_text()
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(f"{before}{START}\n{table(results)}\n{END}{after}")
+    replace_between(readme, START, END, table(results))
 
 
 if __name__ == "__main__":

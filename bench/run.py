@@ -349,9 +349,8 @@ def main() -> int:
             swarm.start_tracker()
             print("seeders hashing", flush=True)
             all_files = list(dict.fromkeys(files.values()))
-            metrics_ports = [free_port() for _ in range(5)]
-            for port in metrics_ports:  # the first hashes; the others start from its manifest cache
-                swarm.add_seeder(all_files, "--metrics-port", str(port))
+            for _ in range(5):  # the first hashes; the others start from its manifest cache
+                swarm.add_seeder(all_files)
             print("baselines and downloads", flush=True)
             results["baselines"], results["swarm"] = bench_swarm(swarm, files, work, repeat, list(sizes))
             print("seeder start-up", flush=True)

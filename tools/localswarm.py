@@ -179,8 +179,13 @@ def service_argv(role: str, *args: str) -> list[str]:
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """Every sample of a real /metrics endpoint, keyed by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    """Every sample of a real /metrics endpoint on loopback, keyed by (name, sorted labels)."""
+    return scrape_url(f"http://127.0.0.1:{port}")
+
+
+def scrape_url(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of `url`/metrics (a service, a Pushgateway), keyed by (name, sorted labels)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
         text = response.read().decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..readme import replace_between
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- bench-net:start -->", "<!-- bench-net:end -->"
 
@@ -49,10 +51,7 @@ def table(results: dict) -> str:
 
 
 def update_readme(results: dict, readme: Path = README) -> None:
-    text = readme.read_text()
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(f"{before}{START}\n{table(results)}\n{END}{after}")
+    replace_between(readme, START, END, table(results))
 
 
 def _time(row: dict, system: str) -> float | None:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dashboard import queries_as_grafana_sends
 from tests.host_tools import host_tool
-from tools.localswarm import LocalSwarm, free_port, random_file
+from tools.localswarm import LocalSwarm, free_port, random_file, scrape_url
 
 from .conftest import wait_until
 
@@ -57,14 +56,7 @@ def pushgateway(tmp_path):
 
 
 def pushed_samples(url: str) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.labels.get("job") == "p2p_leecher"
-    }
+    return {key: value for key, value in scrape_url(url).items() if ("job", "p2p_leecher") in key[1]}
 
 
 def test_concurrent_runs_push_to_their_own_groups(swarm, tmp_path, pushgateway):

@@ -74,6 +74,28 @@ class TlsSettings(CommonSettings):
         return None if value == "" else value  # P2P_TLS_CA= turns TLS off
 
 
+class ServingSettings(TlsSettings):
+    """What every peer server takes, a seeder's or a sharing leecher's: its limits and the
+    address peers should use."""
+
+    advertise_host: str | None = None
+    max_upload_rate: float = Field(0, ge=0)
+    max_connections: int = Field(256, ge=1)
+    max_connections_per_address: int = Field(64, ge=1)
+    connection_timeout: float = Field(90.0, gt=0)
+    handshake_timeout: float = Field(10.0, gt=0)
+
+
+def add_serving_flags(group) -> None:
+    """The flags of ServingSettings, on a parser or an argument group."""
+    group.add_argument("--advertise-host", help="address peers should use; the tracker sees our source address otherwise")
+    group.add_argument("--max-upload-rate", type=float, help="bytes/s sent to all peers together; 0 is unlimited")
+    group.add_argument("--max-connections", type=int, help="peer connections served at once")
+    group.add_argument("--max-connections-per-address", type=int, help="connections served to one address at once")
+    group.add_argument("--connection-timeout", type=float, help="seconds an idle peer connection stays open")
+    group.add_argument("--handshake-timeout", type=float, help="seconds a new connection has to complete its HELLO (and TLS)")
+
+
 def package_version(distribution: str) -> str:
     try:
         return metadata.version(distribution)

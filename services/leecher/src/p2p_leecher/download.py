@@ -308,7 +308,7 @@ class Download:
         assert self._plan is not None
         for other, worker in self._workers.items():
             if other != peer and self._plan.holds(other, index):
-                worker.decline(self._raw_id, index)
+                worker.decline(self._raw_id, (index,))
         if not self._endgame_woken and not self._plan.unassigned_count:
             self._endgame_woken = True
             self.wake_all()

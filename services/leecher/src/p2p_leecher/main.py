@@ -20,7 +20,7 @@ from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import run, serve_metrics, stop_event
 from p2p_shared.net.tls import client_context, server_context
 from p2p_shared.net.tracker_client import TrackerClient
-from p2p_shared.settings import TlsSettings, add_common_flags, build_settings, parse_host_port
+from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_host_port
 
 from .download import Download, DownloadOptions, DownloadResult
 from .metrics import LeecherMetrics
@@ -29,7 +29,7 @@ from .sharing import Sharing, SharingOptions
 log = structlog.get_logger()
 
 
-class LeecherSettings(TlsSettings):
+class LeecherSettings(ServingSettings):
     target: str | None = Field(None, min_length=1)
     list: bool = False
     tracker: str = "127.0.0.1:6969"
@@ -48,13 +48,7 @@ class LeecherSettings(TlsSettings):
     no_share: bool = False
     listen_host: str = "0.0.0.0"
     listen_port: int = Field(0, ge=0, le=65535)
-    advertise_host: str | None = None
     seed_time: float = 0.0
-    max_upload_rate: float = Field(0, ge=0)
-    max_connections: int = Field(256, ge=1)
-    max_connections_per_address: int = Field(64, ge=1)
-    connection_timeout: float = Field(90.0, gt=0)
-    handshake_timeout: float = Field(10.0, gt=0)
 
     @field_validator("tracker")
     @classmethod
@@ -87,13 +81,8 @@ def parser() -> argparse.ArgumentParser:
     share.add_argument("--no-share", action="store_true", default=None, help="download only: serve nothing, register nothing")
     share.add_argument("--listen-port", type=int, help="TCP port to serve peers on; 0 picks a free one")
     share.add_argument("--listen-host", help="address to serve peers on")
-    share.add_argument("--advertise-host", help="address peers should use; the tracker sees our source address otherwise")
     share.add_argument("--seed-time", type=float, help="seconds to keep serving the complete file after the download; negative: until SIGTERM/SIGINT")
-    share.add_argument("--max-upload-rate", type=float, help="bytes/s sent to all peers together; 0 is unlimited")
-    share.add_argument("--max-connections", type=int, help="peer connections served at once")
-    share.add_argument("--max-connections-per-address", type=int, help="connections served to one address at once")
-    share.add_argument("--connection-timeout", type=float, help="seconds an idle peer connection stays open")
-    share.add_argument("--handshake-timeout", type=float, help="seconds a new connection has to complete its HELLO (and TLS)")
+    add_serving_flags(share)
     add_common_flags(p)
     return p
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import structlog
 
-from p2p_shared.errors import P2PError
 from p2p_shared.manifest import Manifest
 from p2p_shared.messages import FileEntry
 from p2p_shared.net.holder_link import HolderLink
@@ -64,13 +63,7 @@ class Sharing:
             max_per_address=opts.max_connections_per_address, handshake_timeout=opts.handshake_timeout,
             secret=opts.secret,
         )
-        try:
-            self._listener = await asyncio.start_server(
-                self._server.handle, opts.host, opts.port, ssl=opts.tls,
-                ssl_handshake_timeout=opts.handshake_timeout if opts.tls else None,
-            )
-        except OSError as exc:
-            raise P2PError(f"cannot listen on tcp {opts.host}:{opts.port} to share: {exc.strerror}") from None
+        self._listener = await self._server.listen(opts.host, opts.port, opts.tls)
         self.port = self._listener.sockets[0].getsockname()[1]
         entry = FileEntry(file_id=manifest.file_id, name=manifest.name, size=manifest.size, chunk_size=manifest.chunk_size)
         self._link = HolderLink(

@@ -72,10 +72,6 @@ class PeerWorker:
         self.conn: PeerConnection | None = None
         self.pumping = False  # wake-ups go only to a worker that reads its queue for them
 
-    @property
-    def label(self) -> str:
-        return f"{self.peer[0]}:{self.peer[1]}"
-
     def announce(self, raw_id: bytes, index: int) -> None:
         """We verified a chunk: tell this peer, if it listens and if we share. A leecher that
         does not share keeps quiet: an origin would count on it to pass its chunks on."""
@@ -83,11 +79,11 @@ class PeerWorker:
         if self.download.sharing is not None and conn is not None and conn.announces and conn.error is None:
             conn.send(wire.Announce(raw_id, (index,)))
 
-    def decline(self, raw_id: bytes, index: int) -> None:
-        """We fetch `index` from another peer: if this is an origin that offered it, free its offer."""
+    def decline(self, raw_id: bytes, indices: tuple[int, ...]) -> None:
+        """We get these chunks anyway: if this is an origin that offered them, free its offers."""
         conn = self.conn
-        if self.origin and conn is not None and conn.announces and conn.error is None:
-            conn.send(wire.Decline(raw_id, (index,)))
+        if indices and self.origin and conn is not None and conn.announces and conn.error is None:
+            conn.send(wire.Decline(raw_id, indices))
 
     def wake(self) -> None:
         if self.conn is not None and self.pumping:
@@ -173,10 +169,8 @@ class PeerWorker:
                         raise PeerBanned(f"{conn.label} announced chunks of another file")
                     indices = [i for i in indices if i < manifest.num_chunks]
                     plan.peer_has(self.peer, indices)
-                    if self.origin and conn.announces:  # offers of chunks we are getting anyway
-                        taken = tuple(i for i in indices if plan.taken_elsewhere(i, self.peer))
-                        if taken:
-                            conn.send(wire.Decline(raw_id, taken))
+                    if self.origin:  # offers of chunks we are getting anyway
+                        self.decline(raw_id, tuple(i for i in indices if plan.taken_elsewhere(i, self.peer)))
                 case wire.Error(code=code, message=message, index=index):
                     if window.refused(index):
                         plan.fail(index, self.peer)

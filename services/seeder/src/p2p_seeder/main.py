@@ -22,7 +22,7 @@ from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import server_context
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.ratelimit import TokenBucket
-from p2p_shared.settings import TlsSettings, add_common_flags, build_settings, parse_host_port
+from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_host_port
 
 from .catalog import ManifestCache, load_file
 from .metrics import SeederMetrics
@@ -35,22 +35,16 @@ def _default_cache_dir() -> Path:
     return Path(base) / "p2p-seeder"
 
 
-class SeederSettings(TlsSettings):
+class SeederSettings(ServingSettings):
     file: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("large_text_file.txt")])
     host: str = "0.0.0.0"
     port: int = Field(7000, ge=1, le=65535)
-    advertise_host: str | None = None
     tracker: str = "127.0.0.1:6969"
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_SIZE)
     metrics_port: int = Field(9102, ge=0, le=65535)
-    connection_timeout: float = Field(90.0, gt=0)
-    max_connections: int = Field(256, ge=1)
-    max_connections_per_address: int = Field(64, ge=1)
-    handshake_timeout: float = Field(10.0, gt=0)
     cache_dir: Path | None = Field(default_factory=_default_cache_dir)
     no_cache: bool = False
     no_super_seed: bool = False
-    max_upload_rate: float = Field(0, ge=0, description="bytes per second over all peers; 0 is unlimited")
 
     @field_validator("file", mode="before")
     @classmethod
@@ -69,20 +63,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", action="append", help="file (or folder of files) to seed; repeat for more (default large_text_file.txt)")
     p.add_argument("-p", "--port", type=int, help="TCP port to serve on (default 7000)")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
-    p.add_argument("--advertise-host", help="address leechers should use; the tracker sees our source address otherwise")
     p.add_argument("--tracker", help="tracker HOST:PORT (default 127.0.0.1:6969)")
     p.add_argument("--chunk-size", type=int, help=f"bytes per chunk (default {DEFAULT_CHUNK_SIZE})")
-    p.add_argument("--connection-timeout", type=float, help="seconds an idle peer connection stays open (default 90)")
-    p.add_argument("--max-connections", type=int, help="peer connections served at once (default 256)")
-    p.add_argument("--max-connections-per-address", type=int, help="connections from one address at once (default 64)")
-    p.add_argument("--handshake-timeout", type=float, help="seconds a new connection has to say HELLO (default 10)")
     p.add_argument("--cache-dir", type=Path, help="where manifests are cached (default ~/.cache/p2p-seeder)")
-    p.add_argument("--max-upload-rate", type=float, help="bytes/s sent to all peers together; 0 (default) is unlimited")
     p.add_argument("--tls-cert", type=Path, help="serve peers over TLS with this certificate (and --tls-key)")
     p.add_argument("--tls-key", type=Path, help="private key of --tls-cert")
     p.add_argument("--tls-ca", type=Path, help="with TLS: require leechers to show a certificate signed by this CA")
     p.add_argument("--no-cache", action="store_true", default=None, help="always rehash files at start")
     p.add_argument("--no-super-seed", action="store_true", default=None, help="let every leecher take any chunk, instead of offering each a few chunks no other leecher was offered")
+    add_serving_flags(p)
     add_common_flags(p)
     return p
 
@@ -144,13 +133,7 @@ async def serve(settings: SeederSettings) -> int:
         if not (settings.tls_cert and settings.tls_key):
             raise P2PError("TLS needs both --tls-cert and --tls-key")
         tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
-    try:
-        server = await asyncio.start_server(
-            peers.handle, settings.host, settings.port, ssl=tls,
-            ssl_handshake_timeout=settings.handshake_timeout if tls else None,
-        )
-    except OSError as exc:
-        raise P2PError(f"cannot listen on tcp {settings.host}:{settings.port}: {exc.strerror}") from None
+    server = await peers.listen(settings.host, settings.port, tls)
     log.info(
         "seeder listening", host=settings.host, port=settings.port, files=len(files),
         tls="mutual" if tls and settings.tls_ca else bool(tls),

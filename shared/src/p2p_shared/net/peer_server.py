@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import time
 from typing import BinaryIO
 
@@ -23,7 +24,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .. import wire
-from ..errors import RemoteProtocolError
+from ..errors import P2PError, RemoteProtocolError
 from ..handshake import HandshakeRefused, ServerHandshake
 from ..offers import OfferBook
 from ..ratelimit import TokenBucket
@@ -161,6 +162,16 @@ class PeerServer:
         self._by_address: dict[str, int] = {}
         self._connections: set[_Connection] = set()
 
+    async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+        """Accept peers on `host:port` (port 0: any free one), within TLS when given; the
+        handshake timeout covers the TLS handshake too."""
+        try:
+            return await asyncio.start_server(
+                self.handle, host, port, ssl=tls, ssl_handshake_timeout=self.handshake_timeout if tls else None
+            )
+        except OSError as exc:
+            raise P2PError(f"cannot listen on tcp {host}:{port}: {exc.strerror}") from None
+
     def announce(self, file_id: bytes, index: int) -> None:
         """A chunk of `file_id` became available here: tell the peers that follow it."""
         for conn in self._connections:
@@ -211,18 +222,13 @@ class PeerServer:
                                 self._connections.add(conn)
                         else:  # a peer that stops reading is dropped like an idle one
                             await asyncio.wait_for(self._answer(event, conn), self.idle_timeout)
-                    except HandshakeRefused as refusal:
-                        raise _Refuse(refusal.error, close=True) from None
-                    except _Refuse as refusal:
+                    except (_Refuse, HandshakeRefused) as refusal:
                         self.metrics.refused.labels(refusal.error.code.name.lower()).inc()
                         writer.write(wire.encode(refusal.error))
-                        if refusal.close:
+                        if isinstance(refusal, HandshakeRefused) or refusal.close:
                             await writer.drain()
                             return
                 await asyncio.wait_for(writer.drain(), self.idle_timeout)
-        except _Refuse as refusal:  # a failed handshake
-            self.metrics.refused.labels(refusal.error.code.name.lower()).inc()
-            writer.write(wire.encode(refusal.error))
         except TimeoutError:
             log.debug("idle connection closed", peer=label)
         except RemoteProtocolError as exc:
