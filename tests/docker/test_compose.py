@@ -267,7 +267,7 @@ def test_seeder_killed_mid_download_the_leecher_still_succeeds(swarm):
         subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
         lines += leecher.stdout.readlines()
     assert leecher.returncode == 0, "".join(lines)
-    assert any('"seeder failed"' in line for line in lines), "".join(lines)
+    assert any('"peer failed"' in line for line in lines), "".join(lines)
     assert swarm.downloaded_sha256() == expected
 
 

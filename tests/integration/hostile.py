@@ -21,6 +21,12 @@ class HostilePeer:
     - "bad-manifest": the manifest sent is well formed (same name, size and chunk size) but one
       chunk digest is forged, so it does not hash to the file id;
     - bytes: a raw manifest (absurd values, a hostile name) announced and served as is.
+
+    As a partial holder (a leecher that shares; register with `partial=True`):
+    - "phantom": its HAVE claims the even chunks and an ANNOUNCE the odd ones, but it holds none
+      and answers every request with an error;
+    - "absurd-announce": an honest HAVE of the even chunks (served true), then an ANNOUNCE of a
+      chunk past the end of the file.
     """
 
     def __init__(self, path: Path, chunk_size: int, behaviour: str | bytes) -> None:
@@ -32,6 +38,8 @@ class HostilePeer:
         self.forged = Manifest(self.manifest.name, size, chunk_size, forged).encode()
         self.file_id = file_id_of(self.announced)
         self.data = path.read_bytes()
+        partial = behaviour in ("phantom", "absurd-announce")
+        self.flags = wire.FLAG_ANNOUNCE | wire.FLAG_SHARES if partial else 0
         self.requests = 0
         self.manifests_sent = 0
         self.loop = asyncio.new_event_loop()
@@ -72,18 +80,27 @@ class HostilePeer:
     def _answer(self, event) -> tuple[bytes, bool]:
         match event:
             case wire.Hello():
-                return wire.encode(wire.Hello(1)), False
+                return wire.encode(wire.Hello(1, self.flags)), False
             case wire.GetManifest(file_id):
                 self.manifests_sent += 1
                 body = self.forged if self.behaviour == "bad-manifest" else self.announced
                 return wire.encode(wire.ManifestData(file_id, body)), False
             case wire.GetHave(file_id):
-                return wire.encode(wire.Have.full(file_id, self.manifest.num_chunks)), False
+                n = self.manifest.num_chunks
+                if not self.flags:
+                    return wire.encode(wire.Have.full(file_id, n)), False
+                even, odd = tuple(range(0, n, 2)), tuple(range(1, n, 2))
+                later = odd if self.behaviour == "phantom" else (n + 7,)
+                return wire.encode(wire.Have.of(file_id, n, even)) + wire.encode(wire.Announce(file_id, later)), False
+            case wire.Have() | wire.Announce() | wire.Decline():
+                return b"", False  # what the downloader holds: of no interest here
             case wire.Request(file_id, index):
                 self.requests += 1
+                if self.behaviour == "phantom":
+                    return wire.encode(wire.Error(wire.ErrorCode.UNAVAILABLE, "chunk not held here", file_id, index)), False
                 offset, length = self.manifest.chunk_span(index)
                 payload = bytearray(self.data[offset : offset + length])
-                if self.behaviour != "cut":
+                if self.behaviour not in ("cut", "absurd-announce"):
                     payload[length // 2] ^= 0xFF
                 frame = wire.encode(wire.Chunk(file_id, index, memoryview(payload), payload))
                 if self.behaviour == "cut":
@@ -91,13 +108,14 @@ class HostilePeer:
                 return frame, False
         raise AssertionError(event)
 
-    def register(self, tracker_port: int, name: str | None = None) -> None:
-        """Announce the file to the tracker (under `name` when the manifest's own is refused)."""
+    def register(self, tracker_port: int, name: str | None = None, partial: bool = False) -> None:
+        """Announce the file to the tracker (under `name` when the manifest's own is refused),
+        as a complete holder or, with `partial`, as a leecher that shares."""
         entry = messages.FileEntry(
             file_id=self.file_id, name=name or self.manifest.name, size=self.manifest.size,
             chunk_size=self.manifest.chunk_size,
         )
-        reply = tracker_request(("127.0.0.1", tracker_port), messages.Register(port=self.port, files=[entry]))
+        reply = tracker_request(("127.0.0.1", tracker_port), messages.Register(port=self.port, files=[entry], partial=partial))
         assert reply.type == "ack", reply
 
     def close(self) -> None:

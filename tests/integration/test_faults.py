@@ -24,7 +24,7 @@ def test_seeder_killed_mid_download_file_still_exact(tmp_path):
         victim.send_signal(signal.SIGKILL)
         assert leecher.wait(120) == 0, leecher.output
     assert sha256_file(tmp_path / "out" / "kill.bin") == sha256_file(data)
-    failures = [e for e in leecher.events() if e.get("event") == "seeder failed"]
+    failures = [e for e in leecher.events() if e.get("event") == "peer failed"]
     assert any(f"127.0.0.1:{victim.port}" == e["peer"] for e in failures), leecher.output
 
 
@@ -67,7 +67,7 @@ def test_lying_seeder_is_caught_and_dropped(tmp_path, pushgateway):
     assert sha256_file(tmp_path / "out" / "truth.bin") == sha256_file(data)
     events = leecher.events()
     bad = [e for e in events if e.get("event") == "chunk failed verification"]
-    dropped = [e for e in events if e.get("event") == "seeder dropped"]
+    dropped = [e for e in events if e.get("event") == "peer dropped"]
     assert liar.requests >= 3 and len(bad) >= 3
     assert {e["peer"] for e in bad} == {f"127.0.0.1:{liar.port}"}
     assert [e["peer"] for e in dropped] == [f"127.0.0.1:{liar.port}"]

@@ -48,7 +48,7 @@ def test_seeder_closing_mid_chunk_the_chunk_is_fetched_elsewhere_at_once(tmp_pat
         cutter.close()
     assert sha256_file(tmp_path / "out" / "cut.bin") == sha256_file(data)
     assert cutter.requests >= 1
-    failed = events_named(leecher, "seeder failed")
+    failed = events_named(leecher, "peer failed")
     assert failed and {e["peer"] for e in failed} == {f"127.0.0.1:{cutter.port}"}
     assert "closed" in failed[0]["reason"] or "lost" in failed[0]["reason"]
     # At once: waiting for the cut chunk would take the 30 s chunk timeout.
@@ -189,7 +189,7 @@ def test_full_disk_gives_a_clear_error_and_nothing_at_the_final_path(tmp_path, p
         assert "No space left on device" in leecher.output and "Traceback" not in leecher.output
         # At once: the space is reserved before any chunk is asked for.
         assert served == 0 and pushgateway.samples()[("p2p_leecher_chunks_received_total", ())] == 0
-        assert events_named(leecher, "downloading") and not events_named(leecher, "seeder failed")
+        assert events_named(leecher, "downloading") and not events_named(leecher, "peer failed")
         assert not (small / "big.bin").exists()
     finally:
         subprocess.run(["umount", str(small)], check=True)

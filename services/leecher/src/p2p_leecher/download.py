@@ -398,10 +398,10 @@ class Download:
         if isinstance(exc, PeerBanned):
             self.book.ban(peer, str(exc))
             self.metrics.peers_dropped.labels("bad_data").inc()
-            log.warning("seeder dropped", peer=f"{peer[0]}:{peer[1]}", reason=str(exc))
+            log.warning("peer dropped", peer=f"{peer[0]}:{peer[1]}", reason=str(exc))
         else:
             failures = self.book.failed(peer, now)
-            log.info("seeder failed", peer=f"{peer[0]}:{peer[1]}", reason=str(exc), failures=failures)
+            log.info("peer failed", peer=f"{peer[0]}:{peer[1]}", reason=str(exc), failures=failures)
         if returned:
             self.metrics.retries.labels(reason).inc(len(returned))
             self.wake_all()

@@ -167,7 +167,8 @@ class PeerWorker:
                 case wire.Announce(file_id=fid, indices=indices):
                     if fid != raw_id:
                         raise PeerBanned(f"{conn.label} announced chunks of another file")
-                    indices = [i for i in indices if i < manifest.num_chunks]
+                    if max(indices) >= manifest.num_chunks:
+                        raise PeerBanned(f"{conn.label} announced chunk {max(indices)} of a {manifest.num_chunks}-chunk file")
                     plan.peer_has(self.peer, indices)
                     if self.origin:  # offers of chunks we are getting anyway
                         self.decline(raw_id, tuple(i for i in indices if plan.taken_elsewhere(i, self.peer)))
