@@ -20,7 +20,12 @@ class HostilePeer:
     - "cut": the connection closes halfway through the first chunk's payload;
     - "bad-manifest": the manifest sent is well formed (same name, size and chunk size) but one
       chunk digest is forged, so it does not hash to the file id;
-    - bytes: a raw manifest (absurd values, a hostile name) announced and served as is.
+    - bytes: a raw manifest (absurd values, a hostile name) announced and served as is;
+    - "empty-have": its HAVE holds no chunk;
+    - "bad-have": its HAVE bitfield is one byte longer than the chunk count allows;
+    - "wrong-index": asked for chunk i, it sends chunk i+1 (true bytes, not asked for);
+    - "other-file": the chunk asked for, true bytes, under another file id;
+    - "trickle": the chunk asked for, one byte a second.
 
     As a partial holder (a leecher that shares; register with `partial=True`):
     - "phantom": its HAVE claims the even chunks and an ANNOUNCE the odd ones, but it holds none
@@ -67,6 +72,12 @@ class HostilePeer:
                 frames.receive_data(data)
                 while (event := frames.next_event()) is not None:
                     answer, hang_up = self._answer(event)
+                    if self.behaviour == "trickle" and isinstance(event, wire.Request):
+                        for i in range(len(answer)):
+                            writer.write(answer[i : i + 1])
+                            await writer.drain()
+                            await asyncio.sleep(1)
+                        continue
                     writer.write(answer)
                     if hang_up:
                         await writer.drain()
@@ -87,6 +98,10 @@ class HostilePeer:
                 return wire.encode(wire.ManifestData(file_id, body)), False
             case wire.GetHave(file_id):
                 n = self.manifest.num_chunks
+                if self.behaviour == "empty-have":
+                    return wire.encode(wire.Have.of(file_id, n, ())), False
+                if self.behaviour == "bad-have":
+                    return wire.encode(wire.Have(file_id, n, bytes(-(-n // 8) + 1))), False
                 if not self.flags:
                     return wire.encode(wire.Have.full(file_id, n)), False
                 even, odd = tuple(range(0, n, 2)), tuple(range(1, n, 2))
@@ -96,11 +111,15 @@ class HostilePeer:
                 return b"", False  # what the downloader holds: of no interest here
             case wire.Request(file_id, index):
                 self.requests += 1
+                if self.behaviour == "wrong-index":
+                    index = (index + 1) % self.manifest.num_chunks
+                if self.behaviour == "other-file":
+                    file_id = bytes(32)
                 if self.behaviour == "phantom":
                     return wire.encode(wire.Error(wire.ErrorCode.UNAVAILABLE, "chunk not held here", file_id, index)), False
                 offset, length = self.manifest.chunk_span(index)
                 payload = bytearray(self.data[offset : offset + length])
-                if self.behaviour not in ("cut", "absurd-announce"):
+                if self.behaviour in ("corrupt", "bad-manifest") or isinstance(self.behaviour, bytes):
                     payload[length // 2] ^= 0xFF
                 frame = wire.encode(wire.Chunk(file_id, index, memoryview(payload), payload))
                 if self.behaviour == "cut":

@@ -41,7 +41,7 @@ def test_every_seeder_gone_clear_error_nothing_at_final_path(tmp_path):
         assert leecher.wait(60) == 1
     last = leecher.events()[-1]
     assert last["level"] == "error"
-    assert last["event"].startswith("no seeder of gone.bin reachable for 2s")
+    assert last["event"].startswith("no progress on gone.bin for 2s: no holder reachable")
     assert "Traceback" not in leecher.output
     assert not (tmp_path / "out" / "gone.bin").exists()
     assert (tmp_path / "out" / "gone.bin.part").exists()  # progress kept for a later run

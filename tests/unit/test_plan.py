@@ -328,3 +328,16 @@ def test_exactly_the_first_picks_ignore_rarity():
     plan.add_peer("r", have={0, 1})  # 0 and 1 are held twice, 2 and 3 once
     assert [plan.next_chunk("full"), plan.next_chunk("full")] == [0, 1]  # the first two by rank only
     assert plan.next_chunk("full") == 2  # then by rarity (2 and 3 tie; rank)
+
+
+def test_missing_held_counts_unverified_chunks_some_connected_peer_announced():
+    plan = ChunkPlan(6, done=[0])
+    assert plan.missing_held() == 0  # no peer: nothing we lack is held
+    plan.add_peer("a", [0, 1, 2])
+    plan.add_peer("b", [2, 3])
+    assert plan.missing_held() == 3  # 1, 2, 3 (0 is verified)
+    plan.complete(plan.next_chunk("b"), "b")
+    assert plan.missing_held() == 2
+    plan.remove_peer("a")
+    plan.remove_peer("b")
+    assert plan.missing_held() == 0

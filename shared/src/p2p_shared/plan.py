@@ -81,6 +81,10 @@ class ChunkPlan:
     def availability(self, index: int) -> int:
         return self._avail[index]
 
+    def missing_held(self) -> int:
+        """Chunks not verified yet that at least one connected peer announced."""
+        return sum(1 for i, n in enumerate(self._avail) if n and i not in self._done)
+
     def add_peer(self, peer: Peer, have: Iterable[int] | None = None, origin: bool = False) -> None:
         """A peer and what it holds (None: every chunk). An origin is a complete holder."""
         self.remove_peer(peer)

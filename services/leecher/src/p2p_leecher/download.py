@@ -4,7 +4,8 @@ Each connected holder gets a worker (worker.py) that keeps requests in flight, t
 indices from one shared ChunkPlan. The supervisor here starts workers for the holders the
 tracker lists (complete holders, the origin, and partial ones, other leechers), looks the file
 up again every few seconds to meet new holders, backs off from peers that fail, bans peers
-that send bad data, and gives up only when no holder has been usable for `wait` seconds.
+that send bad data or break the protocol, and gives up once no chunk has been verified for
+`wait` seconds, whatever the peers do (refuse, trickle, hold nothing we need), saying why.
 While it downloads, the leecher shares (sharing.py): every verified chunk is announced to the
 peers fetching from us and to the peers we fetch from.
 """
@@ -121,6 +122,8 @@ class Download:
         self._progress: Progress | None = None
         self._raw_id = b""
         self._endgame_woken = False
+        self._progress_at = 0.0  # loop time of the swarm's start or its last verified chunk
+        self._last_failure = ""  # why the last peer connection ended
 
     # -- finding the file -------------------------------------------------------------------
 
@@ -286,6 +289,7 @@ class Download:
         self.metrics.chunks.inc()
         self.metrics.bytes.labels("seeder" if origin else "peer").inc(length)
         self.book.delivered(peer)
+        self._progress_at = asyncio.get_running_loop().time()
         progress.advance(length)
         if self.sharing is not None:
             self.sharing.verified(index)
@@ -332,7 +336,7 @@ class Download:
         # Look up again soon, then less often: leechers that start together register moments
         # apart, and the first of them must meet the others before it has fetched everything.
         lookup_every = FIRST_REFRESH
-        idle_since: float | None = None
+        self._progress_at = loop.time()
         try:
             while not plan.finished:
                 now = loop.time()
@@ -354,13 +358,9 @@ class Download:
                 assert self._progress is not None
                 self._progress.set_peers(len(tasks))
                 self.metrics.peers_active.set(len(tasks))
-                if tasks:
-                    idle_since = None
-                elif idle_since is None:
-                    idle_since = now
-                elif now - idle_since > opts.wait:
+                if now - self._progress_at > opts.wait:
                     raise DownloadError(
-                        f"no seeder of {manifest.name} reachable for {opts.wait:g}s; "
+                        f"no progress on {manifest.name} for {opts.wait:g}s: {self._stall(plan, len(tasks))}; "
                         f"{plan.done_count} of {plan.num_chunks} chunks verified and kept in {part.path}"
                     )
                 if not tasks:
@@ -376,6 +376,15 @@ class Download:
                 await asyncio.wait(tasks)
             self._workers.clear()
             self.metrics.peers_active.set(0)
+
+    def _stall(self, plan: ChunkPlan, connected: int) -> str:
+        """Why no chunk came, in a few words."""
+        last = f" (last: {self._last_failure})" if self._last_failure else ""
+        if not connected:
+            return f"no holder reachable{last}"
+        if not plan.missing_held():
+            return f"the {connected} connected peers hold none of the {plan.num_chunks - plan.done_count} chunks missing"
+        return f"{connected} peers connected, none delivered a valid chunk{last}"
 
     def _candidates(self, active: set[PeerKey], now: float) -> list[PeerKey]:
         """Peers to connect to now, origins first: every origin we are connected to hears which
@@ -395,9 +404,10 @@ class Download:
         if not isinstance(exc, (PeerError, RemoteProtocolError, OSError)):
             raise exc  # a bug: let it show
         reason = _retry_reason(exc)
-        if isinstance(exc, PeerBanned):
+        self._last_failure = f"{peer[0]}:{peer[1]}: {exc}"
+        if isinstance(exc, (PeerBanned, RemoteProtocolError)):  # bad data or a broken protocol: not asked again
             self.book.ban(peer, str(exc))
-            self.metrics.peers_dropped.labels("bad_data").inc()
+            self.metrics.peers_dropped.labels("bad_data" if isinstance(exc, PeerBanned) else "protocol").inc()
             log.warning("peer dropped", peer=f"{peer[0]}:{peer[1]}", reason=str(exc))
         else:
             failures = self.book.failed(peer, now)

@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tracker", help="tracker HOST:PORT (default 127.0.0.1:6969)")
     p.add_argument("-o", "--output-dir", type=Path, help="folder for the downloaded file (default .)")
     p.add_argument("--min-seeders", type=int, help="seeders to wait for before starting (default 1)")
-    p.add_argument("--wait", type=float, help="seconds to wait for seeders, at start and when all are lost (default 30)")
+    p.add_argument("--wait", type=float, help="seconds to wait for seeders at start, and without a verified chunk during the download, before giving up (default 30)")
     p.add_argument("--wait-for-file", action="store_true", default=None, help="wait (--wait seconds) for a file the tracker does not know yet, instead of failing at once")
     p.add_argument("--max-peers", type=int, help="seeders downloaded from at once (default 8)")
     p.add_argument("--pipeline-depth", type=int, help="requests in flight per seeder (default 4)")
