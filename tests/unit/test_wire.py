@@ -245,3 +245,37 @@ def test_after_a_chunk_the_reader_is_at_a_frame_boundary_and_reads_on():
     first, second, request = (reader.next_event() for _ in range(3))
     assert (first.index, bytes(first.data), second.index, bytes(second.data)) == (1, b"abc", 2, b"de")
     assert request == wire.Request(FID, 5)
+
+
+@pytest.mark.parametrize("kind", sorted(set(wire.FrameType) - wire.SERVER_HANDSHAKE))
+def test_before_the_handshake_a_server_refuses_other_frames_by_their_header(kind):
+    allocated = []
+    reader = wire.FrameReader(lambda n: allocated.append(n) or bytearray(n), max_payload=0, accept=wire.SERVER_HANDSHAKE)
+    with pytest.raises(RemoteProtocolError, match=f"unexpected {kind.name} frame"):
+        reader.receive_data(wire.FRAME_HEADER.pack(kind, 32 << 20))  # five bytes claiming 32 MiB
+    assert allocated == []
+
+
+def test_frames_a_side_never_receives_are_refused_after_the_handshake_too():
+    server = wire.FrameReader(max_payload=0, accept=wire.SERVER_RECEIVES)
+    with pytest.raises(RemoteProtocolError, match="unexpected MANIFEST frame"):
+        server.receive_data(wire.manifest_header(bytes(32), 1 << 20))
+    client = wire.FrameReader(accept=wire.CLIENT_RECEIVES)
+    with pytest.raises(RemoteProtocolError, match="unexpected REQUEST frame"):
+        client.receive_data(wire.encode(wire.Request(bytes(32), 1)))
+
+
+def test_receive_frame_stops_at_each_frame_so_the_accepted_set_can_widen_between():
+    fid = bytes(32)
+    stream = memoryview(wire.encode(wire.Hello(1)) + wire.encode(wire.Have.of(fid, 9, [3])))
+    reader = wire.FrameReader(max_payload=0, accept=wire.SERVER_HANDSHAKE)
+    taken = reader.receive_frame(stream)
+    assert taken == len(wire.encode(wire.Hello(1))) and isinstance(reader.next_event(), wire.Hello)
+    reader.accept = wire.SERVER_RECEIVES  # the handshake is done
+    assert reader.receive_frame(stream[taken:]) == len(stream) - taken
+    assert set(reader.next_event().indices()) == {3}
+
+
+def test_a_manifest_header_and_its_body_are_one_manifest_frame():
+    fid, body = bytes(range(32)), b"manifest bytes"
+    assert wire.manifest_header(fid, len(body)) + body == wire.encode(wire.ManifestData(fid, body))

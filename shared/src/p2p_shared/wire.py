@@ -212,6 +212,11 @@ def chunk_header(file_id: bytes, index: int, length: int) -> bytes:
     )
 
 
+def manifest_header(file_id: bytes, length: int) -> bytes:
+    """Frame header and file id of a MANIFEST frame; the `length` manifest bytes follow."""
+    return FRAME_HEADER.pack(FrameType.MANIFEST, FILE_ID_BYTES + length) + _check_id(file_id)
+
+
 # Body length bounds per frame type: (minimum, maximum). Checked before allocating the body.
 _BOUNDS = {
     FrameType.HELLO: (_HELLO.size, _HELLO.size + NONCE_BYTES),
@@ -227,6 +232,14 @@ _BOUNDS = {
     FrameType.ERROR: (_ERROR_HEAD.size, min(MAX_CONTROL_FRAME, _ERROR_HEAD.size + MAX_ERROR_TEXT)),
 }
 
+# The frames each side receives, before and after the handshake. Any other type is refused by
+# its header, before its body is allocated; before the handshake only frames of a few dozen
+# bytes get through (a MANIFEST header claiming 32 MiB is refused with nothing allocated).
+SERVER_HANDSHAKE = frozenset({FrameType.HELLO, FrameType.AUTH, FrameType.GET_MANIFEST, FrameType.GET_HAVE, FrameType.REQUEST})
+SERVER_RECEIVES = SERVER_HANDSHAKE | {FrameType.HAVE, FrameType.ANNOUNCE, FrameType.DECLINE}
+CLIENT_HANDSHAKE = frozenset({FrameType.HELLO, FrameType.AUTH, FrameType.ERROR})
+CLIENT_RECEIVES = CLIENT_HANDSHAKE | {FrameType.MANIFEST, FrameType.HAVE, FrameType.ANNOUNCE, FrameType.CHUNK}
+
 _HEADER, _BODY, _CHUNK_HEAD, _PAYLOAD, _BROKEN = range(5)
 
 
@@ -235,16 +248,19 @@ class FrameReader:
 
     `allocate(n)` returns a writable buffer of at least n bytes for a chunk payload (a pool in
     the leecher); it may raise RemoteProtocolError to refuse a payload size it did not ask for.
-    `max_manifest` bounds MANIFEST bodies for callers that know a smaller limit.
+    `accept`: the frame types taken now (None: all); the caller widens it once the handshake
+    is done. Others are refused on their header, before anything is allocated.
     """
 
     def __init__(
         self,
         allocate: Callable[[int], bytearray] = bytearray,
         max_payload: int = MAX_CHUNK_SIZE,
+        accept: frozenset[FrameType] | None = None,
     ) -> None:
         self._allocate = allocate
         self._max_payload = max_payload
+        self.accept = accept
         self._head = bytearray(FRAME_HEADER.size + _ID_INDEX.size)
         self._events: deque[Event] = deque()
         self._kind = FrameType.HELLO
@@ -279,6 +295,18 @@ class FrameReader:
             view = view[n:]
             self.buffer_updated(n)
 
+    def receive_frame(self, data: memoryview) -> int:
+        """Copy in bytes of `data` up to the end of the next whole frame; returns how many were
+        taken. The caller can then act on that frame (and change `accept`) before the rest."""
+        taken = 0
+        while taken < len(data) and not self._events:
+            target = self.get_buffer()
+            n = min(len(target), len(data) - taken)
+            target[:n] = data[taken : taken + n]
+            taken += n
+            self.buffer_updated(n)
+        return taken
+
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
@@ -294,6 +322,8 @@ class FrameReader:
                 self._kind = FrameType(kind)
             except ValueError:
                 raise RemoteProtocolError(f"unknown frame type {kind}") from None
+            if self.accept is not None and self._kind not in self.accept:
+                raise RemoteProtocolError(f"unexpected {self._kind.name} frame")
             low, high = _BOUNDS[self._kind]
             if self._kind == FrameType.CHUNK:
                 high = _ID_INDEX.size + self._max_payload

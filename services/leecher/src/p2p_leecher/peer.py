@@ -54,7 +54,7 @@ class PeerConnection:
         self.chunk_size = chunk_size
         self.depth = depth
         self.events: asyncio.Queue = asyncio.Queue()
-        self._frames = wire.FrameReader(self._allocate, max_payload=chunk_size)
+        self._frames = wire.FrameReader(self._allocate, max_payload=chunk_size, accept=wire.CLIENT_HANDSHAKE)
         self._transport: asyncio.Transport | None = None
         self._free: list[bytearray] = []
         self._lent = 0
@@ -141,6 +141,7 @@ async def open_peer(
             for frame in handshake.receive(await conn.next_event(timeout)):
                 conn.send(frame)
         conn.announces = bool(handshake.peer_flags & wire.FLAG_ANNOUNCE)
+        conn._frames.accept = wire.CLIENT_RECEIVES
     except BaseException:
         conn.close()
         raise

@@ -2,8 +2,12 @@
 requests answered in order, from any ChunkSource (a complete file, or a part file).
 
 A connection reads a batch of pipelined requests, then answers each: the CHUNK header with
-`write`, the payload with `sendfile` (chunk bytes never enter Python). While it sends it does
-not read, so a flood of requests waits in the kernel's socket buffer instead of in our memory.
+`write`, the payload with `sendfile` (chunk bytes never enter Python), a manifest in blocks.
+Each answer waits until the peer has taken the one before (the transport's buffer is below its
+high-water mark), and while it sends it does not read: a flood of requests waits in the
+kernel's socket buffer, and a peer that reads nothing holds a few hundred KiB of ours at most.
+Caps on connections, in all and per address, apply as the TCP connection arrives, before any
+TLS handshake; refusals are counted, and logged at most once every REFUSAL_LOG_EVERY seconds.
 
 Peers that said they understand ANNOUNCE (a HELLO flag) hear of chunks as they become
 available: a leecher's newly verified chunks, or an origin's next offers (p2p_shared.offers).
@@ -60,6 +64,7 @@ class ServingMetrics:
 
 
 COPY_BLOCK = 256 * 1024
+REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about refused connections
 
 
 async def _send_payload(writer: asyncio.StreamWriter, handle: BinaryIO, offset: int, length: int) -> int:
@@ -97,6 +102,15 @@ async def _send_payload(writer: asyncio.StreamWriter, handle: BinaryIO, offset: 
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
+
+
+class _HeldProtocol(asyncio.StreamReaderProtocol):
+    """Reads nothing until `handle` has checked the caps and, with TLS, started the handshake
+    (which resumes reading): a ClientHello must not land in the plain stream's buffer."""
+
+    def connection_made(self, transport) -> None:
+        transport.pause_reading()
+        super().connection_made(transport)
 
 
 class _Refuse(Exception):
@@ -156,6 +170,9 @@ class PeerServer:
         self.max_per_address = max_per_address
         self.handshake_timeout = handshake_timeout
         self.secret = secret
+        self._tls: ssl.SSLContext | None = None
+        self._refusals = 0  # connections refused since the last log line about them
+        self._refusal_logged = -REFUSAL_LOG_EVERY
         self._offers = {s.raw_id: OfferBook(s.manifest.num_chunks, order_key=s.raw_id) for s in sources} if super_seed else {}
         self._stale: set[bytes] = set()
         self._active = 0
@@ -163,12 +180,12 @@ class PeerServer:
         self._connections: set[_Connection] = set()
 
     async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
-        """Accept peers on `host:port` (port 0: any free one), within TLS when given; the
-        handshake timeout covers the TLS handshake too."""
+        """Accept peers on `host:port` (port 0: any free one), within TLS when given: the TLS
+        handshake starts once a connection is within the caps, and the handshake timeout covers it."""
+        self._tls = tls
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.start_server(
-                self.handle, host, port, ssl=tls, ssl_handshake_timeout=self.handshake_timeout if tls else None
-            )
+            return await loop.create_server(lambda: _HeldProtocol(asyncio.StreamReader(), self.handle), host, port)
         except OSError as exc:
             raise P2PError(f"cannot listen on tcp {host}:{port}: {exc.strerror}") from None
 
@@ -192,8 +209,7 @@ class PeerServer:
         label = f"{peer[0]}:{peer[1]}" if peer else "?"
         address = peer[0] if peer else "?"
         if self._active >= self.max_connections or self._by_address.get(address, 0) >= self.max_per_address:
-            self.metrics.refused.labels("too_many_connections").inc()
-            log.warning("connection refused: too many connections", peer=label)
+            self._refuse_connection(label)
             writer.close()
             return
         self._active += 1
@@ -201,22 +217,30 @@ class PeerServer:
         self.metrics.connections.inc()
         self.metrics.connections_active.inc()
         conn = _Connection(writer)
-        frames = wire.FrameReader(max_payload=0)  # peers never send us chunk payloads
+        frames = wire.FrameReader(max_payload=0, accept=wire.SERVER_HANDSHAKE)
         handshake = ServerHandshake(self.secret)
         try:
+            if self._tls is None:
+                writer.transport.resume_reading()
+            else:
+                await asyncio.wait_for(writer.start_tls(self._tls), self.handshake_timeout)
             while True:
                 # A peer that never completes its HELLO is dropped sooner than an idle one.
                 timeout = self.idle_timeout if handshake.done else min(self.idle_timeout, self.handshake_timeout)
                 data = await asyncio.wait_for(reader.read(65536), timeout)
                 if not data:
                     break
-                frames.receive_data(data)
-                while (event := frames.next_event()) is not None:
+                pending = memoryview(data)
+                while pending:  # frame by frame: the handshake widens what the next may be
+                    pending = pending[frames.receive_frame(pending) :]
+                    if (event := frames.next_event()) is None:
+                        break
                     try:
                         if not handshake.done:
                             for frame in handshake.receive(event):
                                 writer.write(wire.encode(frame))
                             if handshake.done:
+                                frames.accept = wire.SERVER_RECEIVES
                                 conn.announces = bool(handshake.peer_flags & wire.FLAG_ANNOUNCE)
                                 conn.shares = conn.announces and bool(handshake.peer_flags & wire.FLAG_SHARES)
                                 self._connections.add(conn)
@@ -229,8 +253,11 @@ class PeerServer:
                             await writer.drain()
                             return
                 await asyncio.wait_for(writer.drain(), self.idle_timeout)
-        except TimeoutError:
+        except TimeoutError:  # idle, or not reading what we send: what is queued is dropped with it
             log.debug("idle connection closed", peer=label)
+            writer.transport.abort()
+        except ssl.SSLError as exc:
+            log.debug("TLS handshake failed", peer=label, error=str(exc))
         except RemoteProtocolError as exc:
             self.metrics.refused.labels("bad_request").inc()
             log.info("peer sent a bad frame", peer=label, error=str(exc))
@@ -249,6 +276,14 @@ class PeerServer:
                 del self._by_address[address]
             self.metrics.connections_active.dec()
             writer.close()
+
+    def _refuse_connection(self, label: str) -> None:
+        self.metrics.refused.labels("too_many_connections").inc()
+        self._refusals += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= REFUSAL_LOG_EVERY:
+            log.warning("connections refused: too many connections", last_peer=label, refused=self._refusals)
+            self._refusals, self._refusal_logged = 0, now
 
     def _source(self, file_id: bytes, index: int = 0) -> ChunkSource:
         source = self.sources.get(file_id)
@@ -276,7 +311,11 @@ class PeerServer:
             case wire.Request(file_id, index):
                 await self._serve_chunk(conn, file_id, index)
             case wire.GetManifest(file_id):
-                writer.write(wire.encode(wire.ManifestData(file_id, self._source(file_id).manifest_bytes)))
+                body = memoryview(self._source(file_id).manifest_bytes)  # written from the one copy we keep
+                writer.write(wire.manifest_header(file_id, len(body)))
+                for start in range(0, len(body), COPY_BLOCK):
+                    writer.write(body[start : start + COPY_BLOCK])
+                    await writer.drain()
             case wire.GetHave(file_id):
                 source = self._source(file_id)
                 conn.subscribed.add(file_id)
@@ -304,6 +343,7 @@ class PeerServer:
                     conn.announce(file_id, book.decline(conn, indices, _now()))
             case _:
                 raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, f"unexpected {type(event).__name__} frame"))
+        await writer.drain()  # one answer at a time in our memory: the peer must take it first
 
     async def _serve_chunk(self, conn: _Connection, file_id: bytes, index: int) -> None:
         started = time.perf_counter()
