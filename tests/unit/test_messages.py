@@ -217,3 +217,22 @@ def test_fuzz_a_version_1_message_never_carries_version_2_fields(kind, version, 
         assert getattr(message, "partial", None) in (None, False)
         assert getattr(message, "port", None) is None or kind == "register"
         assert kind != "lookup" or message.host is None
+
+
+# Issue 12, item 20: no control or bidi formatting character in a name.
+
+CONTROL = ["\x7f", "\x80", "\x9b", "\x9f", "\u061c", "\u200e", "\u200f", "\u2028", "\u2029",
+           "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"]
+
+
+@pytest.mark.parametrize("char", CONTROL, ids=lambda c: f"U+{ord(c):04X}")
+def test_names_with_a_unicode_control_or_bidi_character_are_refused(char):
+    with pytest.raises(RemoteProtocolError):
+        m.decode(json.dumps({"type": "lookup", "name": f"a{char}b.bin"}).encode())
+    with pytest.raises(RemoteProtocolError):  # raw UTF-8 as well as \u escapes
+        m.decode(json.dumps({"type": "lookup", "name": f"a{char}b.bin"}, ensure_ascii=False).encode())
+
+
+@pytest.mark.parametrize("name", ["café.bin", "日本語.txt", "👩\u200d💻.png", "a b (1).tar.gz", "x" * 255])
+def test_ordinary_unicode_names_pass(name):
+    assert m.decode(json.dumps({"type": "lookup", "name": name}).encode()).name == name
