@@ -1,13 +1,14 @@
 """The registry on a fake clock: time is a number passed in."""
 
 import random
-import sys
 
 import pytest
 
 from p2p_shared.messages import FileEntry
 from p2p_shared import registry as registry_module
 from p2p_shared.registry import HolderRegistry, NotRegistrant, RegistryFull
+
+from .work import crowded, python_calls
 
 
 def entry(n: int, name: str = "f") -> FileEntry:
@@ -384,31 +385,6 @@ def test_the_name_lookup_always_prefers_the_file_with_the_most_holders():
         live = [n for n in range(6) if counts[n] != (0, 0)]
         best = min(live, key=lambda n: (-counts[n][0], -counts[n][1], ids[n].file_id)) if live else None
         assert reg.resolve(name="same") == (None if best is None else ids[best])
-
-
-def python_calls(action) -> int:
-    """Python function calls made by `action` (C code does not count): work, not time."""
-    calls = 0
-
-    def count(frame, event, arg) -> None:
-        nonlocal calls
-        calls += event == "call"
-
-    sys.setprofile(count)
-    try:
-        action()
-    finally:
-        sys.setprofile(None)
-    return calls
-
-
-def crowded(ids: int) -> HolderRegistry:
-    """`ids` file ids under one name, one holder each, but the last one, with two."""
-    reg = HolderRegistry(ttl=1000, max_files_per_address=None, max_holders_per_address=None)
-    for start in range(0, ids, 1000):
-        reg.register(("h", start), [entry(n, "crowded") for n in range(start, min(ids, start + 1000))], now=0)
-    reg.register(("h", ids), [entry(ids - 1, "crowded")], now=0)
-    return reg
 
 
 def test_a_name_lookup_does_work_independent_of_the_ids_under_the_name():
