@@ -58,7 +58,8 @@ class TrackerCore:
             try:
                 data = self.sealer.open(data, now)
             except AuthError as exc:
-                self.metrics.refused.labels("nonces_full" if exc.reason == "nonce memory full" else "unauthenticated").inc()
+                full = exc.reason == "nonce memory full"  # members beyond what the replay memory holds
+                self.metrics.refused.labels("nonces_full" if full else "unauthenticated").inc()
                 log.debug("datagram refused", source=source[0], reason=exc.reason)
                 return None
         try:
@@ -109,7 +110,10 @@ class TrackerCore:
     def _no_larger(self, reply: messages.Reply, limit: int, now: float) -> bytes | None:
         """The answer to an unproven sender, if it fits in the `limit` bytes it sent (an error
         without its text if need be); else nothing. A spoofed source gains nothing by it."""
-        for candidate in (reply, reply.model_copy(update={"message": ""})) if isinstance(reply, messages.ErrorReply) else (reply,):
+        candidates = [reply]
+        if isinstance(reply, messages.ErrorReply) and reply.message:
+            candidates.append(reply.model_copy(update={"message": ""}))
+        for candidate in candidates:
             data = messages.encode(candidate)
             data = data if self.sealer is None else self.sealer.seal(data, now)
             if len(data) <= limit:
