@@ -1,6 +1,10 @@
 """Load on a real tracker process from other processes: the real message mix (heartbeats and
-lookups) from many source ports. Capacity is a closed loop with a window of requests in flight;
-latency is an open loop at a fixed rate."""
+lookups) from many source addresses. Capacity is a closed loop with a window of requests in
+flight; latency is an open loop at a fixed rate.
+
+Each load socket is bound to its own loopback address (all of 127.0.0.0/8 is local on Linux) and
+registers, beats for and unregisters its own seeders, as real holders do: the tracker takes a
+holder's address from its datagrams and lets only the registering socket keep it alive."""
 
 from __future__ import annotations
 
@@ -14,26 +18,84 @@ import time
 from p2p_shared import messages
 
 FILE = messages.FileEntry(file_id="ab" * 32, name="load.bin", size=1 << 30, chunk_size=512 * 1024)
+PORT = 7000  # seeder j of a socket serves on PORT + j
 
 
-def seeder_host(i: int) -> str:
-    return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+def _sockets(count: int) -> list[socket.socket]:
+    """`count` UDP sockets, each bound to its own loopback address."""
+    socks = []
+    for k in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((f"127.0.{(k + 1) >> 8}.{(k + 1) & 255}", 0))
+        socks.append(s)
+    return socks
 
 
-def connection_id(address: tuple[str, int]) -> int:
-    """One id serves every socket of this host: the tracker binds ids to the source address."""
-    from tools.localswarm import tracker_request
+def _ask(sock: socket.socket, address: tuple[str, int], message: messages.Request) -> messages.Reply:
+    sock.settimeout(1.0)
+    data = messages.encode_request(message)
+    for _ in range(5):
+        sock.sendto(data, address)
+        try:
+            while (reply := messages.decode(sock.recv(65536))).txn != message.txn:
+                pass
+            return reply
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"no answer from tracker {address}")
 
-    return tracker_request(address, messages.Connect()).conn
+
+def _share(seeders: int, socks: int, k: int) -> range:
+    """The seeders (their index on socket k) that socket k owns."""
+    return range(len(range(k, seeders, socks)))
 
 
-def _templates(seeders: int, conn: int) -> list[bytes]:
-    """70% heartbeats from registered seeders, 30% lookups, like a swarm at rest. Encoded once
-    by the real encoder with a txn placeholder, so the generator spends its time sending."""
+def _send_all(sock: socket.socket, address: tuple[str, int], requests: list[bytes], window: int = 64) -> None:
+    """Send requests (txn 1..n), `window` in flight, until each is answered."""
+    sock.settimeout(2.0)
+    pending: set[int] = set()
+    sent = 0
+    while sent < len(requests) or pending:
+        while sent < len(requests) and len(pending) < window:
+            sock.sendto(requests[sent], address)
+            sent += 1
+            pending.add(sent)
+        try:
+            pending.discard(_txn(sock.recv(65536)))
+        except TimeoutError:  # lost datagrams: send those again
+            for txn in sorted(pending):
+                sock.sendto(requests[txn - 1], address)
+
+
+def _fleet(address: tuple[str, int], socks: list[socket.socket], seeders: int, kind: type = messages.Register) -> list[int]:
+    """Register (or unregister) `seeders` seeders spread over the sockets; their connection ids."""
+    conns = []
+    for k, sock in enumerate(socks):
+        conn = _ask(sock, address, messages.Connect(txn=1)).conn
+        conns.append(conn)
+        fields = {"files": [FILE]} if kind is messages.Register else {}
+        _send_all(sock, address, [
+            messages.encode(kind(txn=j + 1, conn=conn, port=PORT + j, **fields)) for j in _share(seeders, len(socks), k)
+        ])
+    return conns
+
+
+def register(address: tuple[str, int], count: int, sockets: int = 64) -> None:
+    """Register `count` seeders from `sockets` addresses, and leave them registered."""
+    socks = _sockets(sockets)
+    _fleet(address, socks, count)
+    for s in socks:
+        s.close()
+
+
+def _templates(seeders: int, socks: int, k: int, conn: int) -> list[bytes]:
+    """Socket k's requests: 70% heartbeats for its own seeders, 30% lookups, like a swarm at rest.
+    Encoded once by the real encoder with a txn placeholder, so the generator spends its time sending."""
+    own = _share(seeders, socks, k)
     out = []
-    for i in range(max(10, min(seeders, 1000))):
+    for i in range(10 * max(1, len(own))):
         if i % 10 < 7:
-            message: messages.Request = messages.Heartbeat(txn=999_999_999, conn=conn, port=7000, host=seeder_host(i % seeders))
+            message: messages.Request = messages.Heartbeat(txn=999_999_999, conn=conn, port=PORT + own[i % len(own)])
         else:
             message = messages.Lookup(txn=999_999_999, conn=conn, name=FILE.name)
         out.append(messages.encode(message).replace(b"999999999", b"%d"))
@@ -49,51 +111,42 @@ def _txn(reply: bytes) -> int:
     return int(reply[start : reply.index(b",", start)])
 
 
-def _sockets(count: int) -> list[socket.socket]:
-    socks = []
-    for _ in range(count):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def _load_sockets(address: tuple[str, int], seeders: int, count: int) -> tuple[list[socket.socket], list[list[bytes]]]:
+    """Sockets with their seeders registered, non-blocking, and each socket's request templates."""
+    socks = _sockets(count)
+    conns = _fleet(address, socks, seeders)
+    for s in socks:
         s.setblocking(False)
-        socks.append(s)
-    return socks
+    return socks, [_templates(seeders, count, k, conn) for k, conn in enumerate(conns)]
 
 
-def register(address: tuple[str, int], count: int, window: int = 64) -> int:
-    """Register `count` seeders (distinct advertised hosts), `window` at a time; returns acks."""
-    conn = connection_id(address)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(2.0)
-    acked, sent = 0, 0
-    pending: set[int] = set()
-    while acked < count:
-        while sent < count and len(pending) < window:
-            sock.sendto(messages.encode(messages.Register(txn=sent + 1, conn=conn, port=7000, host=seeder_host(sent), files=[FILE])), address)
-            pending.add(sent + 1)
-            sent += 1
-        try:
-            reply = messages.decode(sock.recv(65536))
-        except TimeoutError:  # lost datagrams: send those again
-            for txn in sorted(pending):
-                sock.sendto(messages.encode(messages.Register(txn=txn, conn=conn, port=7000, host=seeder_host(txn - 1), files=[FILE])), address)
-            continue
-        if reply.txn in pending:
-            pending.discard(reply.txn)
-            acked += 1
-    sock.close()
-    return acked
-
-
-def _closed_loop(address, seeders: int, conn: int, seconds: float, sockets: int, window: int, results) -> None:
-    templates = _templates(seeders, conn)
-    socks = _sockets(sockets)
+def _leave(address: tuple[str, int], socks: list[socket.socket], seeders: int) -> None:
+    """Unregister the sockets' seeders, once the answers still in flight have come in."""
     selector = selectors.DefaultSelector()
     for s in socks:
         selector.register(s, selectors.EVENT_READ)
-    counter = 0
+    while events := selector.select(0.2):
+        for key, _ in events:
+            try:
+                key.fileobj.recv(65536)
+            except BlockingIOError:
+                pass
+    selector.close()
+    _fleet(address, socks, seeders, messages.Unregister)
     for s in socks:
+        s.close()
+
+
+def _closed_loop(address, seeders: int, seconds: float, sockets: int, window: int, results) -> None:
+    socks, templates = _load_sockets(address, seeders, sockets)
+    selector = selectors.DefaultSelector()
+    for k, s in enumerate(socks):
+        selector.register(s, selectors.EVENT_READ, k)
+    counter = 0
+    for k, s in enumerate(socks):
         for _ in range(window):
             counter += 1
-            s.sendto(_request(templates, counter), address)
+            s.sendto(_request(templates[k], counter), address)
     answered = 0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -106,21 +159,20 @@ def _closed_loop(address, seeders: int, conn: int, seconds: float, sockets: int,
                     break
                 answered += 1
                 counter += 1
-                s.sendto(_request(templates, counter), address)
+                s.sendto(_request(templates[key.data], counter), address)
     results.put(answered)
-    for s in socks:
-        s.close()
+    _leave(address, socks, seeders)
 
 
 def capacity(address: tuple[str, int], seeders: int, seconds: float = 5.0, cpu: int | None = None) -> float:
     """Sustained answers per second, from one load process (pinned to `cpu` if given)."""
     results: multiprocessing.Queue = multiprocessing.Queue()
-    worker = multiprocessing.Process(target=_closed_loop, args=(address, seeders, connection_id(address), seconds, 64, 2, results))
+    worker = multiprocessing.Process(target=_closed_loop, args=(address, seeders, seconds, 64, 2, results))
     worker.start()
     if cpu is not None:
         set_affinity(worker.pid, cpu)
-    answered = results.get(timeout=seconds + 30)
-    worker.join(10)
+    answered = results.get(timeout=seconds + 60)
+    worker.join(60)
     return answered / seconds
 
 
@@ -131,9 +183,8 @@ def set_affinity(pid: int, cpu: int) -> None:
         pass
 
 
-def _open_loop(address, seeders: int, conn: int, rate: float, seconds: float, results) -> None:
-    templates = _templates(seeders, conn)
-    socks = _sockets(64)
+def _open_loop(address, seeders: int, rate: float, seconds: float, results) -> None:
+    socks, templates = _load_sockets(address, seeders, 64)
     selector = selectors.DefaultSelector()
     for s in socks:
         selector.register(s, selectors.EVENT_READ)
@@ -147,7 +198,7 @@ def _open_loop(address, seeders: int, conn: int, rate: float, seconds: float, re
         now = time.perf_counter()
         while txn < total and start + txn * interval <= now:
             txn += 1
-            socks[txn % len(socks)].sendto(_request(templates, txn), address)
+            socks[txn % len(socks)].sendto(_request(templates[txn % len(socks)], txn), address)
             sent_at[txn] = time.perf_counter()
         wait = max(0.0, start + txn * interval - time.perf_counter()) if txn < total else 0.05
         for key, _ in selector.select(wait):
@@ -159,8 +210,7 @@ def _open_loop(address, seeders: int, conn: int, rate: float, seconds: float, re
                 t0 = sent_at.pop(_txn(data), None)
                 if t0 is not None:
                     rtts.append(time.perf_counter() - t0)
-    for s in socks:
-        s.close()
+    _leave(address, socks, seeders)
     rtts.sort()
     results.put({
         "rate": rate,
@@ -175,10 +225,10 @@ def latency(address: tuple[str, int], seeders: int, rate: float, seconds: float 
     """Round-trip times at a fixed request rate (open loop), p50 and p99 in milliseconds, from
     one load process (pinned to `cpu` if given)."""
     results: multiprocessing.Queue = multiprocessing.Queue()
-    worker = multiprocessing.Process(target=_open_loop, args=(address, seeders, connection_id(address), rate, seconds, results))
+    worker = multiprocessing.Process(target=_open_loop, args=(address, seeders, rate, seconds, results))
     worker.start()
     if cpu is not None:
         set_affinity(worker.pid, cpu)
     answer = results.get(timeout=seconds + 60)
-    worker.join(10)
+    worker.join(60)
     return answer

@@ -65,7 +65,7 @@ else
   "$PIP" download --quiet --dest deploy/wheels --only-binary=:all: \
     --python-version 3.11 --implementation cp --abi cp311 \
     --platform "manylinux_2_17_$(uname -m)" --platform "manylinux2014_$(uname -m)" --platform any \
-    -c constraints.txt pydantic pydantic-settings structlog prometheus-client rich uvloop setuptools
+    -c constraints.txt pydantic pydantic-settings structlog prometheus-client sortedcontainers rich uvloop setuptools
 fi
 
 for service in tracker seeder leecher; do

@@ -199,7 +199,7 @@ def tracker_request(address: tuple[str, int], message: messages.Request, timeout
     if isinstance(message, messages.ProvenRequest) and message.conn is None:
         connected = tracker_request(address, messages.Connect(), timeout, attempts)
         message = message.model_copy(update={"conn": connected.conn})
-    data = messages.encode(message)
+    data = messages.encode_request(message)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         for _ in range(attempts):

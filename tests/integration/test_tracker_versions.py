@@ -1,6 +1,7 @@
-"""A real tracker process speaks both protocol versions: version 1 clients, sending exactly the
-bytes they always sent, get version 1 answers without partial holders; version 2 clients
-register as partial holders and look up both kinds, never hearing of themselves."""
+"""A real tracker process speaks every protocol version: version 1 clients, sending the bytes they
+always sent (a connect padded to the size of its answer, see issue 12), get version 1 answers
+without partial holders; version 2 clients register as partial holders and look up both kinds,
+never hearing of themselves."""
 
 import json
 import socket
@@ -55,7 +56,7 @@ class RawClient:
     def request(self, fields: str) -> dict:
         """A request with a connection id, fetched first."""
         if self.conn is None:
-            self.conn = self.ask('"type":"connect"')["conn"]
+            self.conn = self.ask('"type":"connect"' + " " * 50)["conn"]  # padded: see issue 12
         return self.ask(f'"conn":{self.conn},{fields}')
 
     def close(self) -> None:
@@ -64,7 +65,7 @@ class RawClient:
 
 def test_version_1_and_version_2_clients_side_by_side(tracker):
     address, metrics = tracker
-    old_seeder, leecher, old_leecher, newer = (RawClient(address, v) for v in (1, 2, 1, 3))
+    old_seeder, leecher, old_leecher, newer = (RawClient(address, v) for v in (1, 2, 1, 4))
     entry = json.dumps(FILE, separators=(",", ":"))
     fid = FILE["file_id"]
     try:
@@ -96,13 +97,13 @@ def test_version_1_and_version_2_clients_side_by_side(tracker):
         assert samples[("p2p_tracker_live_holders", (("kind", "complete"),))] == 2
         assert samples[("p2p_tracker_live_holders", (("kind", "partial"),))] == 0
 
-        # A version 1 client cannot say partial (dropped as malformed); version 3 gets a typed error.
+        # A version 1 client cannot say partial (dropped as malformed); version 4 gets a typed error.
         old_seeder.sock.sendto(
             b'{"v":1,"txn":99,"conn":%d,"type":"register","port":7200,"partial":true}' % old_seeder.conn, address
         )
-        error = newer.ask('"type":"connect"')  # answered after the datagram above: in order, one socket
-        assert error == {"v": 2, "txn": 1, "type": "error", "code": "unsupported_version",
-                         "message": "this tracker speaks versions 1 and 2"}
+        error = newer.ask('"type":"connect"' + " " * 100)  # answered after the datagram above: in order, one socket
+        assert error == {"v": 3, "txn": 1, "type": "error", "code": "unsupported_version",
+                         "message": "this tracker speaks versions 1, 2 and 3"}
         samples = scrape(metrics)
         assert samples[("p2p_tracker_malformed_datagrams_total", (("reason", "invalid"),))] == 1
         assert samples[("p2p_tracker_malformed_datagrams_total", (("reason", "unsupported_version"),))] == 1

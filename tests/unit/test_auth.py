@@ -52,12 +52,32 @@ def test_replays_and_tampering_are_refused():
         receiver.open(b"short", now=10.0)
 
 
-def test_replay_memory_is_bounded():
+def test_replay_memory_is_bounded_and_refuses_beyond_it():
     receiver = Sealer(b"secret", max_nonces=100)
     sender = Sealer(b"secret")
+    refused = 0
     for i in range(1000):
-        receiver.open(sender.seal(b"{}", now=10.0 + i * 0.001, nonce=i), now=10.0 + i * 0.001)
-    assert len(receiver._seen) <= 100
+        try:
+            receiver.open(sender.seal(b"{}", now=10.0 + i * 0.001, nonce=i), now=10.0 + i * 0.001)
+        except AuthError as exc:
+            assert exc.reason == "nonce memory full"
+            refused += 1
+    assert receiver.remembered == 100 and refused == 900
+
+
+def test_a_replay_after_more_datagrams_than_the_memory_holds_is_still_refused():
+    # Issue 12, item 19: a sealed register replayed after 70,000 other sealed datagrams.
+    receiver, sender = Sealer(b"secret"), Sealer(b"secret")
+    register = sender.seal(b'{"type":"register"}', now=1000.0)
+    receiver.open(register, now=1000.0)
+    for i in range(70_000):
+        try:
+            receiver.open(sender.seal(b"{}", now=1000.0 + i / 10_000, nonce=i), now=1000.0 + i / 10_000)
+        except AuthError as exc:  # beyond what the memory holds: refused, never forgotten early
+            assert exc.reason == "nonce memory full"
+    with pytest.raises(AuthError):
+        receiver.open(register, now=1008.0)
+    assert receiver.remembered == receiver.max_nonces
 
 
 def test_peer_proofs_depend_on_role_nonces_and_secret():
@@ -97,22 +117,27 @@ def test_an_empty_payload_is_still_a_signed_datagram():
     assert Sealer(b"secret").open(datagram, now=10.0) == b""
 
 
-def test_a_full_replay_memory_forgets_its_oldest_nonce_first():
+def test_a_full_replay_memory_refuses_new_nonces_rather_than_forget_live_ones():
     receiver, sender = Sealer(b"secret", max_nonces=3), Sealer(b"secret")
     sealed = [sender.seal(b"{}", now=10.0, nonce=i) for i in range(4)]
-    for datagram in sealed:
+    for datagram in sealed[:3]:
         receiver.open(datagram, now=10.0)
-    with pytest.raises(AuthError, match="replayed"):  # the newest is kept, the oldest made room
-        receiver.open(sealed[-1], now=10.0)
+    with pytest.raises(AuthError, match="nonce memory full"):
+        receiver.open(sealed[3], now=10.0)
+    with pytest.raises(AuthError, match="replayed"):  # the oldest is still remembered
+        receiver.open(sealed[0], now=10.0)
 
 
 def test_replay_memory_is_emptied_once_its_timestamps_are_stale():
     receiver, sender = Sealer(b"secret", window=30.0), Sealer(b"secret")
-    receiver.open(sender.seal(b"{}", now=10.0), now=10.0)
-    receiver.open(sender.seal(b"{}", now=70.0), now=70.0)  # 60 s on: the first can no longer come back
-    assert len(receiver._seen) == 2
-    receiver.open(sender.seal(b"{}", now=70.001), now=70.001)
-    assert len(receiver._seen) == 2  # the first one is forgotten
+    first = sender.seal(b"{}", now=10.0)
+    receiver.open(first, now=10.0)
+    receiver.open(sender.seal(b"{}", now=40.0), now=40.0)  # the first could still come back at 40
+    assert receiver.remembered == 2
+    receiver.open(sender.seal(b"{}", now=41.5), now=41.5)  # now its timestamp is stale for good
+    assert receiver.remembered == 2
+    with pytest.raises(AuthError, match="stale timestamp"):
+        receiver.open(first, now=41.5)
 
 
 def test_connection_ids_out_of_range_are_invalid_not_errors():

@@ -47,19 +47,21 @@ def test_round_trip(message):
 
 
 def test_exact_json():
-    assert m.encode(m.Heartbeat(txn=3, port=7000)) == b'{"v":2,"txn":3,"type":"heartbeat","port":7000}'
-    assert json.loads(m.encode(m.Lookup(txn=5, name="x"))) == {"v": 2, "txn": 5, "type": "lookup", "name": "x"}
+    assert m.encode(m.Heartbeat(txn=3, port=7000)) == b'{"v":3,"txn":3,"type":"heartbeat","port":7000}'
+    assert json.loads(m.encode(m.Lookup(txn=5, name="x"))) == {"v": 3, "txn": 5, "type": "lookup", "name": "x"}
     assert json.loads(m.encode(m.Lookup(txn=5, name="x", port=7002))) == {
-        "v": 2, "txn": 5, "type": "lookup", "name": "x", "port": 7002
+        "v": 3, "txn": 5, "type": "lookup", "name": "x", "port": 7002
     }
     assert m.encode(m.Register(txn=1, port=7002, partial=True)) == (
-        b'{"v":2,"txn":1,"type":"register","port":7002,"files":[],"partial":true}'
+        b'{"v":3,"txn":1,"type":"register","port":7002,"files":[],"partial":true}'
     )
+    assert m.encode(m.ListFiles(txn=2, after="ab" * 32)) == b'{"v":3,"txn":2,"type":"list_files","after":"%s"}' % (b"ab" * 32)
+    assert m.encode(m.ErrorReply(txn=4, code="connect_first")) == b'{"v":3,"txn":4,"type":"error","code":"connect_first"}'
 
 
 def test_peers_travel_as_host_port_pairs():
     data = m.encode(m.Peers(txn=1, peers=[("10.0.0.1", 7000)], partial=[("10.0.0.2", 7002)]))
-    assert data == b'{"v":2,"txn":1,"type":"peers","peers":[["10.0.0.1",7000]],"partial":[["10.0.0.2",7002]]}'
+    assert data == b'{"v":3,"txn":1,"type":"peers","peers":[["10.0.0.1",7000]],"partial":[["10.0.0.2",7002]]}'
 
 
 def test_version_1_answers_have_only_version_1_keys():
@@ -180,7 +182,7 @@ def test_datagrams_of_exactly_the_maximum_size_pass_both_ways():
     def reply(text: str) -> m.ErrorReply:  # longer than a real reply's message may be, to reach the limit
         return m.ErrorReply.model_construct(code="full", message=text, v=1, txn=0, type="error")
 
-    base = len(m.encode(reply("")))
+    base = len(m.encode(reply("x"))) - 1  # (an empty text is left out altogether)
     assert len(m.encode(reply("x" * (MAX_DATAGRAM - base)))) == MAX_DATAGRAM
 
 
@@ -217,3 +219,51 @@ def test_fuzz_a_version_1_message_never_carries_version_2_fields(kind, version, 
         assert getattr(message, "partial", None) in (None, False)
         assert getattr(message, "port", None) is None or kind == "register"
         assert kind != "lookup" or message.host is None
+
+
+# Issue 12, item 20: no control or bidi formatting character in a name.
+
+CONTROL = ["\x7f", "\x80", "\x9b", "\x9f", "\u061c", "\u200e", "\u200f", "\u2028", "\u2029",
+           "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"]
+
+
+@pytest.mark.parametrize("char", CONTROL, ids=lambda c: f"U+{ord(c):04X}")
+def test_names_with_a_unicode_control_or_bidi_character_are_refused(char):
+    with pytest.raises(RemoteProtocolError):
+        m.decode(json.dumps({"type": "lookup", "name": f"a{char}b.bin"}).encode())
+    with pytest.raises(RemoteProtocolError):  # raw UTF-8 as well as \u escapes
+        m.decode(json.dumps({"type": "lookup", "name": f"a{char}b.bin"}, ensure_ascii=False).encode())
+
+
+@pytest.mark.parametrize("name", ["café.bin", "日本語.txt", "👩\u200d💻.png", "a b (1).tar.gz", "x" * 255])
+def test_ordinary_unicode_names_pass(name):
+    assert m.decode(json.dumps({"type": "lookup", "name": name}).encode()).name == name
+
+
+# Version 3: a cursor through the file list, and `forbidden`.
+
+
+def test_version_3_file_list_cursor_round_trips_and_is_version_3_only():
+    assert m.decode(m.encode(m.ListFiles(txn=1, after=FID))) == m.ListFiles(txn=1, after=FID)
+    files = m.Files(txn=2, files=[m.FileSummary(**ENTRY.model_dump(), seeders=1, partial=0)], total=20, next=FID)
+    assert m.decode(m.encode(files)) == files
+    assert m.decode(m.encode(m.ErrorReply(code="forbidden", message="no"))).code == "forbidden"
+    for bad in (
+        b'{"v":2,"type":"list_files","after":"%s"}' % FID.encode(),
+        b'{"v":1,"type":"files","files":[],"next":"%s"}' % FID.encode(),
+        b'{"v":2,"type":"error","code":"forbidden"}',
+        b'{"type":"list_files","after":"xyz"}',
+    ):
+        with pytest.raises(RemoteProtocolError):
+            m.decode(bad)
+
+
+def test_requests_are_padded_to_their_longest_unproven_answer():
+    padded = m.encode_request(m.Connect(txn=1))
+    assert m.decode(padded) == m.Connect(txn=1) and padded.rstrip(b" ") == m.encode(m.Connect(txn=1))
+    longest = m.encode(m.Connected(txn=2**32 - 1, conn=2**64 - 1))
+    assert len(padded) >= len(longest)
+    proven = m.encode_request(m.ListFiles(txn=1, conn=1))
+    assert len(proven) >= len(m.encode(m.ErrorReply(txn=2**32 - 1, code="connect_first")))
+    big = m.Register(txn=1, conn=1, port=7000, files=[ENTRY])
+    assert m.encode_request(big) == m.encode(big)  # long enough already

@@ -6,7 +6,9 @@ import pytest
 
 from p2p_shared.messages import FileEntry
 from p2p_shared import registry as registry_module
-from p2p_shared.registry import RegistryFull, HolderRegistry
+from p2p_shared.registry import HolderRegistry, NotRegistrant, RegistryFull
+
+from .work import crowded, python_calls
 
 
 def entry(n: int, name: str = "f") -> FileEntry:
@@ -169,11 +171,15 @@ def test_the_most_seeded_file_wins_a_name_even_with_the_smaller_id():
     assert reg.resolve(name="f") == entry(1)
 
 
-def test_files_are_listed_most_seeded_first_then_by_name():
+def test_files_are_listed_in_file_id_order_a_page_after_a_cursor():
     reg = HolderRegistry(ttl=90)
-    reg.register(("a", 1), [entry(1, "b-name"), entry(2, "a-name"), entry(3, "c-name")], now=0)
+    reg.register(("a", 1), [entry(3, "c-name"), entry(1, "b-name"), entry(2, "a-name")], now=0)
     reg.register(("b", 1), [entry(3, "c-name")], now=0)
-    assert [(e.name, n) for e, n, _ in reg.files()] == [("c-name", 2), ("a-name", 1), ("b-name", 1)]
+    assert [(e.name, n) for e, n, _ in reg.files()] == [("b-name", 1), ("a-name", 1), ("c-name", 2)]
+    assert [e.name for e, _, _ in reg.files(after=entry(1).file_id, limit=1)] == ["a-name"]
+    assert reg.files(after=entry(3).file_id) == [] and reg.files(after="0" * 64, limit=0) == []
+    reg.unregister(("a", 1))  # a file that leaves leaves the order too
+    assert [e.name for e, _, _ in reg.files()] == ["c-name"]
 
 
 def test_a_seeder_registers_at_most_1024_files_by_default():
@@ -279,3 +285,125 @@ def test_partial_files_count_against_the_caps():
     with pytest.raises(RegistryFull):
         reg.register(("l", 2), [], now=0, partial=True)
     assert kinds(reg) == {"complete": 0, "partial": 1}
+
+
+# Issue 12, items 14-18: holders belong to their sender, shares are bounded, names stay findable.
+
+SEEDER, NEIGHBOUR = ("10.0.0.1", 40000), ("10.0.0.1", 40001)  # two sockets of one address
+
+
+def test_only_the_sender_that_registered_a_holder_keeps_or_drops_it():
+    reg = HolderRegistry(ttl=10)
+    reg.register(("10.0.0.1", 7000), [entry(1)], now=0, sender=SEEDER)
+    with pytest.raises(NotRegistrant):
+        reg.heartbeat(("10.0.0.1", 7000), now=5, sender=NEIGHBOUR)
+    with pytest.raises(NotRegistrant):
+        reg.unregister(("10.0.0.1", 7000), sender=NEIGHBOUR)
+    with pytest.raises(NotRegistrant):
+        reg.register(("10.0.0.1", 7000), [entry(2)], now=5, sender=NEIGHBOUR)
+    assert reg.expire(now=10.5) == [("10.0.0.1", 7000)]  # forged beats kept nothing alive
+    reg.register(("10.0.0.1", 7000), [entry(1)], now=11, sender=NEIGHBOUR)  # gone: anyone of the address may
+    assert reg.heartbeat(("10.0.0.1", 7000), now=12, sender=NEIGHBOUR)
+    # A member proven by the swarm secret may act on any holder, and takes it over.
+    assert reg.heartbeat(("10.0.0.1", 7000), now=13, sender=("10.9.9.9", 1), member=True)
+    assert reg.unregister(("10.0.0.1", 7000), sender=("10.9.9.9", 1), member=True)
+
+
+def test_one_address_has_a_bounded_share_and_each_refusal_says_which_cap():
+    reg = HolderRegistry(ttl=10, max_holders=4, max_files_per_holder=3, max_files=7,
+                         max_holders_per_address=2, max_files_per_address=5)
+    a, b, c = ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)
+    reg.register(("10.0.0.1", 7000), [entry(1), entry(2), entry(3)], now=0, sender=a)
+    with pytest.raises(RegistryFull) as full:
+        reg.register(("10.0.0.1", 7000), [entry(4)], now=0, sender=a)
+    assert full.value.reason == "files_per_holder"
+    reg.register(("10.0.0.1", 7001), [entry(4), entry(5)], now=0, sender=a)
+    with pytest.raises(RegistryFull) as full:
+        reg.register(("10.0.0.1", 7001), [entry(6)], now=0, sender=a)
+    assert full.value.reason == "files_per_address"
+    with pytest.raises(RegistryFull) as full:
+        reg.register(("10.0.0.1", 7002), [], now=0, sender=a)
+    assert full.value.reason == "holders_per_address"
+    reg.register(("10.0.0.2", 7000), [entry(1), entry(7)], now=0, sender=b)
+    with pytest.raises(RegistryFull) as full:
+        reg.register(("10.0.0.3", 7000), [entry(1)], now=0, sender=c)
+    assert full.value.reason == "files"  # 7 registrations in all
+    reg.register(("10.0.0.3", 7000), [], now=0, sender=c)
+    with pytest.raises(RegistryFull) as full:
+        reg.register(("10.0.0.4", 7000), [], now=0, sender=("10.0.0.4", 1))
+    assert full.value.reason == "holders"
+    reg.unregister(("10.0.0.1", 7001), sender=a)  # leaving gives the share back
+    reg.register(("10.0.0.1", 7002), [entry(6), entry(8)], now=1, sender=a)
+    assert reg.holding_count == 7 and len(reg) == 4
+
+
+def test_a_file_id_registered_under_a_decoy_name_first_is_still_found_by_its_real_name():
+    real = FileEntry(file_id="ab" * 32, name="real.bin", size=1000, chunk_size=100)
+    decoy = FileEntry(file_id="ab" * 32, name="decoy.bin", size=1, chunk_size=1)
+    reg = HolderRegistry(ttl=10)
+    reg.register(("squatter", 1), [decoy], now=0)
+    reg.register(("seeder", 1), [real], now=0)
+    reg.register(("seeder", 2), [real], now=0)
+    assert reg.resolve(name="real.bin") == real
+    assert reg.resolve(name="decoy.bin") == decoy
+    assert reg.resolve(file_id=real.file_id) == real  # the entry most holders registered
+    assert [row[0] for row in reg.files()] == [real]
+    reg.unregister(("squatter", 1))
+    assert reg.resolve(name="decoy.bin") is None and reg.resolve(name="real.bin") == real
+
+
+def test_names_per_file_id_are_a_bounded_set_first_come_kept_while_held():
+    reg = HolderRegistry(ttl=10)
+    fid = "cd" * 32
+    for n in range(registry_module.MAX_NAMES_PER_FILE + 3):
+        reg.register(("h", n), [FileEntry(file_id=fid, name=f"name-{n}", size=1, chunk_size=1)], now=0)
+    found = [n for n in range(registry_module.MAX_NAMES_PER_FILE + 3) if reg.resolve(name=f"name-{n}")]
+    assert found == list(range(registry_module.MAX_NAMES_PER_FILE))
+    assert sorted(reg.holders(fid, 100, random.Random(0))[0]) == [("h", n) for n in range(11)]  # all hold it
+    reg.unregister(("h", 0))  # a name whose holders left frees its place for the next registration
+    reg.register(("h", 9), [FileEntry(file_id=fid, name="name-9", size=1, chunk_size=1)], now=1)
+    assert reg.resolve(name="name-0") is None and reg.resolve(name="name-9") is not None
+
+
+def test_the_name_lookup_always_prefers_the_file_with_the_most_holders():
+    rng = random.Random(12)
+    reg = HolderRegistry(ttl=1000, max_holders_per_address=None, max_files_per_address=None)
+    ids = [entry(n, "same") for n in range(6)]
+    held: dict[tuple, tuple[int, bool]] = {}
+    for step in range(3000):
+        key = ("h", rng.randrange(40))
+        if key in held and rng.random() < 0.3:
+            reg.unregister(key)
+            del held[key]
+        else:
+            n, partial = rng.randrange(6), rng.random() < 0.3
+            if key in held:
+                reg.unregister(key)
+            reg.register(key, [ids[n]], now=step, partial=partial)
+            held[key] = (n, partial)
+        counts = {n: (sum(v == (n, False) for v in held.values()), sum(v == (n, True) for v in held.values())) for n in range(6)}
+        live = [n for n in range(6) if counts[n] != (0, 0)]
+        best = min(live, key=lambda n: (-counts[n][0], -counts[n][1], ids[n].file_id)) if live else None
+        assert reg.resolve(name="same") == (None if best is None else ids[best])
+
+
+def test_a_name_lookup_does_work_independent_of_the_ids_under_the_name():
+    small, big = crowded(20), crowded(20_000)
+    assert small.resolve(name="crowded") == entry(19, "crowded") and big.resolve(name="crowded") == entry(19_999, "crowded")
+    assert python_calls(lambda: big.resolve(name="crowded")) <= python_calls(lambda: small.resolve(name="crowded")) + 5
+    # The best file losing and winning its second holder again and again costs no scan either.
+    def churn(reg: HolderRegistry, ids: int) -> None:
+        for _ in range(50):
+            reg.unregister(("h", ids))
+            reg.resolve(name="crowded")
+            reg.register(("h", ids), [entry(ids - 1, "crowded")], now=0)
+            reg.resolve(name="crowded")
+
+    assert python_calls(lambda: churn(big, 20_000)) <= 2 * python_calls(lambda: churn(small, 20)) + 100
+
+
+def test_a_page_of_the_file_list_does_work_independent_of_the_number_of_files():
+    small, big = crowded(20), crowded(20_000)
+    cursor = entry(10).file_id
+    assert [e.file_id for e, _, _ in big.files(after=cursor, limit=16)] == [entry(n).file_id for n in range(11, 27)]
+    assert python_calls(lambda: big.files(after=cursor, limit=16)) <= 2 * python_calls(lambda: small.files(after=cursor, limit=16)) + 50

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import os
 import struct
-from collections import OrderedDict
 
 from .errors import RemoteProtocolError
 
@@ -55,13 +54,21 @@ _TRAILER = struct.Struct("!qQ32s")  # timestamp (ms), nonce, mac
 
 
 class Sealer:
-    """Signs and checks datagrams with the swarm secret. `now` is wall-clock seconds."""
+    """Signs and checks datagrams with the swarm secret. `now` is wall-clock seconds.
+
+    Replays: a datagram is accepted only while its timestamp is within `window` of now, so the
+    nonces of every datagram accepted within that time are remembered, filed by the second of
+    their timestamp and forgotten once that second is stale for good. The memory holds at most
+    `max_nonces`; beyond that, datagrams are refused (never is a live nonce forgotten early,
+    which would let its datagram be replayed)."""
 
     def __init__(self, secret: bytes, window: float = 30.0, max_nonces: int = 1 << 16) -> None:
         self.secret = secret
         self.window = window
         self.max_nonces = max_nonces
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._seen: dict[int, set[bytes]] = {}  # second of the timestamp -> (timestamp, nonce) keys
+        self.remembered = 0
+        self._swept = -1
 
     @property
     def overhead(self) -> int:
@@ -79,20 +86,29 @@ class Sealer:
         head, mac = datagram[:-32], datagram[-32:]
         if not hmac.compare_digest(hmac.digest(self.secret, head, "sha256"), mac):
             raise AuthError("bad signature")
-        stamp, nonce = struct.unpack_from("!qQ", head, len(head) - 16)
+        stamp, _ = struct.unpack_from("!qQ", head, len(head) - 16)
         if abs(now - stamp / 1000) > self.window:
             raise AuthError("stale timestamp")
-        key = head[-16:]
         self._forget(now)
-        if key in self._seen:
+        seen = self._seen.get(stamp // 1000)
+        key = head[-16:]
+        if seen is not None and key in seen:
             raise AuthError("replayed")
-        self._seen[key] = now
+        if self.remembered >= self.max_nonces:
+            raise AuthError("nonce memory full")
+        if seen is None:
+            seen = self._seen[stamp // 1000] = set()
+        seen.add(key)
+        self.remembered += 1
         return head[:-16]
 
     def _forget(self, now: float) -> None:
-        # Nonces older than the window cannot come back (their timestamp would be stale).
-        while self._seen and (len(self._seen) >= self.max_nonces or now - next(iter(self._seen.values())) > 2 * self.window):
-            self._seen.popitem(last=False)
+        # A second whose last millisecond is older than the window cannot be accepted again.
+        if int(now) == self._swept:
+            return
+        self._swept = int(now)
+        for second in [s for s in self._seen if s + 1 < now - self.window]:
+            self.remembered -= len(self._seen.pop(second))
 
 
 def peer_proof(secret: bytes, role: bytes, client_nonce: bytes, server_nonce: bytes) -> bytes:

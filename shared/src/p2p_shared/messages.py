@@ -4,10 +4,14 @@ Every message carries `type`, the protocol version `v` and a transaction id `txn
 answer echoes, so a client can match answers to retried requests. A datagram is at most
 MAX_DATAGRAM bytes in either direction.
 
-Version 2 (TRACKER_VERSION) adds partial holders: `register.partial`, `lookup.port` and
-`lookup.host`, `peers.partial` and `files[].partial`. The tracker answers a request in the
-version it was asked in; a version 1 message that carries a version 2 field is malformed, and a
-version 1 answer never carries one (version 1 clients refuse unknown keys).
+Version 2 adds partial holders: `register.partial`, `lookup.port` and `lookup.host`,
+`peers.partial` and `files[].partial`. Version 3 (TRACKER_VERSION) adds a cursor through the file
+list (`list_files.after`, `files.next`) and the error code `forbidden`. The tracker answers a
+request in the version it was asked in; a message that carries a field of a later version than
+its own is malformed, and an answer never carries one (older clients refuse unknown keys).
+
+The tracker never answers an address that has not proven itself (see p2p_shared.auth) with
+more bytes than it sent, so clients pad short requests: `encode_request`.
 """
 
 from __future__ import annotations
@@ -53,8 +57,11 @@ def _check_host(host: str) -> str:
 
 Host = Annotated[str, Field(min_length=1, max_length=MAX_HOST_CHARS), AfterValidator(_check_host)]
 # `unknown_seeder` means "unknown holder" (of either kind); the name stays for version 1 clients.
-ErrorCode = Literal["malformed", "unsupported_version", "unknown_seeder", "not_found", "full", "connect_first"]
-TRACKER_VERSIONS = (1, TRACKER_VERSION)  # the versions the tracker answers
+# `forbidden` (version 3): an address or a holder the sender may not speak for.
+ErrorCode = Literal[
+    "malformed", "unsupported_version", "unknown_seeder", "not_found", "full", "connect_first", "forbidden"
+]
+TRACKER_VERSIONS = (1, 2, TRACKER_VERSION)  # the versions the tracker answers
 
 
 class _Message(BaseModel):
@@ -63,13 +70,12 @@ class _Message(BaseModel):
     txn: int = Field(0, ge=0, le=2**32 - 1)
 
 
-
-def _check_v1(message: _Message, *since_v2: str) -> None:
-    """A version 1 message leaves the fields of version 2 unset."""
-    if message.v == 1:
-        late = [name for name in since_v2 if getattr(message, name) not in (None, False)]
+def _check_since(message: _Message, version: int, *fields: str) -> None:
+    """A message older than `version` leaves the fields that version added unset."""
+    if message.v < version:
+        late = [name for name in fields if getattr(message, name) not in (None, False)]
         if late:
-            raise ValueError(f"{', '.join(late)} needs protocol version 2")
+            raise ValueError(f"{', '.join(late)} needs protocol version {version}")
 
 
 class FileEntry(BaseModel):
@@ -87,7 +93,6 @@ class FileSummary(FileEntry):
 
 class ProvenRequest(_Message):
     """A request that must carry a valid connection id (see p2p_shared.auth)."""
-
 
     conn: int | None = Field(None, ge=0, le=2**64 - 1)  # connection id from `connected`
 
@@ -115,7 +120,7 @@ class Register(ProvenRequest):
 
     @model_validator(mode="after")
     def _v1(self) -> Register:
-        _check_v1(self, "partial")
+        _check_since(self, 2, "partial")
         return self
 
 
@@ -147,12 +152,20 @@ class Lookup(ProvenRequest):
     def _one_key(self) -> Lookup:
         if (self.name is None) == (self.file_id is None):
             raise ValueError("lookup needs exactly one of name and file_id")
-        _check_v1(self, "port", "host")
+        _check_since(self, 2, "port", "host")
         return self
 
 
 class ListFiles(ProvenRequest):
+    """A page of the files on the network, in file id order: those after `after` (v3), if given."""
+
     type: Literal["list_files"] = "list_files"
+    after: FileId | None = None  # v3: the `next` of the previous page
+
+    @model_validator(mode="after")
+    def _v3(self) -> ListFiles:
+        _check_since(self, 3, "after")
+        return self
 
 
 class Ack(_Message):
@@ -172,19 +185,24 @@ class Peers(_Message):
 
     @model_validator(mode="after")
     def _v1(self) -> Peers:
-        _check_v1(self, "partial")
+        _check_since(self, 2, "partial")
         return self
 
 
 class Files(_Message):
+    """One page of the file list; `total` counts every file, `next` (v3) is the cursor for the
+    next page, absent on the last."""
+
     type: Literal["files"] = "files"
     files: list[FileSummary] = Field(default_factory=list, max_length=MAX_FILES_PER_ANSWER)
     total: int = Field(0, ge=0)
+    next: FileId | None = None  # v3
 
     @model_validator(mode="after")
-    def _no_partial_counts_in_v1(self) -> Files:
+    def _versions(self) -> Files:
         if self.v == 1 and any(f.partial is not None for f in self.files):
             raise ValueError("partial needs protocol version 2")
+        _check_since(self, 3, "next")
         return self
 
 
@@ -192,6 +210,12 @@ class ErrorReply(_Message):
     type: Literal["error"] = "error"
     code: ErrorCode
     message: str = Field("", max_length=512)
+
+    @model_validator(mode="after")
+    def _v3(self) -> ErrorReply:
+        if self.code == "forbidden" and self.v < 3:
+            raise ValueError("code forbidden needs protocol version 3")
+        return self
 
 
 Request = Connect | Register | Heartbeat | Unregister | Lookup | ListFiles
@@ -214,7 +238,25 @@ def decode(data: bytes) -> Message:
 
 
 def encode(message: Message) -> bytes:
-    data = message.model_dump_json(exclude_none=True).encode()
+    """The datagram for `message`: unset fields left out, and an error's empty text."""
+    empty = isinstance(message, ErrorReply) and not message.message
+    data = message.model_dump_json(exclude_none=True, exclude={"message"} if empty else None).encode()
     if len(data) > MAX_DATAGRAM:
         raise LocalProtocolError(f"{message.type} message of {len(data)} bytes exceeds {MAX_DATAGRAM}")
     return data
+
+
+def _longest_unproven_answer(request: Request) -> int:
+    """The size of the largest answer the tracker may give `request` before its sender is proven:
+    a connection id for `connect`, a `connect_first` error for any other request."""
+    if isinstance(request, Connect):
+        answer: Reply = Connected(v=request.v, txn=2**32 - 1, conn=2**64 - 1)
+    else:
+        answer = ErrorReply(v=request.v, txn=2**32 - 1, code="connect_first")
+    return len(encode(answer))
+
+
+def encode_request(request: Request) -> bytes:
+    """A request as a client sends it: padded with JSON whitespace (which every tracker version
+    reads) to the size of its longest unproven answer, which the tracker then may send."""
+    return encode(request).ljust(_longest_unproven_answer(request))

@@ -9,6 +9,20 @@ Holders are kept in an OrderedDict ordered by last contact, so a heartbeat is O(
 end) and expiry only looks at the stale front of the dict. The registry never stores chunk
 digests, only (file id, name, size, chunk size) per file.
 
+Who may do what: a holder belongs to the sender (source address and port) that registered it;
+another sender may not refresh, change or remove it unless it is a `member` (proven by the swarm
+secret). Each sending address has a bounded share (holders, file registrations), and so does the
+whole registry; every refusal says which cap (RegistryFull.reason).
+
+Names: a file id may be registered under several entries (name, size, chunk size) by different
+holders, since the tracker cannot check them (it never sees the manifest). It keeps at most
+MAX_NAMES_PER_FILE of them per file, first come first kept while a holder still registers them,
+so one bogus registration cannot hide the real name. A name lookup picks, among the files
+registered under that name, the one with the most complete holders, then partial ones, then the
+smallest file id: one heap per name, updated as counts change, stale entries dropped on the way,
+so a lookup does not scan every file of a crowded name. The file list is kept in file id order
+(a SortedList), so a page after a cursor costs O(log n + page).
+
 It also remembers, for a day, the files whose last complete holder went silent (expired, as
 opposed to unregistering or registering the file as partial on purpose), until a holder registers
 them complete again: partial holders alone may not make a whole copy, and an operator wants to
@@ -17,22 +31,42 @@ hear about it (the `p2p_tracker_files_without_seeders` gauge and its alert).
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sortedcontainers import SortedList
+
 from .messages import FileEntry
 
 HolderKey = tuple[str, int]  # (host, port) that peers connect to
+Sender = tuple[str, int]  # the source (address, port) of a holder's datagrams
 HolderKind = Literal["complete", "partial"]
 
 LOST_FILE_MEMORY = 24 * 3600.0  # seconds a file whose complete holders all expired is remembered
 MAX_LOST_FILES = 10_000
+MAX_NAMES_PER_FILE = 8  # entries (name, size, chunk size) kept per file id
 
 
-class RegistryFull(Exception):
-    pass
+class Refused(Exception):
+    """A registry operation turned down; `reason` is its metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RegistryFull(Refused):
+    """A cap is reached: `holders`, `holders_per_address`, `files`, `files_per_address`, `files_per_holder`."""
+
+
+class NotRegistrant(Refused):
+    """Another sender registered this holder."""
+
+    def __init__(self, key: HolderKey) -> None:
+        super().__init__("not_registrant", f"{key[0]}:{key[1]} was registered by another sender")
 
 
 class _KeySet:
@@ -74,17 +108,50 @@ class _KeySet:
 
 
 @dataclass(slots=True)
-class _FileHolders:
-    entry: FileEntry  # the first registration's
+class _File:
+    # The entries kept for this file id, each with how many holders registered it (insertion
+    # order breaks ties: the first registered is shown first).
+    entries: dict[FileEntry, int] = field(default_factory=dict)
     complete: _KeySet = field(default_factory=_KeySet)
     partial: _KeySet = field(default_factory=_KeySet)
+
+    def rank(self, file_id: str) -> tuple[int, int, str]:
+        """Heap order among the files of one name: most complete, then partial holders, then smallest id."""
+        return -len(self.complete), -len(self.partial), file_id
+
+    def names(self) -> set[str]:
+        return {e.name for e in self.entries}
+
+    def entry(self, name: str | None = None) -> FileEntry | None:
+        """The entry most holders registered (under `name`, if given)."""
+        kept = [e for e in self.entries if name is None or e.name == name]
+        return max(kept, key=self.entries.__getitem__) if kept else None
+
+
+@dataclass(slots=True)
+class _Ranking:
+    """The file ids registered under one name, as a heap of their ranks; an entry is stale when
+    the file left the name or its counts changed since (a newer entry was pushed then)."""
+
+    heap: list[tuple[int, int, str]] = field(default_factory=list)
+    files: int = 0
+
+
+@dataclass(slots=True)
+class _Share:
+    """What one sending address holds in the registry."""
+
+    holders: int = 0
+    files: int = 0
 
 
 @dataclass(slots=True)  # one per holder: 100,000 of them must stay small
 class HolderRecord:
     key: HolderKey
+    owner: Sender | None  # who registered it; None: nobody in particular (a library caller)
     last_seen: float
-    files: dict[str, bool] = field(default_factory=dict)  # file id -> held only in part
+    # file id -> (the entry it registered: the registry's own object when kept, held only in part)
+    files: dict[str, tuple[FileEntry, bool]] = field(default_factory=dict)
     partial_files: int = 0
 
     def kinds(self) -> tuple[bool, bool]:
@@ -93,13 +160,27 @@ class HolderRecord:
 
 
 class HolderRegistry:
-    def __init__(self, ttl: float, max_holders: int = 100_000, max_files_per_holder: int = 1024) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        max_holders: int = 100_000,
+        max_files_per_holder: int = 1024,
+        max_files: int = 200_000,
+        max_holders_per_address: int | None = 1024,
+        max_files_per_address: int | None = 4096,
+    ) -> None:
         self.ttl = ttl
         self.max_holders = max_holders
         self.max_files_per_holder = max_files_per_holder
+        self.max_files = max_files  # file registrations in all: a file three holders have counts three
+        self.max_holders_per_address = max_holders_per_address  # None: no per-address cap
+        self.max_files_per_address = max_files_per_address
         self._records: OrderedDict[HolderKey, HolderRecord] = OrderedDict()
-        self._files: dict[str, _FileHolders] = {}  # file id -> its holders, while it has any
-        self._by_name: dict[str, set[str]] = {}  # name -> file ids
+        self._files: dict[str, _File] = {}  # file id -> its holders, while it has any
+        self._order: SortedList = SortedList()  # every file id, for the paged list
+        self._by_name: dict[str, _Ranking] = {}
+        self._shares: dict[str, _Share] = {}  # sending address -> its share
+        self._holdings = 0
         self._lost: dict[str, float] = {}  # file id -> when its last complete holder expired, oldest first
         self._kind_counts = {"complete": 0, "partial": 0}  # holders with a file of that kind
 
@@ -112,6 +193,11 @@ class HolderRegistry:
     @property
     def file_count(self) -> int:
         return len(self._files)
+
+    @property
+    def holding_count(self) -> int:
+        """File registrations in all (a file held by three holders counts three)."""
+        return self._holdings
 
     @property
     def lost_file_count(self) -> int:
@@ -127,19 +213,68 @@ class HolderRegistry:
         self._kind_counts["complete"] += sign * complete
         self._kind_counts["partial"] += sign * partial
 
-    def register(
-        self, key: HolderKey, files: list[FileEntry], now: float, partial: bool = False
-    ) -> Literal["new", "refreshed"]:
-        """Add or refresh a holder, which holds `files` completely, or in part if `partial`."""
+    # -- who may act on a holder, and the shares of each address ------------------------------
+
+    def _own(self, key: HolderKey, sender: Sender | None, member: bool) -> HolderRecord | None:
+        """The holder's record if the sender may act on it (None if there is none); NotRegistrant if not."""
         record = self._records.get(key)
+        if record is not None and not member and sender is not None and record.owner not in (None, sender):
+            raise NotRegistrant(key)
+        return record
+
+    @staticmethod
+    def _address(record: HolderRecord) -> str:
+        return record.owner[0] if record.owner else record.key[0]
+
+    def _share(self, record: HolderRecord) -> _Share:
+        return self._shares.setdefault(self._address(record), _Share())
+
+    def _release(self, record: HolderRecord) -> None:
+        address = self._address(record)
+        share = self._shares[address]
+        share.holders -= 1
+        share.files -= len(record.files)
+        if share.holders == 0:
+            del self._shares[address]
+
+    # -- registering --------------------------------------------------------------------------
+
+    def register(
+        self,
+        key: HolderKey,
+        files: list[FileEntry],
+        now: float,
+        partial: bool = False,
+        sender: Sender | None = None,
+        member: bool = False,
+    ) -> Literal["new", "refreshed"]:
+        """Add or refresh a holder, which holds `files` completely, or in part if `partial`.
+
+        `sender` is where the registration came from: it owns the holder from now on, and its
+        address's share pays for it. A `member` may refresh a holder another sender registered,
+        and takes it over."""
+        record = self._own(key, sender, member)
         result: Literal["new", "refreshed"] = "refreshed"
         if record is None:
             if len(self._records) >= self.max_holders:
-                raise RegistryFull(f"registry holds its maximum of {self.max_holders} holders")
-            record = self._records[key] = HolderRecord(key, now)
+                raise RegistryFull("holders", f"registry holds its maximum of {self.max_holders} holders")
+            record = HolderRecord(key, sender, now)
+            share = self._shares.get(self._address(record))
+            if share and self.max_holders_per_address is not None and share.holders >= self.max_holders_per_address:
+                raise RegistryFull(
+                    "holders_per_address", f"one address may register at most {self.max_holders_per_address} holders"
+                )
+            self._share(record).holders += 1
+            self._records[key] = record
             result = "new"
         else:
             self._tally(record, -1)
+            if sender is not None and record.owner != sender:  # a member takes it over
+                self._release(record)
+                record.owner = sender
+                share = self._share(record)
+                share.holders += 1
+                share.files += len(record.files)
         record.last_seen = now
         self._records.move_to_end(key)
         try:
@@ -151,38 +286,103 @@ class HolderRegistry:
 
     def _hold(self, record: HolderRecord, entry: FileEntry, partial: bool) -> None:
         file_id = entry.file_id
-        held_in_part = record.files.get(file_id)
-        if held_in_part is None:
-            if len(record.files) >= self.max_files_per_holder:
-                raise RegistryFull(f"a holder may register at most {self.max_files_per_holder} files")
-            if file_id not in self._files:
-                self._files[file_id] = _FileHolders(entry)
-                self._by_name.setdefault(entry.name, set()).add(file_id)
-        elif held_in_part == partial:
-            return
+        held = record.files.get(file_id)
+        if held is None:
+            self._check_room(record)
+            self._holdings += 1
+            self._share(record).files += 1
+            file = self._files.get(file_id)
+            if file is None:
+                file = self._files[file_id] = _File()
+                self._order.add(file_id)
+            entry = self._keep_entry(file, entry)
         else:
-            record.partial_files -= held_in_part
-        record.files[file_id] = partial
+            file = self._files[file_id]
+            entry, was_partial = held
+            kept = any(e is entry for e in file.entries)
+            if not kept:  # not kept when first registered: there may be room now
+                entry = self._keep_entry(file, entry)
+            if kept and partial == was_partial:
+                return
+            record.partial_files -= was_partial
+        record.files[file_id] = (entry, partial)
         record.partial_files += partial
-        holders = self._files[file_id]
         if partial:
-            holders.complete.discard(record.key)
-            holders.partial.add(record.key)
+            file.complete.discard(record.key)
+            file.partial.add(record.key)
         else:
-            holders.partial.discard(record.key)
-            holders.complete.add(record.key)
+            file.partial.discard(record.key)
+            file.complete.add(record.key)
             self._lost.pop(file_id, None)
+        self._ranked(file_id, file)
 
-    def heartbeat(self, key: HolderKey, now: float) -> bool:
+    def _check_room(self, record: HolderRecord) -> None:
+        if len(record.files) >= self.max_files_per_holder:
+            raise RegistryFull("files_per_holder", f"a holder may register at most {self.max_files_per_holder} files")
+        if self.max_files_per_address is not None and self._share(record).files >= self.max_files_per_address:
+            raise RegistryFull(
+                "files_per_address", f"one address may register at most {self.max_files_per_address} files"
+            )
+        if self._holdings >= self.max_files:
+            raise RegistryFull("files", f"registry holds its maximum of {self.max_files} file registrations")
+
+    def _keep_entry(self, file: _File, entry: FileEntry) -> FileEntry:
+        """Count a holder's entry for the file: the registry's own copy if it keeps that entry,
+        a new one if there is room (under a name that may be new to the file), else the holder's."""
+        for kept in file.entries:
+            if kept == entry:
+                file.entries[kept] += 1
+                return kept
+        if len(file.entries) >= MAX_NAMES_PER_FILE:
+            return entry  # found by its id and the names kept; counted nowhere
+        new_name = entry.name not in file.names()
+        file.entries[entry] = 1
+        if new_name:
+            self._by_name.setdefault(entry.name, _Ranking()).files += 1
+        return entry
+
+    def _drop_entry(self, file: _File, entry: FileEntry) -> None:
+        if not any(kept is entry for kept in file.entries):
+            return  # a holder's own entry, never kept
+        count = file.entries[entry]
+        if count > 1:
+            file.entries[entry] = count - 1
+            return
+        del file.entries[entry]
+        if entry.name not in file.names():
+            ranking = self._by_name[entry.name]
+            ranking.files -= 1
+            if ranking.files == 0:
+                del self._by_name[entry.name]
+
+    def _ranked(self, file_id: str, file: _File) -> None:
+        """The file's counts changed: push its new rank under each of its names."""
+        rank = file.rank(file_id)
+        for name in file.names():
+            ranking = self._by_name[name]
+            heapq.heappush(ranking.heap, rank)
+            if len(ranking.heap) > 2 * ranking.files + 16:  # mostly stale: keep each file's live rank
+                live = {r[2]: r for r in ranking.heap if self._live(name, r)}
+                ranking.heap = list(live.values())
+                heapq.heapify(ranking.heap)
+
+    def _live(self, name: str, rank: tuple[int, int, str]) -> bool:
+        file = self._files.get(rank[2])
+        return file is not None and file.rank(rank[2]) == rank and name in file.names()
+
+    # -- keeping and dropping holders ---------------------------------------------------------
+
+    def heartbeat(self, key: HolderKey, now: float, sender: Sender | None = None, member: bool = False) -> bool:
         """Refresh a holder; False if it is unknown (expired, or the tracker restarted)."""
-        record = self._records.get(key)
+        record = self._own(key, sender, member)
         if record is None:
             return False
         record.last_seen = now
         self._records.move_to_end(key)
         return True
 
-    def unregister(self, key: HolderKey) -> bool:
+    def unregister(self, key: HolderKey, sender: Sender | None = None, member: bool = False) -> bool:
+        self._own(key, sender, member)
         return self._forget(key) is not None
 
     def _forget(self, key: HolderKey) -> list[str] | None:
@@ -191,21 +391,23 @@ class HolderRegistry:
         if record is None:
             return None
         self._tally(record, -1)
+        self._release(record)
+        self._holdings -= len(record.files)
         orphans = []
-        for file_id, held_in_part in record.files.items():
-            holders = self._files[file_id]
+        for file_id, (entry, held_in_part) in record.files.items():
+            file = self._files[file_id]
             if held_in_part:
-                holders.partial.discard(key)
+                file.partial.discard(key)
             else:
-                holders.complete.discard(key)
-                if not holders.complete:
+                file.complete.discard(key)
+                if not file.complete:
                     orphans.append(file_id)
-            if not holders.complete and not holders.partial:
+            self._drop_entry(file, entry)  # the last holder takes the last kept entry with it
+            if file.complete or file.partial:
+                self._ranked(file_id, file)
+            else:
                 del self._files[file_id]
-                ids = self._by_name[holders.entry.name]
-                ids.discard(file_id)
-                if not ids:
-                    del self._by_name[holders.entry.name]
+                self._order.remove(file_id)
         return orphans
 
     def expire(self, now: float) -> list[HolderKey]:
@@ -224,30 +426,46 @@ class HolderRegistry:
             del self._lost[next(iter(self._lost))]
         return expired
 
+    # -- answering ----------------------------------------------------------------------------
+
     def resolve(self, name: str | None = None, file_id: str | None = None) -> FileEntry | None:
-        """The file a lookup means: by id, or the name's file with the most complete (then partial) holders."""
+        """The file a lookup means: by id, or the name's file with the most complete (then
+        partial) holders, then the smallest id; its entry under that name."""
         if file_id is not None:
-            holders = self._files.get(file_id)
-            return None if holders is None else holders.entry
-        ids = self._by_name.get(name or "")
-        if not ids:
+            file = self._files.get(file_id)
+            return None if file is None else self._entry(file_id, file)
+        ranking = self._by_name.get(name or "")
+        if ranking is None:
             return None
-        best = max(ids, key=lambda i: (len(self._files[i].complete), len(self._files[i].partial), i))
-        return self._files[best].entry
+        while not self._live(name or "", ranking.heap[0]):
+            heapq.heappop(ranking.heap)
+        best = ranking.heap[0][2]
+        return self._files[best].entry(name)
+
+    def _entry(self, file_id: str, file: _File) -> FileEntry:
+        entry = file.entry()
+        if entry is None:  # every kept entry's holders left: show what a remaining holder registered
+            key = (file.complete.keys or file.partial.keys)[0]
+            entry = self._records[key].files[file_id][0]
+        return entry
 
     def holders(
         self, file_id: str, limit: int, rng: random.Random, exclude: HolderKey | None = None
     ) -> tuple[list[HolderKey], list[HolderKey]]:
         """Up to `limit` complete and up to `limit` partial holders of the file, each in random
         order so load spreads across holders, never `exclude` (the asker)."""
-        holders = self._files.get(file_id)
-        if holders is None:
+        file = self._files.get(file_id)
+        if file is None:
             return [], []
-        return holders.complete.sample(limit, rng, exclude), holders.partial.sample(limit, rng, exclude)
+        return file.complete.sample(limit, rng, exclude), file.partial.sample(limit, rng, exclude)
 
-    def files(self) -> list[tuple[FileEntry, int, int]]:
-        """Every file with its numbers of complete and partial holders, most seeded first."""
-        return sorted(
-            ((h.entry, len(h.complete), len(h.partial)) for h in self._files.values()),
-            key=lambda row: (-row[1], -row[2], row[0].name, row[0].file_id),
-        )
+    def files(self, after: str | None = None, limit: int | None = None) -> list[tuple[FileEntry, int, int]]:
+        """Files in file id order (those after `after`, at most `limit`), with their numbers of
+        complete and partial holders."""
+        start = 0 if after is None else self._order.bisect_right(after)
+        stop = len(self._order) if limit is None else start + limit
+        rows = []
+        for file_id in self._order.islice(start, stop):
+            file = self._files[file_id]
+            rows.append((self._entry(file_id, file), len(file.complete), len(file.partial)))
+        return rows

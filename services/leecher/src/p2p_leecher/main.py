@@ -116,19 +116,30 @@ async def push_metrics(gateway: str | None, registry: CollectorRegistry) -> None
         log.warning("metrics not pushed", pushgateway=gateway, error=str(exc))
 
 
+LIST_PAGES = 64  # pages of 16 files `--list` asks for at most: the first 1024 files by id
+
+
 async def list_files(settings: LeecherSettings) -> int:
+    """Print the files on the network, most seeded first, from the tracker's pages (by file id)."""
     tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
+    files: list[messages.FileSummary] = []
+    after, total = None, 0
     try:
-        reply = await tracker.request(messages.ListFiles())
+        for _ in range(LIST_PAGES):
+            reply = await tracker.request(messages.ListFiles(after=after))
+            if not isinstance(reply, messages.Files):
+                raise P2PError(f"tracker answered {reply.type} to a file list request")
+            files += reply.files
+            after, total = reply.next, reply.total
+            if after is None:
+                break
     finally:
         tracker.close()
-    if not isinstance(reply, messages.Files):
-        raise P2PError(f"tracker answered {reply.type} to a file list request")
     print(f"{'NAME':40} {'SIZE':>14} {'SEEDERS':>7} {'PARTIAL':>7}  FILE ID")
-    for f in reply.files:
+    for f in sorted(files, key=lambda f: (-f.seeders, -(f.partial or 0), f.name, f.file_id)):
         print(f"{f.name:40} {f.size:>14} {f.seeders:>7} {'-' if f.partial is None else f.partial:>7}  {f.file_id}")
-    if reply.total > len(reply.files):
-        print(f"... and {reply.total - len(reply.files)} more files")
+    if total > len(files):
+        print(f"... and {total - len(files)} more files (look one up by name or file id)")
     return 0
 
 

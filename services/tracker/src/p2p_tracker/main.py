@@ -22,6 +22,11 @@ from .metrics import TrackerMetrics
 
 log = structlog.get_logger()
 
+# Nonces of sealed datagrams remembered against replays: each is kept ~30 s (its timestamp's
+# window), so this holds ~17,000 sealed datagrams/s, above what one tracker process answers;
+# beyond it datagrams are refused (`nonces_full`). About 45 MB when full.
+SEALED_NONCES = 1 << 19
+
 
 class TrackerSettings(CommonSettings):
     host: str = "0.0.0.0"
@@ -31,6 +36,9 @@ class TrackerSettings(CommonSettings):
     missed_heartbeats: int = Field(3, ge=1, description="heartbeats missed before a holder expires")
     max_peers: int = Field(50, ge=1, le=50, description="holders of each kind in one lookup answer")
     max_seeders: int = Field(100_000, ge=1, description="registry capacity, holders of either kind")
+    max_files: int = Field(200_000, ge=1, description="registry capacity, file registrations (a file 3 holders have counts 3)")
+    max_holders_per_address: int = Field(1024, ge=0, description="holders one address may register; 0: no limit")
+    max_files_per_address: int = Field(4096, ge=0, description="file registrations of one address's holders; 0: no limit")
     max_requests_per_address: float = Field(200.0, ge=0, description="datagrams/s one address may send; 0: no limit")
 
 
@@ -42,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--missed-heartbeats", type=int, help="missed heartbeats before expiry (default 3)")
     p.add_argument("--max-peers", type=int, help="holders of each kind, complete and partial, in one lookup answer (default 50)")
     p.add_argument("--max-seeders", type=int, help="registry capacity, holders of either kind (default 100000)")
+    p.add_argument("--max-files", type=int, help="registry capacity, file registrations: a file three holders have counts three (default 200000)")
+    p.add_argument("--max-holders-per-address", type=int, help="holders one source address may register (default 1024; 0: no limit)")
+    p.add_argument("--max-files-per-address", type=int, help="file registrations of one source address's holders (default 4096; 0: no limit)")
     p.add_argument("--max-requests-per-address", type=float, help="datagrams/s one address may send, bursts of twice that (default 200; 0 turns it off)")
     add_common_flags(p)
     return p
@@ -68,7 +79,11 @@ async def serve(settings: TrackerSettings) -> int:
     stop = stop_event()
     registry = CollectorRegistry()
     holders = HolderRegistry(
-        ttl=settings.heartbeat_interval * settings.missed_heartbeats, max_holders=settings.max_seeders
+        ttl=settings.heartbeat_interval * settings.missed_heartbeats,
+        max_holders=settings.max_seeders,
+        max_files=settings.max_files,
+        max_holders_per_address=settings.max_holders_per_address or None,
+        max_files_per_address=settings.max_files_per_address or None,
     )
     rate = settings.max_requests_per_address
     limiter = AddressLimiter(rate, 2 * rate) if rate else None
@@ -80,7 +95,7 @@ async def serve(settings: TrackerSettings) -> int:
         settings.heartbeat_interval,
         settings.max_peers,
         limiter=limiter,
-        sealer=Sealer(secret) if secret else None,
+        sealer=Sealer(secret, max_nonces=SEALED_NONCES) if secret else None,
     )
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
     loop = asyncio.get_running_loop()

@@ -4,6 +4,12 @@ from p2p_shared.metrics import register_service_metrics
 from p2p_shared.registry import HolderRegistry
 
 
+REFUSALS = (
+    "rate_limited", "unconnected", "unauthenticated", "nonces_full", "unpadded", "foreign_host", "not_registrant",
+    "holders", "holders_per_address", "files", "files_per_address", "files_per_holder",
+)
+
+
 class TrackerMetrics:
     def __init__(self, registry: CollectorRegistry, holders: HolderRegistry) -> None:
         register_service_metrics(registry, "p2p-tracker")
@@ -31,14 +37,17 @@ class TrackerMetrics:
         self.refused = Counter(
             "p2p_tracker_refused_datagrams_total",
             "Well-formed datagrams refused: rate_limited, unconnected (no valid connection id), "
-            "unauthenticated (swarm secret)",
+            "unauthenticated (swarm secret), nonces_full (replay memory full), unpadded (a connect shorter "
+            "than its answer), foreign_host (another address than the sender's), not_registrant (a holder "
+            "another sender registered), and the registry's caps: holders, holders_per_address, files, "
+            "files_per_address, files_per_holder",
             ["reason"],
             registry=registry,
         )
         self.lookups = Counter("p2p_tracker_lookups_total", "File lookups, by result", ["result"], registry=registry)
         for reason in ("invalid", "too_large", "unexpected", "unsupported_version"):
             self.malformed.labels(reason)
-        for reason in ("rate_limited", "unconnected", "unauthenticated"):
+        for reason in REFUSALS:
             self.refused.labels(reason)
         for result in ("new", "refreshed", "rejected"):
             self.registrations.labels(result)

@@ -109,7 +109,11 @@ class HolderLink:
 
     async def unregister(self) -> None:
         try:
-            await asyncio.wait_for(self.client.request(messages.Unregister(port=self.port, host=self.host)), 2.0)
-            log.info("unregistered from tracker")
+            reply = await asyncio.wait_for(self.client.request(messages.Unregister(port=self.port, host=self.host)), 2.0)
         except (TrackerUnavailable, TimeoutError):
             log.warning("tracker did not confirm unregistration; it will expire this holder")
+            return
+        if isinstance(reply, messages.ErrorReply):
+            log.warning("tracker refused unregistration; it will expire this holder", code=reply.code, reason=reply.message)
+        else:
+            log.info("unregistered from tracker")

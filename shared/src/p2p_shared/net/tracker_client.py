@@ -106,7 +106,7 @@ class TrackerClient:
     async def _exchange(self, message: messages.Request, budget: float | None) -> messages.Reply:
         delays = self._delays if budget is None else fit_budget(self._delays, budget)
         txn = self._rng.randrange(1, 2**32)
-        payload = messages.encode(message.model_copy(update={"txn": txn}))
+        payload = messages.encode_request(message.model_copy(update={"txn": txn}))
         waiter = asyncio.get_running_loop().create_future()
         self._waiting[txn] = waiter
         try:
