@@ -292,18 +292,21 @@ def test_partial_files_count_against_the_caps():
 SEEDER, NEIGHBOUR = ("10.0.0.1", 40000), ("10.0.0.1", 40001)  # two sockets of one address
 
 
-def test_only_the_sender_that_registered_a_holder_keeps_or_drops_it():
+def test_only_the_address_that_registered_a_holder_keeps_or_drops_it():
     reg = HolderRegistry(ttl=10)
     reg.register(("10.0.0.1", 7000), [entry(1)], now=0, sender=SEEDER)
+    stranger = ("10.6.6.6", SEEDER[1])  # another address, even from the same port
     with pytest.raises(NotRegistrant):
-        reg.heartbeat(("10.0.0.1", 7000), now=5, sender=NEIGHBOUR)
+        reg.heartbeat(("10.0.0.1", 7000), now=5, sender=stranger)
     with pytest.raises(NotRegistrant):
-        reg.unregister(("10.0.0.1", 7000), sender=NEIGHBOUR)
+        reg.unregister(("10.0.0.1", 7000), sender=stranger)
     with pytest.raises(NotRegistrant):
-        reg.register(("10.0.0.1", 7000), [entry(2)], now=5, sender=NEIGHBOUR)
+        reg.register(("10.0.0.1", 7000), [entry(2)], now=5, sender=stranger)
     assert reg.expire(now=10.5) == [("10.0.0.1", 7000)]  # forged beats kept nothing alive
-    reg.register(("10.0.0.1", 7000), [entry(1)], now=11, sender=NEIGHBOUR)  # gone: anyone of the address may
-    assert reg.heartbeat(("10.0.0.1", 7000), now=12, sender=NEIGHBOUR)
+    # Another socket of the same address (the seeder restarted) takes its holder over at once.
+    reg.register(("10.0.0.1", 7000), [entry(1)], now=11, sender=SEEDER)
+    assert reg.register(("10.0.0.1", 7000), [entry(1)], now=12, sender=NEIGHBOUR) == "refreshed"
+    assert reg.heartbeat(("10.0.0.1", 7000), now=13, sender=NEIGHBOUR)
     # A member proven by the swarm secret may act on any holder, and takes it over.
     assert reg.heartbeat(("10.0.0.1", 7000), now=13, sender=("10.9.9.9", 1), member=True)
     assert reg.unregister(("10.0.0.1", 7000), sender=("10.9.9.9", 1), member=True)

@@ -354,17 +354,20 @@ def test_a_host_other_than_the_senders_address_needs_the_swarm_secret(tracker):
     assert ask_sealed(core, m.Lookup(file_id=FID), source=("10.0.0.3", 1)).peers == [("seeder-1", 7000)]
 
 
-def test_only_the_registering_sender_may_heartbeat_or_unregister(tracker):
+def test_only_the_registering_address_may_heartbeat_or_unregister(tracker):
     ask(tracker, m.Register(port=7000, files=[ENTRY]), source=("10.0.0.1", 5555))
-    neighbour = ("10.0.0.1", 5556)  # another socket of the same address
-    assert ask(tracker, m.Heartbeat(txn=2, port=7000), source=neighbour) == m.ErrorReply(
+    stranger = ("10.0.0.2", 5555)  # another address
+    assert ask(tracker, m.Heartbeat(txn=2, port=7000, host="10.0.0.1"), source=stranger).code == "forbidden"
+    assert ask(tracker, m.Heartbeat(txn=2, port=7000), source=stranger) == m.ErrorReply(
         txn=2, code="unknown_seeder", message="register again"
-    )
-    assert ask(tracker, m.Unregister(port=7000), source=neighbour).code == "forbidden"
-    assert ask(tracker, m.Register(port=7000, files=[ENTRY]), source=neighbour).code == "forbidden"
-    assert metric(tracker, "p2p_tracker_refused_datagrams_total", reason="not_registrant") == 3
+    )  # its own 10.0.0.2:7000 is no holder
+    assert ask(tracker, m.Unregister(port=7000, host="10.0.0.1"), source=stranger).code == "forbidden"
     assert ask(tracker, m.Lookup(file_id=FID)).peers == [("10.0.0.1", 7000)]
-    tracker.expire(now=3.5)  # the forged beat kept nothing alive
+    # A restarted seeder (same address, a new socket) takes its entry over without waiting.
+    restarted = ("10.0.0.1", 5556)
+    assert ask(tracker, m.Register(port=7000, files=[ENTRY]), source=restarted).type == "ack"
+    assert ask(tracker, m.Heartbeat(port=7000), source=restarted).type == "ack"
+    tracker.expire(now=3.5)  # nothing but real beats kept it
     assert len(tracker.registry) == 0
 
 

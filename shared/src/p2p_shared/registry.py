@@ -9,9 +9,9 @@ Holders are kept in an OrderedDict ordered by last contact, so a heartbeat is O(
 end) and expiry only looks at the stale front of the dict. The registry never stores chunk
 digests, only (file id, name, size, chunk size) per file.
 
-Who may do what: a holder belongs to the sender (source address and port) that registered it;
-another sender may not refresh, change or remove it unless it is a `member` (proven by the swarm
-secret). Each sending address has a bounded share (holders, file registrations), and so does the
+Who may do what: a holder belongs to the address that registered it (the source address of the
+datagram; its port may change, as when a seeder restarts); another address may not refresh,
+change or remove it unless it is a `member` (proven by the swarm secret). Each sending address has a bounded share (holders, file registrations), and so does the
 whole registry; every refusal says which cap (RegistryFull.reason).
 
 Names: a file id may be registered under several entries (name, size, chunk size) by different
@@ -219,7 +219,8 @@ class HolderRegistry:
         """The holder's record if the sender may act on it (None if there is none); NotRegistrant if not."""
         record = self._records.get(key)
         if record is not None and not member and sender is not None and record.owner not in (None, sender):
-            raise NotRegistrant(key)
+            if record.owner[0] != sender[0]:
+                raise NotRegistrant(key)
         return record
 
     @staticmethod
@@ -269,7 +270,7 @@ class HolderRegistry:
             result = "new"
         else:
             self._tally(record, -1)
-            if sender is not None and record.owner != sender:  # a member takes it over
+            if sender is not None and record.owner != sender:  # a member, or a new socket of its address, takes it over
                 self._release(record)
                 record.owner = sender
                 share = self._share(record)
