@@ -1,6 +1,8 @@
 """The part file and the final rename, on a real temporary folder."""
 
 import hashlib
+import os
+import socket
 
 import pytest
 
@@ -60,3 +62,45 @@ def test_a_second_writer_of_the_same_file_downloads_aside(tmp_path):
     third = PartFile(final, 4)  # the lock went with the first writer
     assert third.path == first.path and third.resumed
     third.close()
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hardlink", "fifo"])
+def test_a_part_file_that_is_not_a_regular_file_of_ours_is_refused(tmp_path, planted):
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    part = tmp_path / "out" / "f.bin.part"
+    part.parent.mkdir()
+    if planted == "symlink":
+        part.symlink_to(outside)
+    elif planted == "hardlink":
+        os.link(outside, part)
+    else:
+        os.mkfifo(part)
+    with pytest.raises(DownloadError, match="refusing"):
+        PartFile(part.parent / "f.bin", 4)
+    assert outside.read_bytes() == b"precious"
+
+
+def test_the_aside_part_file_is_refused_as_well_when_it_is_a_link(tmp_path):
+    final = tmp_path / "f.bin"
+    first = PartFile(final, 4)  # holds the lock: a second writer goes aside
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    final.with_name(f"f.bin.{socket.gethostname()}-{os.getpid()}.part").symlink_to(outside)
+    with pytest.raises(DownloadError, match="symbolic link"):
+        PartFile(final, 4)
+    first.close()
+    assert outside.read_bytes() == b"precious"
+
+
+def test_finish_links_the_file_written_even_if_its_name_was_replaced(tmp_path):
+    final = tmp_path / "f.bin"
+    part = PartFile(final, 2)
+    part.write(0, memoryview(b"ab"))
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    part.path.rename(tmp_path / "moved.part")
+    part.path.symlink_to(outside)  # swapped for a link while we wrote
+    part.finish()
+    assert final.read_bytes() == b"ab" and not final.is_symlink()
+    assert part.path.is_symlink() and outside.read_bytes() == b"precious"  # not ours: left alone

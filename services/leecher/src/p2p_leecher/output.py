@@ -1,8 +1,12 @@
 """Where a download's bytes go: NAME.part, written at chunk offsets, renamed only when whole.
 
 The part file is the durable progress: on a restart every chunk already in it is verified
-against the manifest, so a resumed download fetches only what is missing or damaged. Only a
-fully verified, fsynced file is linked to its final name, and never over an existing file.
+against the manifest, so a resumed download fetches only what is missing or damaged.
+
+The folder may not be ours alone: the part file is opened without following a link and must be
+a regular file of ours with no other name, or nothing is written. Only a fully verified,
+fsynced file is linked to its final name, through its descriptor, and never over an existing
+file.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 from pathlib import Path
 
 import structlog
@@ -35,6 +40,17 @@ def verified_chunks(path: Path, manifest: Manifest) -> set[int]:
     except OSError:
         return set()
     return {i for i in range(manifest.num_chunks) if digests[i * 32 : i * 32 + 32] == manifest.chunk_digest(i)}
+
+
+def _refusal(st: os.stat_result) -> str | None:
+    """Why we would not write into this file: only a regular file of ours with one name will do."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_nlink != 1:
+        return "a hard link: it has another name"
+    if st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}, not by us"
+    return None
 
 
 class PartFile:
@@ -64,9 +80,17 @@ class PartFile:
     def _open_locked(path: Path) -> int:
         """The part file's descriptor, locked for us; -1 if another process holds the lock."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DownloadError(
+                    f"{path} is a symbolic link; refusing to write through it (remove it, or choose another -o)"
+                ) from None
             raise DownloadError(f"cannot create {path}: {exc.strerror}") from None
+        refusal = _refusal(os.fstat(fd))
+        if refusal:
+            os.close(fd)
+            raise DownloadError(f"{path} is not a file this download can use ({refusal}); refusing to write into it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -93,30 +117,45 @@ class PartFile:
 
     def finish(self) -> None:
         """fsync, then give the file its final name (atomically) and fsync the folder."""
+        folder = -1
         try:
             os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+            folder = os.open(self.final.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                os.link(self.path, self.final)  # fails rather than replace an existing file
-                os.unlink(self.path)
+                # Linked through the descriptor (linkat with AT_SYMLINK_FOLLOW, which a dir_fd
+                # makes os.link use): the final name gets the file we wrote, whatever the part's
+                # name has become; a link never replaces an existing file.
+                os.link(f"/proc/self/fd/{self.fd}", self.final.name, dst_dir_fd=folder)
             except FileExistsError:
                 raise FinalExists(
                     f"{self.final} appeared during the download; the verified copy is kept at {self.path}"
                 ) from None
             except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.ENOENT):
                     raise
-                if self.final.exists():  # a filesystem without hard links
+                # No hard links here (or no /proc): rename the part, if it is still ours.
+                if not self._still_ours():
+                    raise DownloadError(f"{self.path} was replaced during the download") from None
+                if os.path.lexists(self.final):
                     raise DownloadError(f"{self.final} appeared during the download") from None
                 os.replace(self.path, self.final)
-            folder = os.open(self.final.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            else:
+                if self._still_ours():
+                    os.unlink(self.path)
+            os.fsync(folder)
         except OSError as exc:
             raise DownloadError(f"cannot finish {self.final}: {exc.strerror}") from None
+        finally:
+            if folder >= 0:
+                os.close(folder)
+            self.close()
+
+    def _still_ours(self) -> bool:
+        try:
+            st, ours = os.lstat(self.path), os.fstat(self.fd)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino)
 
     def close(self) -> None:
         if self.fd >= 0:
