@@ -1,17 +1,118 @@
-"""Hostile disks and seeded folders (issue 12, items 5-8, 12 and 13), on real processes."""
+"""Hostile disks and seeded folders (issue 12, items 5-8, 12 and 13), on real processes.
 
+The full-disk tests run on a small ext4 image mounted on a loop device: tmpfs hides what ext4
+does (a failed `posix_fallocate` keeps the blocks it got). Mounting needs root: without it
+these tests skip, under CI they fail.
+"""
+
+import contextlib
+import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tools.localswarm import LocalSwarm, random_file
+from p2p_shared.manifest import Manifest
+from tests.ci import cannot_run
+from tests.host_tools import host_tool
+from tools.localswarm import LocalSwarm, random_file, sha256_file
+
+from .conftest import chunks_served
+from .hostile import HostilePeer
 
 MiB = 1 << 20
+TiB = 1 << 40
+BIG_CHUNK = 16 * MiB  # 65,536 chunks for 1 TiB: a 2 MiB manifest
+
+
+@contextlib.contextmanager
+def ext4(where: Path, size: int, *mkfs_args: str):
+    """A fresh ext4 file system of `size` bytes (a sparse image), mounted; unmounted and removed after."""
+    if os.geteuid() != 0:
+        cannot_run("mounting an ext4 image needs root")
+    mkfs, mount = host_tool("mkfs.ext4", "e2fsprogs"), host_tool("mount", "mount")
+    image, point = where / "ext4.img", where / "ext4"
+    with open(image, "wb") as f:
+        f.truncate(size)
+    subprocess.run([mkfs, "-q", "-F", *mkfs_args, str(image)], check=True)
+    point.mkdir()
+    mounted = subprocess.run([mount, "-o", "loop,noinit_itable", str(image), str(point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        image.unlink()
+        cannot_run(f"cannot mount an ext4 image on a loop device: {mounted.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+        image.unlink()
+
+
+def free_blocks_bytes(path: Path) -> int:
+    """Free bytes, root's reserve included (a root leecher's fallocate takes those too)."""
+    st = os.statvfs(path)
+    return st.f_bfree * st.f_frsize
+
+
+def ours(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "lost+found")
 
 
 def error_lines(service) -> list[str]:
     return [e["event"] for e in service.events() if e.get("level") == "error"]
+
+
+def huge_manifest(name: str, chunks: dict[int, bytes]) -> Manifest:
+    """A valid manifest of a 1 TiB file: `chunks` (index: bytes) are real, the rest random."""
+    digests = bytearray(os.urandom(32 * (TiB // BIG_CHUNK)))
+    for index, payload in chunks.items():
+        digests[32 * index : 32 * index + 32] = hashlib.sha256(payload).digest()
+    return Manifest(name, TiB, BIG_CHUNK, bytes(digests))
+
+
+def test_a_manifest_larger_than_the_disk_fails_at_once_and_leaves_the_disk_as_it_was(tmp_path):
+    """Item 5: a 1 TiB file into a 64 MiB ext4."""
+    manifest = huge_manifest("huge.bin", {})
+    peer = HostilePeer(random_file(tmp_path / "seed" / "small.bin", 1000), BIG_CHUNK, manifest.encode())
+    try:
+        with ext4(tmp_path, 64 * MiB) as disk, LocalSwarm(tmp_path) as swarm:
+            free_before = free_blocks_bytes(disk)
+            swarm.start_tracker()
+            peer.register(swarm.tracker_port, name="huge.bin")
+            leecher = swarm.leecher(peer.file_id, disk)
+            assert leecher.wait(60) == 1
+            [line] = error_lines(leecher)
+            assert "No space left on device" in line and "Traceback" not in leecher.output
+            assert peer.requests == 0
+            assert ours(disk) == []  # no huge.bin, no huge.bin.part
+            # The space is all there: other writers are not starved by our failed reservation.
+            assert free_blocks_bytes(disk) >= free_before - MiB
+            random_file(disk / "other-writer.bin", 32 * MiB)
+    finally:
+        peer.close()
+
+
+def test_an_honest_download_too_big_for_the_free_space_gives_it_back_and_a_rerun_succeeds(tmp_path):
+    """Item 7: 32 MiB into an ext4 with about 21 MB free; once space is freed, the rerun works."""
+    data = random_file(tmp_path / "seed" / "honest.bin", 32 * MiB)
+    with ext4(tmp_path, 64 * MiB) as disk, LocalSwarm(tmp_path) as swarm:
+        avail = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        random_file(disk / "filler.bin", avail - 21_000_000)
+        free_before = free_blocks_bytes(disk)
+        swarm.start_tracker()
+        seeder = swarm.add_seeder([data], metrics=True)
+        leecher = swarm.leecher("honest.bin", disk)
+        assert leecher.wait(60) == 1
+        [line] = error_lines(leecher)
+        assert "No space left on device" in line and "Traceback" not in leecher.output
+        assert chunks_served(seeder.metrics_port) == 0  # refused before any chunk was asked for
+        assert ours(disk) == ["filler.bin"]
+        assert free_blocks_bytes(disk) >= free_before - MiB
+        (disk / "filler.bin").unlink()  # the user frees space and runs it again
+        again = swarm.leecher("honest.bin", disk)
+        assert again.wait(60) == 0, again.output
+        assert sha256_file(disk / "honest.bin") == sha256_file(data)
+        assert ours(disk) == ["honest.bin"]
 
 
 @pytest.mark.parametrize("planted", ["symlink", "hardlink"])

@@ -1,5 +1,6 @@
 """The part file and the final rename, on a real temporary folder."""
 
+import errno
 import hashlib
 import os
 import socket
@@ -104,3 +105,72 @@ def test_finish_links_the_file_written_even_if_its_name_was_replaced(tmp_path):
     part.finish()
     assert final.read_bytes() == b"ab" and not final.is_symlink()
     assert part.path.is_symlink() and outside.read_bytes() == b"precious"  # not ours: left alone
+
+
+def test_reserve_sizes_the_part_file_and_a_resumed_one_keeps_its_bytes(tmp_path):
+    final = tmp_path / "f.bin"
+    part = PartFile(final, 10)
+    part.reserve()
+    assert part.path.stat().st_size == 10 and not part.resumed
+    part.write(0, memoryview(b"abcd"))
+    part.close()
+    again = PartFile(final, 10)
+    assert again.resumed
+    again.reserve(keep=True)
+    assert again.path.read_bytes()[:4] == b"abcd"
+    again.close()
+
+
+def no_room(monkeypatch, free: int) -> None:
+    real = os.fstatvfs
+
+    def fstatvfs(fd):
+        st = real(fd)
+        return os.statvfs_result((st.f_bsize, 1, st.f_blocks, free, free, *tuple(st)[5:]))
+
+    monkeypatch.setattr(os, "fstatvfs", fstatvfs)
+
+
+def test_no_room_fails_before_reserving_and_removes_a_part_file_without_progress(tmp_path, monkeypatch):
+    no_room(monkeypatch, 1000)
+    part = PartFile(tmp_path / "f.bin", 4096)
+    with pytest.raises(DownloadError, match="No space left on device: f.bin needs 0.0 MiB more"):
+        part.reserve()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_room_keeps_a_part_file_with_verified_chunks_unchanged(tmp_path, monkeypatch):
+    final = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(b"abcd")
+    no_room(monkeypatch, 10)
+    part = PartFile(final, 1 << 20)
+    with pytest.raises(DownloadError, match="the chunks verified in .* are kept"):
+        part.reserve(keep=True)
+    assert (tmp_path / "f.bin.part").read_bytes() == b"abcd"
+
+
+def test_a_reservation_that_runs_out_of_space_gives_it_all_back(tmp_path, monkeypatch):
+    def fallocate(fd, offset, length):
+        os.pwrite(fd, b"x" * 100, 0)  # what ext4 keeps of a failed reservation
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    part = PartFile(tmp_path / "f.bin", 4096)
+    with pytest.raises(DownloadError, match="No space left on device.*removed it"):
+        part.reserve()
+    assert list(tmp_path.iterdir()) == [] and part.fd == -1
+
+
+def test_a_write_that_runs_out_of_space_removes_the_part_file_on_close(tmp_path, monkeypatch):
+    part = PartFile(tmp_path / "f.bin", 8)
+    part.reserve()
+    part.write(0, memoryview(b"abcd"))
+    def pwrite(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with pytest.raises(DownloadError, match="No space left on device"):
+        part.write(4, memoryview(b"efgh"))
+    assert part.path.exists()  # other writes may still be in flight: removed on close
+    part.close()
+    assert list(tmp_path.iterdir()) == []

@@ -238,6 +238,7 @@ class Download:
             raise DownloadError(f"{final} already exists and differs from {manifest.name}; move it or pick another -o")
         part = PartFile(final, manifest.size)
         done = await asyncio.to_thread(verified_chunks, part.path, manifest) if part.resumed else set()
+        part.reserve(keep=bool(done))
         if done:
             log.info("resuming", path=str(part.path), verified_chunks=len(done), of=manifest.num_chunks)
         self._manifest = manifest

@@ -4,9 +4,10 @@ The part file is the durable progress: on a restart every chunk already in it is
 against the manifest, so a resumed download fetches only what is missing or damaged.
 
 The folder may not be ours alone: the part file is opened without following a link and must be
-a regular file of ours with no other name, or nothing is written. Only a fully verified,
-fsynced file is linked to its final name, through its descriptor, and never over an existing
-file.
+a regular file of ours with no other name, or nothing is written. The disk may be full: the
+space is checked, then reserved, before any chunk is fetched, and a run that finds no room
+leaves none of its bytes on the disk. Only a fully verified, fsynced file is linked to its
+final name, through its descriptor, and never over an existing file.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from p2p_shared.hashing import hash_chunks
 from p2p_shared.manifest import Manifest
 
 log = structlog.get_logger()
+
+MIB = 1 << 20
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class FinalExists(DownloadError):
@@ -53,6 +57,13 @@ def _refusal(st: os.stat_result) -> str | None:
     return None
 
 
+def _space(nbytes: int) -> str:
+    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB")):
+        if nbytes >= unit:
+            return f"{nbytes / unit:.1f} {name}"
+    return f"{nbytes / MIB:.1f} MiB"
+
+
 class PartFile:
     """NAME.part, locked while we write it: a second leecher of the same file into the same
     folder at the same time (`docker compose up --scale leecher=N` on one download folder)
@@ -60,7 +71,9 @@ class PartFile:
 
     def __init__(self, final: Path, size: int) -> None:
         self.final = final
+        self.size = size
         self.path = final.with_name(final.name + ".part")
+        self._no_space = False
         self.fd = self._open_locked(self.path)
         if self.fd < 0:
             aside = final.with_name(f"{final.name}.{socket.gethostname()}-{os.getpid()}.part")
@@ -68,13 +81,6 @@ class PartFile:
             self.path = aside
             self.fd = self._open_locked(aside)
         self.resumed = os.fstat(self.fd).st_size > 0
-        try:
-            os.ftruncate(self.fd, size)
-            if size:
-                self._reserve(size)
-        except OSError as exc:
-            os.close(self.fd)
-            raise DownloadError(f"cannot make room for {self.path} ({size} bytes): {exc.strerror}") from None
 
     @staticmethod
     def _open_locked(path: Path) -> int:
@@ -98,10 +104,41 @@ class PartFile:
             return -1
         return fd
 
-    def _reserve(self, size: int) -> None:
-        # Claim the disk space now, so a full disk fails the download at once, not at 99%.
+    def reserve(self, keep: bool = False) -> None:
+        """Make the part file its full size and claim the disk space now, so a full disk fails the
+        download at once, not at 99%. Without room, nothing the reservation took is kept; the part
+        file itself is kept only if `keep` (it holds verified chunks from an earlier run)."""
         try:
-            os.posix_fallocate(self.fd, 0, size)
+            allocated = os.fstat(self.fd).st_blocks * 512
+            fs = os.fstatvfs(self.fd)
+            need, free = max(0, self.size - allocated), fs.f_bavail * fs.f_frsize
+            if fs.f_blocks and need > free:  # (a file system that reports no size is not checked)
+                # Checked first: ext4 keeps what a failed posix_fallocate got, and stays full.
+                if keep:
+                    self.close()
+                else:
+                    self._give_back()
+                raise DownloadError(
+                    f"No space left on device: {self.final.name} needs {_space(need)} more in "
+                    f"{self.final.parent}, which has {_space(free)} free"
+                    + (f"; the chunks verified in {self.path} are kept" if keep else "")
+                )
+            os.ftruncate(self.fd, self.size)
+            if self.size:
+                self._fallocate()
+        except OSError as exc:
+            if exc.errno in NO_SPACE:
+                self._give_back()
+                raise DownloadError(
+                    f"No space left on device: could not reserve {_space(self.size)} for {self.path}; removed it,"
+                    " to give the space back"
+                ) from None
+            self.close()
+            raise DownloadError(f"cannot make room for {self.path} ({self.size} bytes): {exc.strerror}") from None
+
+    def _fallocate(self) -> None:
+        try:
+            os.posix_fallocate(self.fd, 0, self.size)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
                 raise
@@ -113,6 +150,11 @@ class PartFile:
                 written = os.pwrite(self.fd, data, offset)
                 data, offset = data[written:], offset + written
         except OSError as exc:
+            if exc.errno in NO_SPACE:
+                self._no_space = True  # given back on close, once no other write is in flight
+                raise DownloadError(
+                    f"cannot write {self.path}: {exc.strerror}; it is removed to give the space back"
+                ) from None
             raise DownloadError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def finish(self) -> None:
@@ -157,7 +199,22 @@ class PartFile:
             return False
         return (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino)
 
+    def _give_back(self) -> None:
+        """No room: free every block of the part file (now, even while a peer still reads it), remove it."""
+        self._no_space = False
+        if self.fd < 0:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+            if self._still_ours():
+                os.unlink(self.path)
+        except OSError as exc:
+            log.warning("part file not removed", path=str(self.path), error=exc.strerror)
+        self.close()
+
     def close(self) -> None:
+        if self._no_space:
+            self._give_back()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
