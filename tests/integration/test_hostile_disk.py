@@ -8,6 +8,7 @@ these tests skip, under CI they fail.
 import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -70,13 +71,21 @@ def huge_manifest(name: str, chunks: dict[int, bytes]) -> Manifest:
     return Manifest(name, TiB, BIG_CHUNK, bytes(digests))
 
 
-def test_a_manifest_larger_than_the_disk_fails_at_once_and_leaves_the_disk_as_it_was(tmp_path):
-    """Item 5: a 1 TiB file into a 64 MiB ext4."""
+@pytest.mark.parametrize("leftover", [False, True], ids=["fresh", "after-an-old-failed-run"])
+def test_a_manifest_larger_than_the_disk_fails_at_once_and_leaves_the_disk_as_it_was(tmp_path, leftover):
+    """Item 5: a 1 TiB file into a 64 MiB ext4; also rerun over the part file an older version
+    left there, sparse, with every free block reserved and nothing written (item 6's start)."""
     manifest = huge_manifest("huge.bin", {})
     peer = HostilePeer(random_file(tmp_path / "seed" / "small.bin", 1000), BIG_CHUNK, manifest.encode())
     try:
         with ext4(tmp_path, 64 * MiB) as disk, LocalSwarm(tmp_path) as swarm:
             free_before = free_blocks_bytes(disk)
+            if leftover:
+                with open(disk / "huge.bin.part", "wb") as f:
+                    f.truncate(TiB)
+                    with pytest.raises(OSError):
+                        os.posix_fallocate(f.fileno(), 0, TiB)
+                assert free_blocks_bytes(disk) < 2 * MiB  # the disk is full (ext4 keeps a few blocks back)
             swarm.start_tracker()
             peer.register(swarm.tracker_port, name="huge.bin")
             leecher = swarm.leecher(peer.file_id, disk)
@@ -113,6 +122,40 @@ def test_an_honest_download_too_big_for_the_free_space_gives_it_back_and_a_rerun
         assert again.wait(60) == 0, again.output
         assert sha256_file(disk / "honest.bin") == sha256_file(data)
         assert ours(disk) == ["honest.bin"]
+
+
+def test_resuming_a_sparse_1_tib_part_file_checks_only_the_chunks_ever_written(tmp_path):
+    """Item 6: the part file of a 1 TiB download, space reserved, three chunks written (one of
+    them damaged): the rerun checks those three in seconds, not 1 TiB for minutes, and says so."""
+    good, damaged = os.urandom(BIG_CHUNK), os.urandom(BIG_CHUNK)
+    zeros = bytes(BIG_CHUNK)  # a chunk of zeros is what a hole reads as: it needs no writing
+    manifest = huge_manifest("sparse.bin", {3: good, 9: zeros, 7: good, 40000: damaged})
+    peer = HostilePeer(random_file(tmp_path / "seed" / "small.bin", 1000), BIG_CHUNK, manifest.encode())
+    # A sparse image: mkfs and the reservation write some 100 MiB of metadata, not 1 TiB.
+    big = ("-O", "^has_journal", "-N", "128", "-E", "lazy_itable_init=1,nodiscard")
+    try:
+        with ext4(tmp_path, 1100 << 30, *big) as disk, LocalSwarm(tmp_path) as swarm:
+            part = disk / "sparse.bin.part"
+            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, TiB)  # as a run cut short after its reservation leaves it
+                os.pwrite(fd, good, 3 * BIG_CHUNK)
+                os.pwrite(fd, good, 7 * BIG_CHUNK)
+                os.pwrite(fd, damaged[:-1] + b"!", 40000 * BIG_CHUNK)
+            finally:
+                os.close(fd)
+            swarm.start_tracker()
+            peer.register(swarm.tracker_port, name="sparse.bin")
+            leecher = swarm.leecher(peer.file_id, disk, "--no-share")
+            # Hashing all of it takes minutes on two cores; the chunks ever written, moments.
+            resumed = leecher.wait_for("resuming", timeout=60)
+            leecher.send_signal(signal.SIGKILL)
+            leecher.wait(30)
+        assert resumed["verified_chunks"] == 3  # 3 and 7 as written, 9 a hole that reads right
+        [checking] = [e for e in leecher.events() if e.get("event") == "checking chunks on disk"]
+        assert checking["chunks"] == 3 and checking["mib"] == 48  # 3, 7 and 40000: what was written
+    finally:
+        peer.close()
 
 
 @pytest.mark.parametrize("planted", ["symlink", "hardlink"])

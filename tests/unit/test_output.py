@@ -6,7 +6,9 @@ import os
 import socket
 
 import pytest
+import structlog
 
+from p2p_leecher import output
 from p2p_leecher.output import PartFile, verified_chunks
 from p2p_shared.errors import DownloadError
 from p2p_shared.manifest import Manifest
@@ -65,6 +67,20 @@ def test_a_second_writer_of_the_same_file_downloads_aside(tmp_path):
     third.close()
 
 
+def test_reserve_sizes_the_part_file_and_a_resumed_one_keeps_its_bytes(tmp_path):
+    final = tmp_path / "f.bin"
+    part = PartFile(final, 10)
+    part.reserve()
+    assert part.path.stat().st_size == 10 and not part.resumed
+    part.write(0, memoryview(b"abcd"))
+    part.close()
+    again = PartFile(final, 10)
+    assert again.resumed
+    again.reserve(keep=True)
+    assert again.path.read_bytes()[:4] == b"abcd"
+    again.close()
+
+
 @pytest.mark.parametrize("planted", ["symlink", "hardlink", "fifo"])
 def test_a_part_file_that_is_not_a_regular_file_of_ours_is_refused(tmp_path, planted):
     outside = tmp_path / "outside.txt"
@@ -105,20 +121,6 @@ def test_finish_links_the_file_written_even_if_its_name_was_replaced(tmp_path):
     part.finish()
     assert final.read_bytes() == b"ab" and not final.is_symlink()
     assert part.path.is_symlink() and outside.read_bytes() == b"precious"  # not ours: left alone
-
-
-def test_reserve_sizes_the_part_file_and_a_resumed_one_keeps_its_bytes(tmp_path):
-    final = tmp_path / "f.bin"
-    part = PartFile(final, 10)
-    part.reserve()
-    assert part.path.stat().st_size == 10 and not part.resumed
-    part.write(0, memoryview(b"abcd"))
-    part.close()
-    again = PartFile(final, 10)
-    assert again.resumed
-    again.reserve(keep=True)
-    assert again.path.read_bytes()[:4] == b"abcd"
-    again.close()
 
 
 def no_room(monkeypatch, free: int) -> None:
@@ -174,3 +176,39 @@ def test_a_write_that_runs_out_of_space_removes_the_part_file_on_close(tmp_path,
     assert part.path.exists()  # other writes may still be in flight: removed on close
     part.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_chunks_with_data_are_read_and_a_hole_of_zeros_is_verified(tmp_path, monkeypatch):
+    chunk = 1 << 20  # file system blocks are smaller: holes at chunk granularity
+    data = os.urandom(chunk) + bytes(chunk) + os.urandom(chunk) + os.urandom(chunk)
+    m = manifest_of(data, chunk)
+    path = tmp_path / "f.bin.part"
+    with open(path, "wb") as f:
+        f.truncate(len(data))
+        f.seek(2 * chunk)
+        f.write(data[2 * chunk : 3 * chunk])  # chunk 2 written, 0 and 3 never, 1 is zeros
+    read = []
+    real = output.digest_chunks
+
+    def digest_chunks(fd, size, chunk_size, indices, **kwargs):
+        read.extend(indices)
+        return real(fd, size, chunk_size, indices, **kwargs)
+
+    monkeypatch.setattr(output, "digest_chunks", digest_chunks)
+    with structlog.testing.capture_logs() as logs:
+        assert verified_chunks(path, m) == {1, 2}
+    assert read == [2]
+    assert [(e["chunks"], e["mib"]) for e in logs if e["event"] == "checking chunks on disk"] == [(1, 1.0)]
+
+
+def test_checking_a_big_file_says_how_far_it_got(tmp_path):
+    data = os.urandom(8 * 4096)
+    m = manifest_of(data, 4096)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    reporter = output._Reporter(path, len(data), every=0)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(2):
+            reporter(4096)
+    assert [e["percent"] for e in logs] == [12.5, 25.0]
+    assert verified_chunks(path, m) == set(range(8))

@@ -1,7 +1,9 @@
 """Where a download's bytes go: NAME.part, written at chunk offsets, renamed only when whole.
 
-The part file is the durable progress: on a restart every chunk already in it is verified
-against the manifest, so a resumed download fetches only what is missing or damaged.
+The part file is the durable progress: on a restart the chunks ever written to it are verified
+against the manifest, so a resumed download fetches only what is missing or damaged. Which
+chunks were written, the file system says (SEEK_DATA): space reserved and never written reads
+as a hole, so checking a 1 TiB part file costs what was written to it, not 1 TiB.
 
 The folder may not be ours alone: the part file is opened without following a link and must be
 a regular file of ours with no other name, or nothing is written. The disk may be full: the
@@ -14,15 +16,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import socket
 import stat
+import threading
+import time
 from pathlib import Path
 
 import structlog
 
 from p2p_shared.errors import DownloadError
-from p2p_shared.hashing import hash_chunks
+from p2p_shared.hashing import digest_chunks
 from p2p_shared.manifest import Manifest
 
 log = structlog.get_logger()
@@ -36,14 +41,79 @@ class FinalExists(DownloadError):
 
 
 def verified_chunks(path: Path, manifest: Manifest) -> set[int]:
-    """Indices of the chunks of `path` that match the manifest (empty if the size differs)."""
+    """Indices of the chunks of the regular file `path` that match the manifest (none if its size differs)."""
     try:
-        if path.stat().st_size != manifest.size:
-            return set()
-        digests = hash_chunks(path, manifest.size, manifest.chunk_size)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
     except OSError:
         return set()
-    return {i for i in range(manifest.num_chunks) if digests[i * 32 : i * 32 + 32] == manifest.chunk_digest(i)}
+    try:
+        return _verified(fd, path, manifest)
+    finally:
+        os.close(fd)
+
+
+def _verified(fd: int, path: Path, manifest: Manifest) -> set[int]:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != manifest.size:
+            return set()
+        written = _chunks_with_data(fd, manifest)
+    except OSError:
+        return set()
+    # A chunk never written reads as zeros: verified if the file has zeros there too.
+    unwritten = set(range(manifest.num_chunks)).difference(written)
+    zeros = {n: hashlib.sha256(bytes(n)).digest() for n in {manifest.chunk_span(i)[1] for i in unwritten}}
+    done = {i for i in unwritten if manifest.chunk_digest(i) == zeros[manifest.chunk_span(i)[1]]}
+    if not written:
+        return done
+    total = sum(manifest.chunk_span(i)[1] for i in written)
+    log.info("checking chunks on disk", path=str(path), chunks=len(written), mib=round(total / MIB, 1))
+    try:
+        digests = digest_chunks(fd, manifest.size, manifest.chunk_size, written, hashed=_Reporter(path, total))
+    except OSError:
+        return set()
+    return done | {i for i, digest in zip(written, digests) if digest == manifest.chunk_digest(i)}
+
+
+def _chunks_with_data(fd: int, manifest: Manifest) -> list[int]:
+    """The chunks that hold data, by SEEK_DATA and SEEK_HOLE. A file system that cannot tell
+    says it is all data (or refuses to say), and every chunk is checked."""
+    found: list[int] = []
+    offset, size, chunk = 0, manifest.size, manifest.chunk_size
+    try:
+        while offset < size:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            first = max(start // chunk, found[-1] + 1 if found else 0)
+            found += range(first, (end - 1) // chunk + 1)
+            offset = end
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: no data past `offset`
+            return list(range(manifest.num_chunks))
+    return found
+
+
+class _Reporter:
+    """A log line every few seconds while chunks on disk are checked (a big part file takes minutes)."""
+
+    def __init__(self, path: Path, total: int, every: float = 2.0) -> None:
+        self.path, self.total, self.every = path, total, every
+        self.done = 0
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, nbytes: int) -> None:
+        with self._lock:
+            self.done += nbytes
+            now = time.monotonic()
+            if now - self._last < self.every:
+                return
+            self._last = now
+            done = self.done
+        log.info(
+            "checking chunks on disk", path=str(self.path), done_mib=round(done / MIB, 1),
+            mib=round(self.total / MIB, 1), percent=round(100 * done / self.total, 1),
+        )
 
 
 def _refusal(st: os.stat_result) -> str | None:
@@ -103,6 +173,10 @@ class PartFile:
             os.close(fd)
             return -1
         return fd
+
+    def verified_chunks(self, manifest: Manifest) -> set[int]:
+        """The chunks already in the part file that match the manifest."""
+        return _verified(self.fd, self.path, manifest)
 
     def reserve(self, keep: bool = False) -> None:
         """Make the part file its full size and claim the disk space now, so a full disk fails the
