@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from p2p_shared.hashing import hash_chunks
 from p2p_shared.manifest import Manifest
 from tests.ci import cannot_run
 from tests.host_tools import host_tool
@@ -181,3 +182,29 @@ def test_a_planted_link_at_the_part_file_is_refused_and_nothing_outside_is_writt
     [line] = error_lines(leecher)
     assert "s.bin.part" in line and "refusing" in line, line
     assert "Traceback" not in leecher.output
+
+
+def test_a_symlink_in_a_seeded_folder_is_neither_announced_nor_served(tmp_path):
+    """Item 12: a link in the seeded folder to a private key outside it."""
+    folder = tmp_path / "seed"
+    data = random_file(folder / "public.bin", MiB)
+    key = tmp_path / "private" / "id_ed25519"
+    key.parent.mkdir()
+    key.write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n")
+    (folder / "id_ed25519").symlink_to(key)
+    with LocalSwarm(tmp_path, heartbeat=10) as swarm:
+        swarm.start_tracker()
+        seeder = swarm.add_seeder([folder])
+        ready = [e["file"] for e in seeder.events() if e.get("event") == "file ready"]
+        assert ready == ["public.bin"]
+        assert swarm.lookup("id_ed25519").file is None
+        assert swarm.lookup("public.bin").file is not None
+        key_id = Manifest("id_ed25519", key.stat().st_size, 512 * 1024,
+                          hash_chunks(key, key.stat().st_size, 512 * 1024)).file_id
+        thief = swarm.leecher(key_id, tmp_path / "stolen", "--wait", "1")
+        assert thief.wait(60) == 1
+        fair = swarm.leecher("public.bin", tmp_path / "out")
+        assert fair.wait(60) == 0, fair.output
+    assert not (tmp_path / "stolen" / "id_ed25519").exists()
+    assert sha256_file(tmp_path / "out" / "public.bin") == sha256_file(data)
+    assert "id_ed25519" in seeder.output  # the seeder says what it left out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,9 @@ from typing import BinaryIO
 import structlog
 
 from p2p_shared.errors import ManifestError, P2PError
-from p2p_shared.manifest import Manifest
+from p2p_shared.hashing import digest_chunks
+from p2p_shared.manifest import Manifest, chunk_count
 from p2p_shared.messages import FileEntry
-
-from p2p_shared.hashing import hash_chunks
 
 log = structlog.get_logger()
 
@@ -93,29 +93,32 @@ class ManifestCache:
             log.warning("manifest cache not written", path=str(slot), error=exc.strerror)
 
 
-def load_file(path: Path, chunk_size: int, cache: ManifestCache) -> tuple[SeededFile, float | None]:
-    """Build (or load from cache) the manifest of one file. Returns it and the seconds spent
-    hashing (None when the manifest came from the cache)."""
+def load_file(
+    path: Path, chunk_size: int, cache: ManifestCache, follow: bool = True
+) -> tuple[SeededFile, float | None]:
+    """Build (or load from cache) the manifest of one file, a link to it followed only if
+    `follow`. Returns it and the seconds spent hashing (None when the manifest came from the cache)."""
     try:
-        st = path.stat()
-        if not path.is_file():
-            raise P2PError(f"cannot seed {path}: not a regular file")
-        with open(path, "rb"):
-            pass
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     except OSError as exc:
         raise P2PError(f"cannot seed {path}: {exc.strerror}") from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise P2PError(f"cannot seed {path}: not a regular file")
         manifest = cache.load(path, st, chunk_size)
         hash_seconds = None
         if manifest is None:
             started = time.perf_counter()
-            digests = hash_chunks(path, st.st_size, chunk_size)
+            digests = digest_chunks(fd, st.st_size, chunk_size, range(chunk_count(st.st_size, chunk_size)))
             hash_seconds = time.perf_counter() - started
-            manifest = Manifest(name=path.name, size=st.st_size, chunk_size=chunk_size, digests=digests)
+            manifest = Manifest(name=path.name, size=st.st_size, chunk_size=chunk_size, digests=b"".join(digests))
             cache.store(path, st, manifest)
     except ManifestError as exc:
         raise P2PError(f"cannot seed {path}: {exc}") from None
     except OSError as exc:
         raise P2PError(f"cannot seed {path}: {exc}") from None
+    finally:
+        os.close(fd)
     data = manifest.encode()
     return SeededFile(path, manifest, data, manifest.file_id, (st.st_size, st.st_mtime_ns)), hash_seconds
