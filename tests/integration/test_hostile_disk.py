@@ -208,3 +208,49 @@ def test_a_symlink_in_a_seeded_folder_is_neither_announced_nor_served(tmp_path):
     assert not (tmp_path / "stolen" / "id_ed25519").exists()
     assert sha256_file(tmp_path / "out" / "public.bin") == sha256_file(data)
     assert "id_ed25519" in seeder.output  # the seeder says what it left out
+
+
+def edit_in_place_keeping_size_and_mtime(path: Path) -> None:
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(b"edited in place")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_a_file_edited_with_size_and_mtime_restored_is_rehashed_on_restart(tmp_path):
+    """Item 13: the seeder is stopped, the file edited in place (size and mtime restored), the
+    seeder started again: the cached manifest must not be served."""
+    data = random_file(tmp_path / "seed" / "edited.bin", 4 * MiB)
+    with LocalSwarm(tmp_path, heartbeat=10) as swarm:
+        swarm.start_tracker()
+        first = swarm.add_seeder([data])
+        old_id = first.wait_for("file ready")["file_id"]
+        first.stop()
+        edit_in_place_keeping_size_and_mtime(data)
+        new_id = Manifest("edited.bin", 4 * MiB, 512 * 1024, hash_chunks(data, 4 * MiB, 512 * 1024)).file_id
+        assert new_id != old_id
+        second = swarm.add_seeder([data])
+        ready = second.wait_for("file ready")
+        assert ready["cached"] is False and ready["file_id"] == new_id
+        leecher = swarm.leecher("edited.bin", tmp_path / "out", "--wait", "2")
+        assert leecher.wait(60) == 0, leecher.output
+        third = swarm.add_seeder([data])  # unchanged since: the cache serves again
+        assert third.wait_for("file ready")["cached"] is True
+    assert sha256_file(tmp_path / "out" / "edited.bin") == sha256_file(data)
+
+
+def test_a_file_edited_while_seeded_with_size_and_mtime_restored_is_not_served(tmp_path):
+    """Item 13, while running: the same edit after hashing stops the seeder serving the file."""
+    data = random_file(tmp_path / "seed" / "live.bin", 4 * MiB)
+    with LocalSwarm(tmp_path, heartbeat=10) as swarm:
+        swarm.start_tracker()
+        seeder = swarm.add_seeder([data])
+        edit_in_place_keeping_size_and_mtime(data)
+        leecher = swarm.leecher("live.bin", tmp_path / "out", "--wait", "2")
+        assert leecher.wait(60) == 1
+        seeder.wait_for("file changed on disk since it was hashed; not serving it")
+        assert not any(e.get("event") == "chunk failed verification" for e in leecher.events())
+    assert not (tmp_path / "out" / "live.bin").exists()
