@@ -204,7 +204,7 @@ class PartFile:
             if exc.errno in NO_SPACE:
                 self._give_back()
                 raise DownloadError(
-                    f"No space left on device: could not reserve {_space(self.size)} for {self.path}; removed it,"
+                    f"{exc.strerror}: could not reserve {_space(self.size)} for {self.path}; removed it,"
                     " to give the space back"
                 ) from None
             self.close()
