@@ -140,9 +140,8 @@ def test_resuming_a_sparse_1_tib_part_file_checks_only_the_chunks_ever_written(t
             fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 os.posix_fallocate(fd, 0, TiB)  # as a run cut short after its reservation leaves it
-                os.pwrite(fd, good, 3 * BIG_CHUNK)
-                os.pwrite(fd, good, 7 * BIG_CHUNK)
-                os.pwrite(fd, damaged[:-1] + b"!", 40000 * BIG_CHUNK)
+                for index, payload in ((3, good), (7, good), (40000, bytes([damaged[0] ^ 0xFF]) + damaged[1:])):
+                    assert os.pwrite(fd, payload, index * BIG_CHUNK) == BIG_CHUNK  # 40000: one byte off
             finally:
                 os.close(fd)
             swarm.start_tracker()
