@@ -49,7 +49,8 @@ need() {
   return 1
 }
 
-# Host tools the tests run for real: promtool (alert rules), a Pushgateway, network namespaces.
+# Host tools the tests run for real: promtool (alert rules), a Pushgateway, network namespaces,
+# ext4 images.
 if [ "$purpose" = test ]; then
   need promtool prometheus "alert rule tests" && say "promtool: $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)"
   need prometheus-pushgateway prometheus-pushgateway "Pushgateway tests" || true
@@ -63,6 +64,9 @@ if [ "$purpose" = test ]; then
   done
   need ip iproute2 "network namespace tests" || true
   need tc iproute2 "shaped links" || true
+  # Full-disk tests mount small ext4 images on loop devices (tmpfs hides what ext4 does).
+  need mkfs.ext4 e2fsprogs "full-disk tests on ext4" || true
+  need mount mount "full-disk tests on ext4" || true
 fi
 
 # Docker: the engine, Compose v2, and a route to the images.

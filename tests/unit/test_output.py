@@ -1,9 +1,14 @@
 """The part file and the final rename, on a real temporary folder."""
 
+import errno
 import hashlib
+import os
+import socket
 
 import pytest
+import structlog
 
+from p2p_leecher import output
 from p2p_leecher.output import PartFile, verified_chunks
 from p2p_shared.errors import DownloadError
 from p2p_shared.manifest import Manifest
@@ -60,3 +65,150 @@ def test_a_second_writer_of_the_same_file_downloads_aside(tmp_path):
     third = PartFile(final, 4)  # the lock went with the first writer
     assert third.path == first.path and third.resumed
     third.close()
+
+
+def test_reserve_sizes_the_part_file_and_a_resumed_one_keeps_its_bytes(tmp_path):
+    final = tmp_path / "f.bin"
+    part = PartFile(final, 10)
+    part.reserve()
+    assert part.path.stat().st_size == 10 and not part.resumed
+    part.write(0, memoryview(b"abcd"))
+    part.close()
+    again = PartFile(final, 10)
+    assert again.resumed
+    again.reserve(keep=True)
+    assert again.path.read_bytes()[:4] == b"abcd"
+    again.close()
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hardlink", "fifo"])
+def test_a_part_file_that_is_not_a_regular_file_of_ours_is_refused(tmp_path, planted):
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    part = tmp_path / "out" / "f.bin.part"
+    part.parent.mkdir()
+    if planted == "symlink":
+        part.symlink_to(outside)
+    elif planted == "hardlink":
+        os.link(outside, part)
+    else:
+        os.mkfifo(part)
+    with pytest.raises(DownloadError, match="refusing"):
+        PartFile(part.parent / "f.bin", 4)
+    assert outside.read_bytes() == b"precious"
+
+
+def test_the_aside_part_file_is_refused_as_well_when_it_is_a_link(tmp_path):
+    final = tmp_path / "f.bin"
+    first = PartFile(final, 4)  # holds the lock: a second writer goes aside
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    final.with_name(f"f.bin.{socket.gethostname()}-{os.getpid()}.part").symlink_to(outside)
+    with pytest.raises(DownloadError, match="symbolic link"):
+        PartFile(final, 4)
+    first.close()
+    assert outside.read_bytes() == b"precious"
+
+
+def test_finish_links_the_file_written_even_if_its_name_was_replaced(tmp_path):
+    final = tmp_path / "f.bin"
+    part = PartFile(final, 2)
+    part.write(0, memoryview(b"ab"))
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    part.path.rename(tmp_path / "moved.part")
+    part.path.symlink_to(outside)  # swapped for a link while we wrote
+    part.finish()
+    assert final.read_bytes() == b"ab" and not final.is_symlink()
+    assert part.path.is_symlink() and outside.read_bytes() == b"precious"  # not ours: left alone
+
+
+def no_room(monkeypatch, free: int) -> None:
+    real = os.fstatvfs
+
+    def fstatvfs(fd):
+        st = real(fd)
+        return os.statvfs_result((st.f_bsize, 1, st.f_blocks, free, free, *tuple(st)[5:]))
+
+    monkeypatch.setattr(os, "fstatvfs", fstatvfs)
+
+
+def test_no_room_fails_before_reserving_and_removes_a_part_file_without_progress(tmp_path, monkeypatch):
+    no_room(monkeypatch, 1000)
+    part = PartFile(tmp_path / "f.bin", 4096)
+    with pytest.raises(DownloadError, match="No space left on device: f.bin needs 0.0 MiB more"):
+        part.reserve()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_room_keeps_a_part_file_with_verified_chunks_unchanged(tmp_path, monkeypatch):
+    final = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(b"abcd")
+    no_room(monkeypatch, 10)
+    part = PartFile(final, 1 << 20)
+    with pytest.raises(DownloadError, match="the chunks verified in .* are kept"):
+        part.reserve(keep=True)
+    assert (tmp_path / "f.bin.part").read_bytes() == b"abcd"
+
+
+def test_a_reservation_that_runs_out_of_space_gives_it_all_back(tmp_path, monkeypatch):
+    def fallocate(fd, offset, length):
+        os.pwrite(fd, b"x" * 100, 0)  # what ext4 keeps of a failed reservation
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    part = PartFile(tmp_path / "f.bin", 4096)
+    with pytest.raises(DownloadError, match="No space left on device.*removed it"):
+        part.reserve()
+    assert list(tmp_path.iterdir()) == [] and part.fd == -1
+
+
+def test_a_write_that_runs_out_of_space_removes_the_part_file_on_close(tmp_path, monkeypatch):
+    part = PartFile(tmp_path / "f.bin", 8)
+    part.reserve()
+    part.write(0, memoryview(b"abcd"))
+    def pwrite(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with pytest.raises(DownloadError, match="No space left on device"):
+        part.write(4, memoryview(b"efgh"))
+    assert part.path.exists()  # other writes may still be in flight: removed on close
+    part.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_chunks_with_data_are_read_and_a_hole_of_zeros_is_verified(tmp_path, monkeypatch):
+    chunk = 1 << 20  # file system blocks are smaller: holes at chunk granularity
+    data = os.urandom(chunk) + bytes(chunk) + os.urandom(chunk) + os.urandom(chunk)
+    m = manifest_of(data, chunk)
+    path = tmp_path / "f.bin.part"
+    with open(path, "wb") as f:
+        f.truncate(len(data))
+        f.seek(2 * chunk)
+        f.write(data[2 * chunk : 3 * chunk])  # chunk 2 written, 0 and 3 never, 1 is zeros
+    read = []
+    real = output.digest_chunks
+
+    def digest_chunks(fd, size, chunk_size, indices, **kwargs):
+        read.extend(indices)
+        return real(fd, size, chunk_size, indices, **kwargs)
+
+    monkeypatch.setattr(output, "digest_chunks", digest_chunks)
+    with structlog.testing.capture_logs() as logs:
+        assert verified_chunks(path, m) == {1, 2}
+    assert read == [2]
+    assert [(e["chunks"], e["mib"]) for e in logs if e["event"] == "checking chunks on disk"] == [(1, 1.0)]
+
+
+def test_checking_a_big_file_says_how_far_it_got(tmp_path):
+    data = os.urandom(8 * 4096)
+    m = manifest_of(data, 4096)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    reporter = output._Reporter(path, len(data), every=0)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(2):
+            reporter(4096)
+    assert [e["percent"] for e in logs] == [12.5, 25.0]
+    assert verified_chunks(path, m) == set(range(8))

@@ -240,7 +240,8 @@ class Download:
                 return DownloadResult(final, manifest.size, loop.time() - started, 0)
             raise DownloadError(f"{final} already exists and differs from {manifest.name}; move it or pick another -o")
         part = PartFile(final, manifest.size)
-        done = await asyncio.to_thread(verified_chunks, part.path, manifest) if part.resumed else set()
+        done = await asyncio.to_thread(part.verified_chunks, manifest) if part.resumed else set()
+        part.reserve(keep=bool(done))
         if done:
             log.info("resuming", path=str(part.path), verified_chunks=len(done), of=manifest.num_chunks)
         self._manifest = manifest

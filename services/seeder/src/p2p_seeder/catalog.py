@@ -1,9 +1,17 @@
-"""The files a seeder serves: manifests built at start, cached across restarts."""
+"""The files a seeder serves: manifests built at start, cached across restarts.
+
+A file is known by its identity on disk: (device, inode, size, mtime, ctime). Any write, and
+any change of mtime, sets ctime to the kernel's clock, which no user can set: a file edited in
+place, its size and mtime put back, is not the file that was hashed. Comparing that identity
+costs one stat per file at start (the cache) and per chunk served; hashing again at every
+start would read every byte of every file (about 0.3 s per GiB on two cores).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +20,9 @@ from typing import BinaryIO
 import structlog
 
 from p2p_shared.errors import ManifestError, P2PError
-from p2p_shared.manifest import Manifest
+from p2p_shared.hashing import digest_chunks
+from p2p_shared.manifest import Manifest, chunk_count
 from p2p_shared.messages import FileEntry
-
-from p2p_shared.hashing import hash_chunks
 
 log = structlog.get_logger()
 
@@ -28,12 +35,12 @@ class SeededFile:
     manifest: Manifest
     manifest_bytes: bytes
     file_id: str
-    signature: tuple[int, int]  # (size, mtime_ns) when hashed: a changed file is not served
+    signature: tuple[int, ...]  # its identity when hashed (`identity`): a changed file is not served
 
     complete = True
 
     def changed(self, st: os.stat_result) -> bool:
-        return (st.st_size, st.st_mtime_ns) != self.signature
+        return identity(st) != self.signature
 
     @property
     def raw_id(self) -> bytes:
@@ -56,8 +63,13 @@ class SeededFile:
         return FileEntry(file_id=self.file_id, name=m.name, size=m.size, chunk_size=m.chunk_size)
 
 
+def identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced, written or touched: ctime too, which no user can set."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class ManifestCache:
-    """Manifests keyed by (path, inode, size, mtime, chunk size): an unchanged file is not rehashed."""
+    """Manifests keyed by path, chunk size and the file's identity: an unchanged file is not rehashed."""
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
@@ -65,7 +77,7 @@ class ManifestCache:
     def _slot(self, path: Path, st: os.stat_result, chunk_size: int) -> Path | None:
         if self.directory is None:
             return None
-        key = f"{path.resolve()}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{chunk_size}"
+        key = "\0".join(map(str, (path.resolve(), *identity(st), chunk_size)))
         return self.directory / (hashlib.sha256(key.encode()).hexdigest() + ".manifest")
 
     def load(self, path: Path, st: os.stat_result, chunk_size: int) -> Manifest | None:
@@ -93,29 +105,32 @@ class ManifestCache:
             log.warning("manifest cache not written", path=str(slot), error=exc.strerror)
 
 
-def load_file(path: Path, chunk_size: int, cache: ManifestCache) -> tuple[SeededFile, float | None]:
-    """Build (or load from cache) the manifest of one file. Returns it and the seconds spent
-    hashing (None when the manifest came from the cache)."""
+def load_file(
+    path: Path, chunk_size: int, cache: ManifestCache, follow: bool = True
+) -> tuple[SeededFile, float | None]:
+    """Build (or load from cache) the manifest of one file, a link to it followed only if
+    `follow`. Returns it and the seconds spent hashing (None when the manifest came from the cache)."""
     try:
-        st = path.stat()
-        if not path.is_file():
-            raise P2PError(f"cannot seed {path}: not a regular file")
-        with open(path, "rb"):
-            pass
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     except OSError as exc:
         raise P2PError(f"cannot seed {path}: {exc.strerror}") from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise P2PError(f"cannot seed {path}: not a regular file")
         manifest = cache.load(path, st, chunk_size)
         hash_seconds = None
         if manifest is None:
             started = time.perf_counter()
-            digests = hash_chunks(path, st.st_size, chunk_size)
+            digests = digest_chunks(fd, st.st_size, chunk_size, range(chunk_count(st.st_size, chunk_size)))
             hash_seconds = time.perf_counter() - started
-            manifest = Manifest(name=path.name, size=st.st_size, chunk_size=chunk_size, digests=digests)
+            manifest = Manifest(name=path.name, size=st.st_size, chunk_size=chunk_size, digests=b"".join(digests))
             cache.store(path, st, manifest)
     except ManifestError as exc:
         raise P2PError(f"cannot seed {path}: {exc}") from None
     except OSError as exc:
         raise P2PError(f"cannot seed {path}: {exc}") from None
+    finally:
+        os.close(fd)
     data = manifest.encode()
-    return SeededFile(path, manifest, data, manifest.file_id, (st.st_size, st.st_mtime_ns)), hash_seconds
+    return SeededFile(path, manifest, data, manifest.file_id, identity(st)), hash_seconds

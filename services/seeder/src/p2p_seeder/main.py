@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import stat
 from pathlib import Path
 from typing import Annotated
 
@@ -76,17 +77,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def expand_paths(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder stands for the regular files directly inside it."""
+def expand_paths(paths: list[Path]) -> list[tuple[Path, bool]]:
+    """Files as given, each with whether a link may be followed to it. A folder stands for the
+    regular files directly inside it: a symbolic link there may point anywhere (a private key
+    outside the folder), so links, like subfolders, are left out and said."""
     expanded = []
     for path in paths:
         if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            inside = []
+            for entry in sorted(p for p in path.iterdir() if not p.name.startswith(".")):
+                if stat.S_ISREG(entry.lstat().st_mode):
+                    inside.append((entry, False))
+                else:
+                    log.warning("not seeding what is not a regular file in a seeded folder", path=str(entry))
             if not inside:
                 raise P2PError(f"cannot seed {path}: the folder holds no files")
             expanded += inside
         else:
-            expanded.append(path)
+            expanded.append((path, True))  # named by the operator: a link is theirs to follow
     return expanded
 
 
@@ -98,8 +106,8 @@ async def serve(settings: SeederSettings) -> int:
     cache = ManifestCache(None if settings.no_cache else settings.cache_dir)
     files = []
     hashing = 0.0
-    for path in expand_paths(settings.file):
-        seeded, seconds = await asyncio.to_thread(load_file, path, settings.chunk_size, cache)
+    for path, follow in expand_paths(settings.file):
+        seeded, seconds = await asyncio.to_thread(load_file, path, settings.chunk_size, cache, follow)
         hashing += seconds or 0.0
         files.append(seeded)
         log.info(
