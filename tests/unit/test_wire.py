@@ -279,3 +279,28 @@ def test_receive_frame_stops_at_each_frame_so_the_accepted_set_can_widen_between
 def test_a_manifest_header_and_its_body_are_one_manifest_frame():
     fid, body = bytes(range(32)), b"manifest bytes"
     assert wire.manifest_header(fid, len(body)) + body == wire.encode(wire.ManifestData(fid, body))
+
+
+@given(st.binary(max_size=300), st.sampled_from(["server-handshake", "server", "client-handshake", "client"]))
+def test_fuzz_frame_by_frame_with_each_sides_accepted_frames(data, side):
+    """The peer server's reading path: frame by frame, only the frames the side receives."""
+    accept = {"server-handshake": wire.SERVER_HANDSHAKE, "server": wire.SERVER_RECEIVES,
+              "client-handshake": wire.CLIENT_HANDSHAKE, "client": wire.CLIENT_RECEIVES}[side]
+    reader = wire.FrameReader(max_payload=64, accept=accept)
+    pending = memoryview(data)
+    try:
+        while pending:
+            pending = pending[reader.receive_frame(pending) :]
+            event = reader.next_event()
+            if event is None:
+                break
+            assert wire.FrameType[_KINDS[type(event)]] in accept
+    except RemoteProtocolError:
+        return
+
+
+_KINDS = {
+    wire.Hello: "HELLO", wire.Auth: "AUTH", wire.GetManifest: "GET_MANIFEST", wire.ManifestData: "MANIFEST",
+    wire.GetHave: "GET_HAVE", wire.Have: "HAVE", wire.Announce: "ANNOUNCE", wire.Decline: "DECLINE",
+    wire.Request: "REQUEST", wire.Chunk: "CHUNK", wire.Error: "ERROR",
+}
