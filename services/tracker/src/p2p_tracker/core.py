@@ -6,7 +6,7 @@ a version 1 client never hears of partial holders, versions 1 and 2 never of `fo
 What the tracker believes: a sender that has not proven it receives at its source address
 (no valid connection id yet) gets no answer larger than what it sent. A proven sender speaks for
 its own address only: a holder at another host needs the swarm secret, which makes every sender
-a member. A holder belongs to the sender that registered it (registry.NotRegistrant)."""
+a member. A holder belongs to the address that registered it, any port of it (registry.NotRegistrant)."""
 
 from __future__ import annotations
 
