@@ -51,7 +51,7 @@ def table(r: dict) -> str:
          f"{st['seeder_hash_seconds']:.2f} s vs {st['hashlib_one_thread_seconds']:.2f} s ({st['seeder_hash_seconds'] / st['hashlib_one_thread_seconds']:.2f}x: both cores)"),
         ("seeder start to registered / restart with the file unchanged (manifest cache)",
          f"{st['seeder_start_to_registered_seconds']:.2f} s / {st['restart_unchanged_seconds']:.2f} s (process start included)"),
-        ("tracker, one core, lookups and heartbeats from 64 source ports", f"{t['requests_per_second']:,.0f} requests/s"),
+        ("tracker, one core, lookups and heartbeats from 64 source addresses", f"{t['requests_per_second']:,.0f} requests/s"),
         ("tracker latency at half that load, p50 / p99", f"{t['half_load']['p50_ms']:.2f} / {t['half_load']['p99_ms']:.2f} ms"),
         ("tracker memory with 100,000 registered seeders", f"{t['rss_mb_100k_seeders']:.0f} MB"),
     ]
