@@ -79,7 +79,7 @@ def test_a_manifest_larger_than_the_disk_fails_at_once_and_leaves_the_disk_as_it
     manifest = huge_manifest("huge.bin", {})
     peer = HostilePeer(random_file(tmp_path / "seed" / "small.bin", 1000), BIG_CHUNK, manifest.encode())
     try:
-        with ext4(tmp_path, 64 * MiB) as disk, LocalSwarm(tmp_path) as swarm:
+        with ext4(tmp_path, 64 * MiB) as disk, LocalSwarm(tmp_path, heartbeat=10) as swarm:  # the hostile peer never beats
             free_before = free_blocks_bytes(disk)
             if leftover:
                 with open(disk / "huge.bin.part", "wb") as f:
@@ -135,7 +135,7 @@ def test_resuming_a_sparse_1_tib_part_file_checks_only_the_chunks_ever_written(t
     # A sparse image: mkfs and the reservation write some 100 MiB of metadata, not 1 TiB.
     big = ("-O", "^has_journal", "-N", "128", "-E", "lazy_itable_init=1,nodiscard")
     try:
-        with ext4(tmp_path, 1100 << 30, *big) as disk, LocalSwarm(tmp_path) as swarm:
+        with ext4(tmp_path, 1100 << 30, *big) as disk, LocalSwarm(tmp_path, heartbeat=10) as swarm:
             part = disk / "sparse.bin.part"
             fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
             try:
