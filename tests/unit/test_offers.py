@@ -118,3 +118,24 @@ def test_a_downloader_starved_for_patience_seconds_may_have_chunks_others_hold()
     assert book.join("b", 1.0) == []  # b should get them from a...
     assert book.top_up_all(5.0) == {}
     assert sorted(book.top_up_all(12.0)["b"]) == [0, 1]  # ...but after 10 s without a chunk, from us
+
+
+class FixedStart(random.Random):
+    """An rng whose first randrange (the walk's start) is `start`."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__(0)
+        self.start = start
+
+    def randrange(self, *args):
+        return self.start
+
+
+def test_a_walk_that_meets_a_chunk_someone_holds_goes_on_from_the_middle_of_the_longest_free_stretch():
+    book = OfferBook(100, window=4, rng=FixedStart(0), order_key=b"file")
+    order = list(book._fresh)  # the shared order, from our start
+    # Another origin's downloader holds the 6th chunk of our walk: another origin works here.
+    assert book.join("z", 0.0, holds=[order[5]]) == order[:4]
+    # The next downloader gets the 5th, then the walk meets the held one and jumps to the middle
+    # of the longest stretch nobody holds (order[6:], 94 chunks): order[6 + 47] on.
+    assert book.join("a", 0.0) == [order[4], order[53], order[54], order[55]]

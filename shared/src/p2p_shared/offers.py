@@ -6,7 +6,11 @@ in our testbed). Instead, as in BitTorrent's super-seeding (BEP 16), the origin 
 downloader only a few chunks, offered to no one else: each chunk it sends, each chunk a
 downloader says it got elsewhere, and each offer it declines, makes room for one more. Every
 origin of a file walks the same random order (from the file id), each from its own random
-start, so that origins that cannot see each other's downloaders hand out different chunks.
+start, so that origins that cannot see each other's downloaders hand out different chunks. An
+origin cannot see another's offers, only the chunks downloaders announce: when its walk meets
+such a chunk, another origin is working that stretch of the order (two random starts close
+together would otherwise follow each other, offering the same chunks), so it goes on from the
+middle of the longest stretch that no downloader holds yet.
 
 Once every chunk has been offered, a chunk is offered again only if no connected downloader
 holds it (its holders left before passing it on) and it is not on offer elsewhere; a chunk on
@@ -41,6 +45,9 @@ class OfferBook:
         self._rng = rng or random.Random()
         order = list(range(num_chunks))
         random.Random(order_key).shuffle(order)
+        self._position = [0] * num_chunks  # of each chunk in the shared order
+        for position, index in enumerate(order):
+            self._position[index] = position
         start = self._rng.randrange(num_chunks) if num_chunks else 0
         self._fresh = deque(order[start:] + order[:start])  # never offered to anyone
         self._spread = [0] * num_chunks  # copies we sent + downloaders known to hold it
@@ -122,6 +129,22 @@ class OfferBook:
             self._spread[index] += 1
             self._holders_now[index] += 1
 
+    def _jump(self) -> None:
+        """Drop the chunks someone holds from the walk, and go on from the middle of the longest
+        run of consecutive positions (in the shared order) left in it."""
+        fresh = [i for i in self._fresh if not self._spread[i]]
+        position = self._position
+        best, best_length, start, length = 0, 0, 0, 0
+        for k, index in enumerate(fresh):
+            if k and position[index] == position[fresh[k - 1]] + 1:
+                length += 1
+            else:
+                start, length = k, 1
+            if length > best_length:
+                best, best_length = start, length
+        middle = best + best_length // 2
+        self._fresh = deque(fresh[middle:] + fresh[:middle])
+
     def _top_up(self, conn: Conn, now: float) -> list[int]:
         offers = self._offered[conn]
         new = []
@@ -137,8 +160,9 @@ class OfferBook:
         found = None
         while self._fresh:
             index = self._fresh.popleft()
-            if self._spread[index]:
-                continue  # someone got it elsewhere: no longer fresh
+            if self._spread[index]:  # someone got it elsewhere: another origin works here
+                self._jump()
+                continue
             if index in holds or index in declined:
                 skipped.append(index)  # still fresh for the others
                 continue
