@@ -139,3 +139,17 @@ def test_a_walk_that_meets_a_chunk_someone_holds_goes_on_from_the_middle_of_the_
     # The next downloader gets the 5th, then the walk meets the held one and jumps to the middle
     # of the longest stretch nobody holds (order[6:], 94 chunks): order[6 + 47] on.
     assert book.join("a", 0.0) == [order[4], order[53], order[54], order[55]]
+
+
+def test_when_the_last_downloader_leaves_the_next_swarm_gets_a_new_walk_of_the_shared_order():
+    book = OfferBook(16, window=4, rng=random.Random(7), order_key=b"file")
+    order = list(book._fresh)
+    while offers := book.offered("a") if book.joined("a") else book.join("a", 0.0):
+        for index in offers:
+            book.sent("a", index, 0.0)  # a first swarm takes every chunk
+    book.leave("a")
+    # The next swarm walks the shared order again, from a new random start, so origins that
+    # cannot see each other keep handing out different stretches (not random picks).
+    again = book.join("d", 1.0)
+    start = order.index(again[0])
+    assert again == [order[(start + k) % 16] for k in range(4)]

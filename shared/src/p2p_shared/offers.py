@@ -12,6 +12,7 @@ such a chunk, another origin is working that stretch of the order (two random st
 together would otherwise follow each other, offering the same chunks), so it goes on from the
 middle of the longest stretch that no downloader holds yet.
 
+When the last downloader leaves, the next swarm starts a new walk (from a new random start).
 Once every chunk has been offered, a chunk is offered again only if no connected downloader
 holds it (its holders left before passing it on) and it is not on offer elsewhere; a chunk on
 offer to downloaders that have taken nothing for `patience` seconds counts as free again, so a
@@ -48,15 +49,20 @@ class OfferBook:
         self._position = [0] * num_chunks  # of each chunk in the shared order
         for position, index in enumerate(order):
             self._position[index] = position
-        start = self._rng.randrange(num_chunks) if num_chunks else 0
-        self._fresh = deque(order[start:] + order[:start])  # never offered to anyone
-        self._spread = [0] * num_chunks  # copies we sent + downloaders known to hold it
-        self._holders_now = [0] * num_chunks  # connected downloaders that hold it
+        self._order = order
+        self._begin()
         self._offered_to: dict[int, set[Conn]] = {}  # chunk -> downloaders it is on offer to
         self._offered: dict[Conn, set[int]] = {}
         self._holds: dict[Conn, set[int]] = {}
         self._declined: dict[Conn, set[int]] = {}
         self._active_at: dict[Conn, float] = {}  # when each last joined or took a chunk
+
+    def _begin(self) -> None:
+        """A walk of the shared order from a random start, with nothing handed out yet."""
+        start = self._rng.randrange(self.num_chunks) if self.num_chunks else 0
+        self._fresh = deque(self._order[start:] + self._order[:start])  # never offered to anyone
+        self._spread = [0] * self.num_chunks  # copies we sent + downloaders known to hold it
+        self._holders_now = [0] * self.num_chunks  # connected downloaders that hold it
 
     def joined(self, conn: Conn) -> bool:
         return conn in self._offered
@@ -84,6 +90,8 @@ class OfferBook:
             self._holders_now[index] -= 1
         self._declined.pop(conn, None)
         self._active_at.pop(conn, None)
+        if not self._offered:  # the swarm is gone: the next one starts a new walk
+            self._begin()
 
     def sent(self, conn: Conn, index: int, now: float) -> list[int]:
         """We sent `index` to `conn`: new offers for it."""
