@@ -129,7 +129,7 @@ class Download:
 
     async def _lookup(self, target: str, budget: float | None = None) -> messages.Peers:
         key = {"file_id": target} if is_file_id(target) else {"name": target}
-        me = {"port": self.sharing.port, "host": self.sharing.options.advertise_host} if self.sharing else {}
+        me = {"port": self.sharing.port, "host": self.sharing.settings.advertise_host} if self.sharing else {}
         reply = await self.tracker.request(messages.Lookup(**key, **me), budget)
         if isinstance(reply, messages.ErrorReply):
             raise TrackerRejected(reply.code, reply.message)

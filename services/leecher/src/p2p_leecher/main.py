@@ -24,7 +24,7 @@ from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_f
 
 from .download import Download, DownloadOptions, DownloadResult
 from .metrics import LeecherMetrics
-from .sharing import Sharing, SharingOptions
+from .sharing import Sharing
 
 log = structlog.get_logger()
 
@@ -143,7 +143,7 @@ async def list_files(settings: LeecherSettings) -> int:
     return 0
 
 
-def sharing_options(settings: LeecherSettings) -> SharingOptions | None:
+def sharing_for(settings: LeecherSettings, tracker: TrackerClient, metrics: LeecherMetrics) -> Sharing | None:
     if settings.no_share:
         return None
     tls = None
@@ -152,18 +152,8 @@ def sharing_options(settings: LeecherSettings) -> SharingOptions | None:
             log.warning("not sharing: serving over TLS needs --tls-cert and --tls-key")
             return None
         tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
-    return SharingOptions(
-        host=settings.listen_host,
-        port=settings.listen_port,
-        advertise_host=settings.advertise_host,
-        seed_time=settings.seed_time,
-        max_upload_rate=settings.max_upload_rate,
-        max_connections=settings.max_connections,
-        max_connections_per_address=settings.max_connections_per_address,
-        connection_timeout=settings.connection_timeout,
-        handshake_timeout=settings.handshake_timeout,
-        secret=settings.secret_bytes(),
-        tls=tls,
+    return Sharing(
+        tracker, settings, metrics, host=settings.listen_host, port=settings.listen_port, seed_time=settings.seed_time, tls=tls
     )
 
 
@@ -189,8 +179,7 @@ async def fetch(settings: LeecherSettings) -> int:
     )
     settings.warn_if_open(log, "leecher")
     tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
-    share = sharing_options(settings)
-    sharing = Sharing(tracker, share, metrics) if share is not None else None
+    sharing = sharing_for(settings, tracker, metrics)
     try:
         try:
             assert settings.target is not None

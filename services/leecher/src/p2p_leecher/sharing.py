@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -17,7 +16,7 @@ from p2p_shared.messages import FileEntry
 from p2p_shared.net.holder_link import HolderLink
 from p2p_shared.net.peer_server import PeerServer
 from p2p_shared.net.tracker_client import TrackerClient
-from p2p_shared.ratelimit import TokenBucket
+from p2p_shared.settings import ServingSettings
 from p2p_shared.source import PartialSource
 
 from .metrics import LeecherMetrics
@@ -25,26 +24,22 @@ from .metrics import LeecherMetrics
 log = structlog.get_logger()
 
 
-@dataclass
-class SharingOptions:
-    host: str = "0.0.0.0"
-    port: int = 0  # 0: any free port
-    advertise_host: str | None = None
-    seed_time: float = 0.0
-    max_upload_rate: float = 0.0
-    max_connections: int = 256
-    max_connections_per_address: int = 64
-    connection_timeout: float = 90.0
-    handshake_timeout: float = 10.0
-    secret: bytes | None = None
-    tls: ssl.SSLContext | None = None  # a server context: our certificate, peers' checked against the CA
-
-
 class Sharing:
-    def __init__(self, tracker: TrackerClient, options: SharingOptions, metrics: LeecherMetrics) -> None:
+    def __init__(
+        self,
+        tracker: TrackerClient,
+        settings: ServingSettings,
+        metrics: LeecherMetrics,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 0,  # 0: any free port
+        seed_time: float = 0.0,
+        tls: ssl.SSLContext | None = None,  # a server context: our certificate, peers' checked against the CA
+    ) -> None:
         self.tracker = tracker
-        self.options = options
+        self.settings = settings
         self.metrics = metrics
+        self.host, self.listen_port, self.seed_time, self.tls = host, port, seed_time, tls
         self.port: int | None = None
         self._source: PartialSource | None = None
         self._server: PeerServer | None = None
@@ -55,19 +50,13 @@ class Sharing:
 
     async def start(self, manifest: Manifest, path: Path, verified: set[int]) -> None:
         """Serve `path`'s verified chunks and register as a holder of the file."""
-        opts = self.options
         self._source = PartialSource(manifest, path, verified)
-        limit = TokenBucket(opts.max_upload_rate, asyncio.get_running_loop().time()) if opts.max_upload_rate else None
-        self._server = PeerServer(
-            [self._source], self.metrics.serving, opts.connection_timeout, opts.max_connections, limit,
-            max_per_address=opts.max_connections_per_address, handshake_timeout=opts.handshake_timeout,
-            secret=opts.secret,
-        )
-        self._listener = await self._server.listen(opts.host, opts.port, opts.tls)
+        self._server = PeerServer.configured([self._source], self.metrics.serving, self.settings)
+        self._listener = await self._server.listen(self.host, self.listen_port, self.tls)
         self.port = self._listener.sockets[0].getsockname()[1]
         entry = FileEntry(file_id=manifest.file_id, name=manifest.name, size=manifest.size, chunk_size=manifest.chunk_size)
         self._link = HolderLink(
-            self.tracker, self.port, opts.advertise_host, [entry], self.metrics.link, partial=not self._source.complete
+            self.tracker, self.port, self.settings.advertise_host, [entry], self.metrics.link, partial=not self._source.complete
         )
         self._link_task = asyncio.create_task(self._link.run(self._stop))
         log.info("sharing", port=self.port, verified_chunks=len(verified), of=manifest.num_chunks)
@@ -85,7 +74,7 @@ class Sharing:
 
     async def seed(self, stop: asyncio.Event) -> None:
         """Serve the complete file for `seed_time` seconds, or until `stop`."""
-        seconds = self.options.seed_time
+        seconds = self.seed_time
         if self._listener is None or seconds == 0:
             return
         log.info("seeding", seconds=None if seconds < 0 else seconds, port=self.port)

@@ -22,7 +22,6 @@ from p2p_shared.net.peer_server import PeerServer
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import server_context
 from p2p_shared.net.tracker_client import TrackerClient
-from p2p_shared.ratelimit import TokenBucket
 from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_host_port
 
 from .catalog import ManifestCache, load_file
@@ -122,20 +121,7 @@ async def serve(settings: SeederSettings) -> int:
     metrics.hash_seconds.set(hashing)
     metrics.files.set(len(files))
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
-    limit = None
-    if settings.max_upload_rate:
-        limit = TokenBucket(settings.max_upload_rate, asyncio.get_running_loop().time())
-    peers = PeerServer(
-        files,
-        metrics.serving,
-        settings.connection_timeout,
-        settings.max_connections,
-        limit,
-        max_per_address=settings.max_connections_per_address,
-        handshake_timeout=settings.handshake_timeout,
-        secret=settings.secret_bytes(),
-        super_seed=not settings.no_super_seed,
-    )
+    peers = PeerServer.configured(files, metrics.serving, settings, super_seed=not settings.no_super_seed)
     tls = None
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):

@@ -22,7 +22,7 @@ import contextlib
 import os
 import ssl
 import time
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,6 +33,9 @@ from ..handshake import HandshakeRefused, ServerHandshake
 from ..offers import OfferBook
 from ..ratelimit import TokenBucket
 from ..source import ChunkSource
+
+if TYPE_CHECKING:
+    from ..settings import ServingSettings
 
 log = structlog.get_logger()
 
@@ -178,6 +181,18 @@ class PeerServer:
         self._active = 0
         self._by_address: dict[str, int] = {}
         self._connections: set[_Connection] = set()
+
+    @classmethod
+    def configured(
+        cls, sources: list[ChunkSource], metrics: ServingMetrics, settings: ServingSettings, super_seed: bool = False
+    ) -> PeerServer:
+        """A server with a seeder's or a sharing leecher's limits, from its settings."""
+        limit = TokenBucket(settings.max_upload_rate, asyncio.get_running_loop().time()) if settings.max_upload_rate else None
+        return cls(
+            sources, metrics, settings.connection_timeout, settings.max_connections, limit,
+            max_per_address=settings.max_connections_per_address, handshake_timeout=settings.handshake_timeout,
+            secret=settings.secret_bytes(), super_seed=super_seed,
+        )
 
     async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
         """Accept peers on `host:port` (port 0: any free one), within TLS when given: the TLS
