@@ -9,8 +9,11 @@ manifests, so they are checked the same way without kubectl."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -249,6 +252,62 @@ def test_the_leecher_job_downloads_once_to_a_claim(docs):
     [volume] = [v for v in pod_spec(job)["volumes"] if v["name"] == mount["name"]]
     named(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
     assert "P2P_SEED_TIME" not in env(c)
+
+
+def test_seed_init_writes_the_same_demo_file_on_every_volume_once(tmp_path):
+    [init] = pod_spec(named(base_files(), "StatefulSet", "seeder"))["initContainers"]
+    assert init["command"][:2] == ["python3", "-c"]
+
+    def seed_init(volume: Path) -> None:
+        script = init["command"][2].replace('"/seed"', repr(str(volume)))
+        subprocess.run([sys.executable, "-c", script], env={"DEMO_SIZE_MIB": "2"}, check=True, capture_output=True, timeout=60)
+
+    volumes = [tmp_path / "seeder-0", tmp_path / "seeder-1"]
+    for volume in volumes:
+        volume.mkdir()
+        seed_init(volume)
+    first, second = ((v / "demo.bin").read_bytes() for v in volumes)
+    assert len(first) == 2 << 20 and first == second and len(set(first[:4096])) > 200
+    # A volume that holds a file already is left alone.
+    (volumes[0] / "demo.bin").unlink()
+    (volumes[0] / "mine.iso").write_bytes(b"x")
+    seed_init(volumes[0])
+    assert [p.name for p in volumes[0].iterdir()] == ["mine.iso"]
+
+
+def probe(container: dict, kind: str, **variables: str) -> int:
+    """Run an exec probe's command here, with the container's variables."""
+    variables = {k: e["value"] for k, e in env(container).items() if "value" in e} | variables
+    command = container[kind]["exec"]["command"]
+    return subprocess.run(command, env={"PATH": os.environ["PATH"], **variables}, timeout=30).returncode
+
+
+def test_health_probes_pass_on_a_fresh_file_only(tmp_path):
+    for name, kind in (("tracker", "Deployment"), ("seeder", "StatefulSet")):
+        [c] = containers(named(base_files(), kind, name), init=False)
+        health = tmp_path / f"{name}-healthy"
+        for key in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if key not in c:
+                continue
+            c = c | {key: {"exec": {"command": [
+                part.replace(env_value(c, "P2P_HEALTH_FILE"), str(health)) for part in c[key]["exec"]["command"]
+            ]}}}
+            health.unlink(missing_ok=True)
+            assert probe(c, key) != 0, f"{name} {key}: no file"
+            health.touch()
+            assert probe(c, key) == 0, f"{name} {key}: fresh file"
+            os.utime(health, (time.time() - 60, time.time() - 60))
+            assert probe(c, key) != 0, f"{name} {key}: stale file"
+
+
+def test_a_peer_is_ready_once_its_file_has_its_final_name(tmp_path):
+    [c] = containers(named(base_files(), "DaemonSet", "peer"))
+    target = env_value(c, "P2P_TARGET")
+    assert probe(c, "readinessProbe", P2P_OUTPUT_DIR=str(tmp_path)) != 0
+    (tmp_path / f"{target}.part").touch()
+    assert probe(c, "readinessProbe", P2P_OUTPUT_DIR=str(tmp_path)) != 0
+    (tmp_path / target).touch()
+    assert probe(c, "readinessProbe", P2P_OUTPUT_DIR=str(tmp_path)) == 0
 
 
 # Every container ------------------------------------------------------------------------------
