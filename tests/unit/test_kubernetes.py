@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = ["overlays/dev", "overlays/production"]
 SOURCES = ["base files", "base", *OVERLAYS]
-# The oldest and the newest schemas kubernetes-validate ships (1.25, when Pod Security admission
-# became stable, is also the oldest version the manifests are written for).
-SCHEMA_VERSIONS = (kubernetes_validate.utils.all_versions()[0], kubernetes_validate.utils.latest_version())
+# The oldest version the manifests are written for (Pod Security admission became stable in 1.25,
+# also the oldest schema kubernetes-validate ships) and the newest it ships.
+SCHEMA_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet"}
 SETTINGS = {"p2p-tracker": TrackerSettings, "p2p-seeder": SeederSettings, "p2p-leecher": LeecherSettings}
