@@ -50,7 +50,7 @@ need() {
 }
 
 # Host tools the tests run for real: promtool (alert rules), a Pushgateway, network namespaces,
-# ext4 images.
+# ext4 images, kubectl (kustomize).
 if [ "$purpose" = test ]; then
   need promtool prometheus "alert rule tests" && say "promtool: $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)"
   need prometheus-pushgateway prometheus-pushgateway "Pushgateway tests" || true
@@ -67,6 +67,8 @@ if [ "$purpose" = test ]; then
   # Full-disk tests mount small ext4 images on loop devices (tmpfs hides what ext4 does).
   need mkfs.ext4 e2fsprogs "full-disk tests on ext4" || true
   need mount mount "full-disk tests on ext4" || true
+  # The Kubernetes manifests are rendered with `kubectl kustomize` (no cluster is contacted).
+  need kubectl kubernetes-client "Kubernetes manifest renders" && say "kubectl: $(kubectl version --client 2>/dev/null | grep -o 'v[0-9][0-9.]*' | head -1)"
 fi
 
 # Docker: the engine, Compose v2, and a route to the images.
