@@ -93,6 +93,20 @@ def test_health_files_appear_when_serving_and_go_away_on_stop(tmp_path):
     assert not tracker_health.exists()
 
 
+def test_a_seeding_leechers_health_file_is_fresh_while_it_runs_and_gone_when_it_ends(tmp_path):
+    data = random_file(tmp_path / "seed" / "h.bin", 1000)
+    health = tmp_path / "leecher.healthy"
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_tracker()
+        swarm.add_seeder([data])
+        leecher = swarm.leecher("h.bin", tmp_path / "out", "--seed-time", "-1", "--health-file", str(health))
+        leecher.wait_for("seeding")
+        wait_until(health.exists, timeout=10)  # a probe can tell a live peer from a stuck one
+        leecher.send_signal(signal.SIGTERM)
+        assert leecher.wait(30) == 0
+    assert not health.exists()
+
+
 def _preflight(purpose: str, ci: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"  # an engine that is not there

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from p2p_shared import messages
 from p2p_shared.errors import P2PError
 from p2p_shared.logs import configure_logging
-from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import client_context, server_context
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_host_port
@@ -180,6 +180,8 @@ async def fetch(settings: LeecherSettings) -> int:
     settings.warn_if_open(log, "leecher")
     tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
     sharing = sharing_for(settings, tracker, metrics)
+    ended = asyncio.Event()  # the health file is kept fresh until the run ends
+    health = asyncio.create_task(keep_healthy(settings.health_file, ended))
     try:
         try:
             assert settings.target is not None
@@ -194,6 +196,8 @@ async def fetch(settings: LeecherSettings) -> int:
             await sharing.completed()
             await sharing.seed(stop_event())  # SIGTERM/SIGINT end the seeding, not the process
     finally:
+        ended.set()
+        await health
         if sharing is not None:
             await sharing.close()
         tracker.close()
