@@ -70,7 +70,7 @@ fi
 
 for service in tracker seeder leecher; do
   say "building p2p-$service ($mode, base $base)"
-  build --tag "p2p-$service:latest" --file "services/$service/Dockerfile" \
+  build --tag "p2p-$service:latest" --target "$service" \
     --build-arg "BASE_IMAGE=$base" --build-arg "OFFLINE=$offline" .
 done
 
