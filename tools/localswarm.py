@@ -117,6 +117,17 @@ class Service:
                     raise TimeoutError(f"{self.name}: no log line matching {match!r}; last lines:\n{tail}")
                 self._cond.wait(min(remaining, 0.5))
 
+    def wait_for_text(self, text: str, timeout: float = 30.0) -> None:
+        """Block until a line containing `text` is printed (services that do not log JSON)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not any(text in line for line in self.lines):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    tail = "\n".join(self.lines[-20:])
+                    raise TimeoutError(f"{self.name}: no line with {text!r}; last lines:\n{tail}")
+                self._cond.wait(min(remaining, 0.5))
+
     def mark(self) -> int:
         """Position in the log, to wait only for lines printed after this point."""
         with self._cond:
@@ -172,6 +183,59 @@ def start_listening(
                 service.stop()
                 raise
     raise AssertionError("unreachable")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, its data in memory only: a restart (or a
+    kill and a start) brings it back empty, as after losing its data."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.port = 0
+        self.service: Service | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        """Start it (on its old port after a stop, so its clients find it again)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(5):
+            if self.port == 0 or attempt:
+                self.port = free_port()
+            argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(self.workdir), *self.args]
+            service = Service("redis", argv)
+            try:
+                service.wait_for_text("Ready to accept connections")
+                self.service = service
+                return self
+            except TimeoutError:
+                service.stop()
+                if "Address already in use" not in service.output or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections and answers nothing (a stalled Redis)."""
+        assert self.service is not None
+        self.service.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.service is not None
+        self.service.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.resume()
+            self.service.stop()
+
+    def kill(self) -> None:
+        if self.service is not None:
+            self.service.send_signal(signal.SIGKILL)
+            self.service.wait()
 
 
 def service_argv(role: str, *args: str) -> list[str]:
