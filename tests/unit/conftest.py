@@ -24,20 +24,20 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture(params=["memory", "redis"])
 async def make_store(request):
-    """Make empty registry stores of the kind under test: `await make_store(ttl, **caps)`.
-    Redis stores made in one test share one database, as replicas do."""
-    async for make in _stores(request, request.param):
+    """Make empty registry stores of the kind under test: `await make_store(ttl, **caps)`, each
+    a registry of its own."""
+    async for make in _stores(request, request.param, separate=True):
         yield make
 
 
 @pytest.fixture
 async def redis_stores(request):
-    """Make Redis stores on one database, as tracker replicas use it."""
-    async for make in _stores(request, "redis"):
+    """Make Redis stores on one registry, as tracker replicas use it."""
+    async for make in _stores(request, "redis", separate=False):
         yield make
 
 
-async def _stores(request, kind: str):
+async def _stores(request, kind: str, separate: bool):
     import random
 
     from p2p_tracker.redis_store import RedisStore
@@ -50,7 +50,8 @@ async def _stores(request, kind: str):
         if kind == "memory":
             return MemoryStore(limits, rng or random.Random(0))
         server = request.getfixturevalue("redis_server")
-        store = await RedisStore.connect(server.url, limits, timeout=5.0, rng=rng or random.Random(0))
+        prefix = f"p2p{len(made)}:" if separate else "p2p:"
+        store = await RedisStore.connect(server.url, limits, timeout=5.0, rng=rng or random.Random(0), prefix=prefix)
         if not made:
             await store.client.flushall()
         made.append(store)

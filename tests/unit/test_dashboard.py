@@ -95,11 +95,11 @@ def test_every_tracker_metric_the_dashboard_and_alerts_read_is_exposed(dashboard
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from p2p_shared.registry import HolderRegistry
     from p2p_tracker.metrics import TrackerMetrics
+    from p2p_tracker.store import Limits, MemoryStore
 
     registry = CollectorRegistry()
-    TrackerMetrics(registry, HolderRegistry(ttl=1))
+    TrackerMetrics(registry, MemoryStore(Limits(ttl=1)))
     exposed = {s.name for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
     rules = (Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/p2p.rules.yml").read_text()
     read = set(re.findall(r"p2p_tracker_\w+", " ".join(panel_queries(dashboard)) + rules))

@@ -348,6 +348,7 @@ class RedisStore:
     """The registry in Redis (see the module's note); every call is bounded by `timeout`."""
 
     shared = True
+    immediate = False
 
     def __init__(
         self, client: redis.Redis, limits: Limits, timeout: float, rng: random.Random | None = None, prefix: str = "p2p:"
@@ -367,11 +368,11 @@ class RedisStore:
         }
 
     @classmethod
-    async def connect(
+    def from_url(
         cls, url: str, limits: Limits, timeout: float = 0.5, rng: random.Random | None = None, prefix: str = "p2p:",
         max_connections: int = 64,
     ) -> RedisStore:
-        """A store on the Redis at `url` (redis://, rediss://, unix://), checked with a PING."""
+        """A store on the Redis at `url` (redis://, rediss://, unix://), not contacted yet."""
         no_retry = Retry(NoBackoff(), 0)  # a slow store is answered `unavailable`, not waited for
         try:
             pool = redis.BlockingConnectionPool.from_url(
@@ -379,9 +380,18 @@ class RedisStore:
                 socket_connect_timeout=timeout, retry=no_retry,
             )
         except ValueError as exc:
-            raise StoreUnavailable("connection", f"bad Redis URL {url!r}: {exc}") from None
-        store = cls(redis.Redis(connection_pool=pool, retry=no_retry), limits, timeout, rng, prefix)
-        await store._call(store.client.ping())
+            raise StoreUnavailable("connection", f"bad Redis URL: {exc}") from None
+        return cls(redis.Redis(connection_pool=pool, retry=no_retry), limits, timeout, rng, prefix)
+
+    @classmethod
+    async def connect(cls, url: str, limits: Limits, timeout: float = 0.5, **options) -> RedisStore:
+        """A store on the Redis at `url`, checked with a PING."""
+        store = cls.from_url(url, limits, timeout, **options)
+        try:
+            await store._call(store.client.ping())
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     async def _call(self, awaitable):

@@ -67,6 +67,8 @@ class RegistryStore(Protocol):
     limits: Limits
     # Shared by several replicas: the swarm secret's replay memory is kept there too.
     shared: bool
+    # Every call completes without waiting (the shell then answers within the datagram's callback).
+    immediate: bool
 
     async def register(
         self, key: HolderKey, files: list[FileEntry], now: float, partial: bool = False,
@@ -113,6 +115,7 @@ class MemoryStore:
     """The registry in this process's memory: every call completes without waiting."""
 
     shared = False
+    immediate = True
 
     def __init__(self, limits: Limits, rng: random.Random | None = None) -> None:
         self.limits = limits
