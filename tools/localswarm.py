@@ -277,43 +277,72 @@ def tracker_request(address: tuple[str, int], message: messages.Request, timeout
 
 
 class LocalSwarm:
-    """A tracker and seeders on loopback. Use as a context manager; everything stops on exit."""
+    """A tracker and seeders on loopback. Use as a context manager; everything stops on exit.
 
-    def __init__(self, workdir: Path, heartbeat: float = 1.0, env: dict[str, str] | None = None) -> None:
+    With `registry` (a Redis URL) the tracker may run as several replicas (`start_tracker(replica=1)`):
+    seeders and leechers are then given every replica (`tracker_addr`)."""
+
+    def __init__(
+        self, workdir: Path, heartbeat: float = 1.0, env: dict[str, str] | None = None, registry: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.heartbeat = heartbeat
         self.env = {"P2P_LOG_FORMAT": "json", **(env or {})}
-        self.tracker: Service | None = None
-        self.tracker_port = 0  # chosen when the tracker starts
+        self.registry = registry
+        self.trackers: list[Service] = []  # one per replica, the latest process of each
+        self.tracker_ports: list[int] = []  # chosen when each replica first starts
         self.seeders: list[Service] = []
         self.others: list[Service] = []
 
     @property
-    def tracker_addr(self) -> str:
-        return f"127.0.0.1:{self.tracker_port}"
+    def tracker(self) -> Service | None:
+        return self.trackers[0] if self.trackers else None
 
-    def start_tracker(self, *args: str, metrics: bool = False) -> Service:
-        """The tracker, on its old port when restarted; `metrics`: its endpoint on `.metrics_port`."""
-        restart = self.tracker_port != 0
+    @property
+    def tracker_port(self) -> int:
+        return self.tracker_ports[0] if self.tracker_ports else 0
+
+    @tracker_port.setter
+    def tracker_port(self, port: int) -> None:
+        """Where the (only) tracker is, or will be once started."""
+        self.tracker_ports = [port]
+
+    @property
+    def tracker_addr(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.tracker_ports)
+
+    def start_tracker(self, *args: str, metrics: bool = False, replica: int = 0) -> Service:
+        """A tracker replica (0 unless several), on its old port when restarted; `metrics`: its
+        endpoint on `.metrics_port`. Replica n is started after replicas 0 to n - 1."""
+        restart = replica < len(self.tracker_ports)
+        port = self.tracker_ports[replica] if restart else 0
         metrics_port = 0
 
         def argv() -> list[str]:
-            nonlocal metrics_port
+            nonlocal port, metrics_port
             if not restart:
-                self.tracker_port = free_port(socket.SOCK_DGRAM)
+                port = free_port(socket.SOCK_DGRAM)
             metrics_port = free_port() if metrics else 0
+            registry = ["--registry", self.registry] if self.registry else []
             return service_argv(
                 "tracker",
                 "--host", "127.0.0.1",
-                "--port", str(self.tracker_port),
+                "--port", str(port),
                 "--heartbeat-interval", str(self.heartbeat),
                 "--metrics-port", str(metrics_port),
+                *registry,
                 *args,
             )
 
-        self.tracker = start_listening("tracker", argv, "tracker listening", self.env)
-        self.tracker.metrics_port = metrics_port  # type: ignore[attr-defined]
-        return self.tracker
+        tracker = start_listening("tracker", argv, "tracker listening", self.env)
+        tracker.port, tracker.metrics_port = port, metrics_port  # type: ignore[attr-defined]
+        if not restart:
+            self.tracker_ports.append(port)
+        if replica < len(self.trackers):
+            self.trackers[replica] = tracker
+        else:
+            self.trackers.append(tracker)
+        return tracker
 
     def add_seeder(self, files: list[Path], *args: str, metrics: bool = False) -> Service:
         """A seeder on `.port`, registered; `metrics`: its endpoint on `.metrics_port`."""
@@ -344,14 +373,14 @@ class LocalSwarm:
         self.others.append(leecher)
         return leecher
 
-    def lookup(self, target: str) -> messages.Peers:
+    def lookup(self, target: str, replica: int = 0) -> messages.Peers:
         key = {"file_id": target} if len(target) == 64 else {"name": target}
-        reply = tracker_request(("127.0.0.1", self.tracker_port), messages.Lookup(**key))
+        reply = tracker_request(("127.0.0.1", self.tracker_ports[replica]), messages.Lookup(**key))
         assert isinstance(reply, messages.Peers), reply
         return reply
 
     def stop(self) -> None:
-        for service in [*self.others, *self.seeders, *([self.tracker] if self.tracker else [])]:
+        for service in [*self.others, *self.seeders, *self.trackers]:
             service.stop()
 
     def __enter__(self) -> LocalSwarm:

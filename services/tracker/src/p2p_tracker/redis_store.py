@@ -33,9 +33,9 @@ from typing import Literal
 
 import redis.asyncio as redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from p2p_shared import registry as registry_module
 from p2p_shared.messages import FileEntry
@@ -373,15 +373,17 @@ class RedisStore:
         max_connections: int = 64,
     ) -> RedisStore:
         """A store on the Redis at `url` (redis://, rediss://, unix://), not contacted yet."""
-        no_retry = Retry(NoBackoff(), 0)  # a slow store is answered `unavailable`, not waited for
+        # A slow store is answered `unavailable`, not waited for; a connection that broke (a
+        # restarted Redis) is replaced at once, once.
+        retry = Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
         try:
             pool = redis.BlockingConnectionPool.from_url(
                 url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
-                socket_connect_timeout=timeout, retry=no_retry,
+                socket_connect_timeout=timeout, retry=retry,
             )
         except ValueError as exc:
             raise StoreUnavailable("connection", f"bad Redis URL: {exc}") from None
-        return cls(redis.Redis(connection_pool=pool, retry=no_retry), limits, timeout, rng, prefix)
+        return cls(redis.Redis(connection_pool=pool, retry=retry), limits, timeout, rng, prefix)
 
     @classmethod
     async def connect(cls, url: str, limits: Limits, timeout: float = 0.5, **options) -> RedisStore:
