@@ -11,7 +11,7 @@ SERVICES = COMPOSE["services"]
 
 
 def test_long_running_services_restart_and_one_shot_jobs_do_not():
-    for name in ("tracker", "seeder", "pushgateway", "prometheus", "grafana"):
+    for name in ("tracker", "redis", "seeder", "pushgateway", "prometheus", "grafana"):
         assert SERVICES[name]["restart"] in ("unless-stopped", "on-failure"), name
     for name in ("seed-init", "leecher"):
         assert SERVICES[name].get("restart", "no") == "no", name
@@ -45,3 +45,18 @@ def test_healthchecks_are_cheap_and_every_10_to_30_seconds():
         assert 10 <= interval <= 30, role
         assert "python" not in check and "find \"$P2P_HEALTH_FILE\" -newermt" in check, check
         assert "P2P_HEALTH_FILE=/tmp/p2p-healthy" in dockerfile
+
+
+def test_trackers_are_replicas_sharing_one_redis_registry_found_by_their_service_name():
+    tracker, redis = SERVICES["tracker"], SERVICES["redis"]
+    assert tracker["environment"]["P2P_REGISTRY"] == "${P2P_REGISTRY:-redis://redis:6379/0}"
+    assert tracker["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert tracker["deploy"]["replicas"] == "${TRACKERS:-2}"
+    # Seeders and leechers name the service, which Docker's DNS resolves to every replica.
+    assert SERVICES["seeder"]["environment"]["P2P_TRACKER"] == SERVICES["leecher"]["environment"]["P2P_TRACKER"] == "tracker:6969"
+    assert "ports" not in redis and redis["image"] == "${REDIS_IMAGE:-redis:7.2-bookworm}"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    build = (REPO / "deploy/build-images.sh").read_text()
+    assert "deploy/redis/Dockerfile.redis" in build and "REDIS_IMAGE=$REDIS_IMAGE" in build
+    assert " redis setuptools" in build  # redis-py among the wheels of an air-gapped build
+    assert 'need redis-server redis-server' in (REPO / "deploy/preflight.sh").read_text()

@@ -61,6 +61,8 @@ class TrackerMetrics:
         self.store_up.set(1)
         for reason in ("timeout", "connection"):
             self.store_errors.labels(reason)
+        for kind in ("connect", "register", "heartbeat", "unregister", "lookup", "list_files"):
+            self.datagrams.labels(kind)
         for reason in ("invalid", "too_large", "unexpected", "unsupported_version"):
             self.malformed.labels(reason)
         for reason in REFUSALS:
