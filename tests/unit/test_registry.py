@@ -457,9 +457,8 @@ async def test_replicas_agree_on_a_shared_key_and_refuse_a_nonce_seen_by_another
     a, b = await redis_stores(ttl=10), await redis_stores(ttl=10)
     assert await a.shared_key("ids", b"first") == b"first"
     assert await b.shared_key("ids", b"second") == b"first"
-    assert await a.remember_nonce(b"n1", 30.0)
-    assert not await b.remember_nonce(b"n1", 30.0)  # a replay to the other replica
-    assert await b.remember_nonce(b"n2", 0.001)
+    assert await a.remember_nonces([b"n1"], 30.0) == [True]
+    assert await b.remember_nonces([b"n2", b"n1", b"n2"], 30.0) == [True, False, False]  # replays, to either replica
     ttl_ms = await a.client.pttl("p2p:nonce:" + b"n1".hex())
     assert 29_000 < ttl_ms <= 30_000  # remembered as long as its datagram could be accepted, then gone
 
@@ -472,3 +471,21 @@ async def test_an_expiry_of_many_holders_goes_in_batches(redis_stores):
         await reg.register(("h", port), [entry(port % 3)], now=0)
     assert len(await reg.expire(now=11)) == 2 * redis_store.EXPIRE_BATCH + 5
     assert await reg.refresh_stats() == type(await reg.refresh_stats())(lost_files=3)
+
+
+async def test_several_calls_run_at_once_each_outcome_in_its_place(make_store):
+    from operator import methodcaller
+
+    reg = await make_store(ttl=10, max_files_per_holder=1)
+    outcomes = await reg.run([
+        methodcaller("register", ("a", 1), [entry(1)], 0),
+        methodcaller("register", ("a", 1), [entry(2)], 0),  # a second file: refused
+        methodcaller("heartbeat", ("a", 1), 1),
+        methodcaller("heartbeat", ("b", 1), 1),
+        methodcaller("lookup", file_id=entry(1).file_id),
+        methodcaller("list_files"),
+    ])
+    assert outcomes[0] == "new" and isinstance(outcomes[1], RegistryFull) and outcomes[1].reason == "files_per_holder"
+    assert outcomes[2:4] == [True, False]
+    assert outcomes[4].entry == entry(1) and outcomes[4].complete == [("a", 1)]
+    assert outcomes[5] == ([(entry(1), 1, 0)], 1)

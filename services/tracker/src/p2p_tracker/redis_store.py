@@ -28,18 +28,20 @@ replicas), not Redis Cluster.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import redis.asyncio as redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, RedisError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 from redis.asyncio.retry import Retry
 
 from p2p_shared import registry as registry_module
 from p2p_shared.messages import FileEntry
-from p2p_shared.registry import HolderKey, NotRegistrant, RegistryFull, Sender
+from p2p_shared.registry import HolderKey, NotRegistrant, Refused, RegistryFull, Sender
 
 from .store import Found, Limits, Stats, StoreUnavailable
 
@@ -299,8 +301,9 @@ else
   fid = best[1]
   entry = best_entry(fid, target)
 end
-return {fid, entry, redis.call("SRANDMEMBER", P .. "c:" .. fid, limit + 1),
-  redis.call("SRANDMEMBER", P .. "p:" .. fid, limit + 1)}
+-- each list as one string, `host|port` lines: one reply to parse, not a hundred
+return {fid, entry, table.concat(redis.call("SRANDMEMBER", P .. "c:" .. fid, limit + 1), "\n"),
+  table.concat(redis.call("SRANDMEMBER", P .. "p:" .. fid, limit + 1), "\n")}
 """
 
 _LIST = _COMMON + r"""
@@ -344,6 +347,77 @@ def _entry(file_id: bytes, text: bytes) -> FileEntry:
     return FileEntry.model_construct(file_id=file_id.decode(), name=name, size=int(size), chunk_size=int(chunk_size))
 
 
+class _Plan(NamedTuple):
+    """One store operation as a script call: what to send, and how to read the reply (which may
+    raise registry.Refused)."""
+
+    script: str
+    args: list
+    read: Callable[[Any], Any]
+
+
+class _Plans:
+    """The store's operations, each planned as a script call, not run: a batch of them is run
+    in one pipeline (RedisStore.run)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    def register(self, key, files, now, partial=False, sender=None, member=False) -> _Plan:
+        lim = self.store.limits
+        args = [
+            _holder(key), _owner(sender), int(member), repr(float(now)), int(partial),
+            lim.max_holders, lim.max_files_per_holder, lim.max_files,
+            lim.max_holders_per_address or 0, lim.max_files_per_address or 0, registry_module.MAX_NAMES_PER_FILE,
+        ]
+        for entry in files:
+            args += [entry.file_id, _entry_text(entry)]
+
+        def read(reply) -> Literal["new", "refreshed"]:
+            if reply[0] == b"refused":
+                reason = reply[1].decode()
+                if reason == "not_registrant":
+                    raise NotRegistrant(key)
+                raise RegistryFull(reason, _FULL[reason].format(lim=lim))
+            return reply[0].decode()
+
+        return _Plan("register", args, read)
+
+    def heartbeat(self, key, now, sender=None, member=False) -> _Plan:
+        return _Plan("heartbeat", [_holder(key), _owner(sender), int(member), repr(float(now))], _known(key))
+
+    def unregister(self, key, sender=None, member=False) -> _Plan:
+        return _Plan("unregister", [_holder(key), _owner(sender), int(member)], _known(key))
+
+    def lookup(self, name=None, file_id=None, limit=50, exclude=None) -> _Plan:
+        by, target = ("id", file_id) if file_id is not None else ("name", name or "")
+        pick = self.store._pick
+
+        def read(reply) -> Found:
+            if not reply:
+                return Found(None, [], [])
+            fid, text, complete, partial = reply
+            return Found(_entry(fid, text), pick(complete, limit, exclude), pick(partial, limit, exclude))
+
+        return _Plan("lookup", [by, target, limit], read)
+
+    def list_files(self, after=None, limit=None) -> _Plan:
+        def read(reply):
+            total, *rows = reply
+            return [(_entry(fid, text), complete, partial) for fid, text, complete, partial in rows], total
+
+        return _Plan("list", [after or "", -1 if limit is None else limit], read)
+
+
+def _known(key: HolderKey) -> Callable[[int], bool]:
+    def read(known: int) -> bool:
+        if known < 0:
+            raise NotRegistrant(key)
+        return known == 1
+
+    return read
+
+
 class RedisStore:
     """The registry in Redis (see the module's note); every call is bounded by `timeout`."""
 
@@ -359,13 +433,12 @@ class RedisStore:
         self.rng = rng or random.Random()
         self.prefix = prefix
         self._stats = Stats()
-        self._scripts = {
-            name: client.register_script(source)
-            for name, source in (
-                ("register", _REGISTER), ("heartbeat", _HEARTBEAT), ("unregister", _UNREGISTER),
-                ("expire", _EXPIRE), ("lookup", _LOOKUP), ("list", _LIST), ("stats", _STATS),
-            )
+        self._plans = _Plans(self)
+        self._sources = {
+            "register": _REGISTER, "heartbeat": _HEARTBEAT, "unregister": _UNREGISTER, "expire": _EXPIRE,
+            "lookup": _LOOKUP, "list": _LIST, "stats": _STATS,
         }
+        self._sha = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._sources.items()}
 
     @classmethod
     def from_url(
@@ -397,7 +470,7 @@ class RedisStore:
         return store
 
     async def _call(self, awaitable):
-        """One command or script, bounded by the timeout; Redis errors mapped to StoreUnavailable."""
+        """Commands bounded by the timeout; Redis errors mapped to StoreUnavailable."""
         try:
             async with asyncio.timeout(self.timeout):
                 return await awaitable
@@ -408,57 +481,65 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("connection", f"registry store unreachable: {exc}") from None
 
-    async def _script(self, name: str, *args) -> object:
-        return await self._call(self._scripts[name](args=[self.prefix, *args]))
+    async def _scripts(self, calls: list[tuple[str, list]]) -> list:
+        """Run scripts in one pipeline (one round trip); a script the server does not know yet
+        (a Redis restarted) is sent again with its source, which it then keeps."""
+        replies = await self._call(self._pipeline([("EVALSHA", self._sha[name], args) for name, args in calls]))
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            again = await self._call(self._pipeline([("EVAL", self._sources[calls[i][0]], calls[i][1]) for i in missing]))
+            for i, reply in zip(missing, again):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _pipeline(self, commands: list[tuple[str, str, list]]) -> list:
+        pipe = self.client.pipeline(transaction=False)
+        for command, script, args in commands:
+            pipe.execute_command(command, script, 0, self.prefix, *args)
+        return await pipe.execute(raise_on_error=False)
+
+    async def _script(self, name: str, *args) -> Any:
+        [reply] = await self._scripts([(name, list(args))])
+        return reply
+
+    async def _planned(self, plan: _Plan) -> Any:
+        return plan.read(await self._script(plan.script, *plan.args))
+
+    async def run(self, calls) -> list:
+        plans = [call(self._plans) for call in calls]
+        replies = await self._scripts([(plan.script, plan.args) for plan in plans])
+        outcomes = []
+        for plan, reply in zip(plans, replies):
+            try:
+                outcomes.append(plan.read(reply))
+            except Refused as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def register(self, key, files, now, partial=False, sender=None, member=False) -> Literal["new", "refreshed"]:
-        lim = self.limits
-        args = [
-            _holder(key), _owner(sender), int(member), repr(float(now)), int(partial),
-            lim.max_holders, lim.max_files_per_holder, lim.max_files,
-            lim.max_holders_per_address or 0, lim.max_files_per_address or 0, registry_module.MAX_NAMES_PER_FILE,
-        ]
-        for entry in files:
-            args += [entry.file_id, _entry_text(entry)]
-        reply = await self._script("register", *args)
-        if reply[0] == b"refused":
-            reason = reply[1].decode()
-            if reason == "not_registrant":
-                raise NotRegistrant(key)
-            raise RegistryFull(reason, _FULL[reason].format(lim=lim))
-        return reply[0].decode()
+        return await self._planned(self._plans.register(key, files, now, partial, sender, member))
 
     async def heartbeat(self, key, now, sender=None, member=False) -> bool:
-        known = await self._script("heartbeat", _holder(key), _owner(sender), int(member), repr(float(now)))
-        if known < 0:
-            raise NotRegistrant(key)
-        return known == 1
+        return await self._planned(self._plans.heartbeat(key, now, sender, member))
 
     async def unregister(self, key, sender=None, member=False) -> bool:
-        known = await self._script("unregister", _holder(key), _owner(sender), int(member))
-        if known < 0:
-            raise NotRegistrant(key)
-        return known == 1
+        return await self._planned(self._plans.unregister(key, sender, member))
 
     async def lookup(self, name=None, file_id=None, limit=50, exclude=None) -> Found:
-        by, target = ("id", file_id) if file_id is not None else ("name", name or "")
-        reply = await self._script("lookup", by, target, limit)
-        if not reply:
-            return Found(None, [], [])
-        fid, text, complete, partial = reply
-        return Found(_entry(fid, text), self._pick(complete, limit, exclude), self._pick(partial, limit, exclude))
+        return await self._planned(self._plans.lookup(name, file_id, limit, exclude))
 
-    def _pick(self, members: list[bytes], limit: int, exclude: HolderKey | None) -> list[HolderKey]:
-        keys = [_key(m) for m in members]
+    async def list_files(self, after=None, limit=None):
+        return await self._planned(self._plans.list_files(after, limit))
+
+    def _pick(self, members: bytes, limit: int, exclude: HolderKey | None) -> list[HolderKey]:
+        keys = [_key(m) for m in members.split(b"\n")] if members else []
         if exclude in keys:
             keys.remove(exclude)
         self.rng.shuffle(keys)  # SRANDMEMBER's order is not random enough
         return keys[:limit]
-
-    async def list_files(self, after=None, limit=None):
-        reply = await self._script("list", after or "", -1 if limit is None else limit)
-        total, *rows = reply
-        return [(_entry(fid, text), complete, partial) for fid, text, complete, partial in rows], total
 
     async def expire(self, now) -> list[HolderKey]:
         expired: list[HolderKey] = []
@@ -484,9 +565,11 @@ class RedisStore:
         await self._call(self.client.set(where, candidate, nx=True))
         return await self._call(self.client.get(where))
 
-    async def remember_nonce(self, nonce: bytes, seconds: float) -> bool:
-        where = f"{self.prefix}nonce:{nonce.hex()}"
-        return bool(await self._call(self.client.set(where, b"", nx=True, px=max(1, int(seconds * 1000)))))
+    async def remember_nonces(self, nonces: list[bytes], seconds: float) -> list[bool]:
+        pipe = self.client.pipeline(transaction=False)
+        for nonce in nonces:
+            pipe.set(f"{self.prefix}nonce:{nonce.hex()}", b"", nx=True, px=max(1, int(seconds * 1000)))
+        return [bool(fresh) for fresh in await self._call(pipe.execute())]
 
     async def close(self) -> None:
         await self.client.aclose()

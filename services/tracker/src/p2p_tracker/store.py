@@ -12,12 +12,13 @@ comes with the total.
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from p2p_shared.errors import P2PError
 from p2p_shared.messages import FileEntry
-from p2p_shared.registry import HolderKey, HolderRegistry, Sender
+from p2p_shared.registry import HolderKey, HolderRegistry, Refused, Sender
 
 FileRow = tuple[FileEntry, int, int]  # a file's entry, its complete and its partial holders
 
@@ -104,8 +105,12 @@ class RegistryStore(Protocol):
     async def shared_key(self, name: str, candidate: bytes) -> bytes:
         """A key every replica agrees on: the first replica's `candidate` wins and is kept."""
 
-    async def remember_nonce(self, nonce: bytes, seconds: float) -> bool:
-        """Record a sealed datagram's nonce for `seconds`; False if it was recorded already (a
+    async def run(self, calls: list[Callable[[RegistryStore], Awaitable[Any]]]) -> list[Any]:
+        """Several of the calls above at once (one round trip to a remote store), each made by
+        `call(store)`; their outcomes in order, a registry.Refused raised by one in its place."""
+
+    async def remember_nonces(self, nonces: list[bytes], seconds: float) -> list[bool]:
+        """Record sealed datagrams' nonces for `seconds`; False for each recorded already (a
         replay). Only for a `shared` store."""
 
     async def close(self) -> None: ...
@@ -154,7 +159,16 @@ class MemoryStore:
     async def shared_key(self, name, candidate):
         return candidate
 
-    async def remember_nonce(self, nonce, seconds):
+    async def run(self, calls):
+        outcomes = []
+        for call in calls:
+            try:
+                outcomes.append(await call(self))
+            except Refused as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def remember_nonces(self, nonces, seconds):
         raise AssertionError("the memory store is not shared: the Sealer keeps the replay memory")
 
     async def close(self):
