@@ -325,28 +325,37 @@ def bench_tracker(seconds: float, work: Path, failover_rounds: int = 3) -> dict:
 
 async def failover(url: str, work: Path, interval: float = 2.0, rounds: int = 3) -> dict:
     """From a replica's death (SIGKILL: the kernel then refuses its port) or freeze (SIGSTOP: it
-    just stops answering, as a host that is gone) to the next successful lookup and heartbeat of
-    a client that used it: a holder's link and a lookup through the same client, as a sharing
-    leecher has."""
+    just stops answering, as a host that is gone) to the next successful lookup of a client that
+    used it, and to the next successful heartbeat of a holder that used it. The death comes at a
+    random moment of the holder's heartbeat cycle; its next beat is due up to one interval later."""
+    import random
+
     from prometheus_client import CollectorRegistry
 
     from p2p_shared.net.holder_link import HolderLink, LinkMetrics
     from p2p_shared.net.tracker_client import TrackerClient
 
+    rng = random.Random(1)
+    lookup = messages.Lookup(file_id=tracker_load.FILE.file_id)
     found: dict[str, dict[str, list[float]]] = {}
     for how in ("killed", "frozen"):
         lookups, beats = [], []
         for _ in range(rounds):
             trackers = start_trackers(2, "--registry", url, "--heartbeat-interval", str(interval))
-            client = TrackerClient([t.address for t in trackers])
+            addresses = [t.address for t in trackers]
+            link_client = TrackerClient(addresses)
             metrics = LinkMetrics(CollectorRegistry(), "bench")
-            link = HolderLink(client, 7000, None, [tracker_load.FILE], metrics)
+            link = HolderLink(link_client, 7000, None, [tracker_load.FILE], metrics)
             stop = asyncio.Event()
             running = asyncio.create_task(link.run(stop))
+            clients = []
             try:
                 await link.registered_once.wait()
-                await client.request(messages.Lookup(file_id=tracker_load.FILE.file_id))
-                [victim] = [t for t in trackers if t.address == tuple(client.address[:2])]
+                [victim] = [t for t in trackers if t.address == tuple(link_client.address[:2])]
+                while not clients or clients[-1].address[:2] != victim.address:  # a client on the same replica
+                    clients.append(TrackerClient(addresses))
+                    await clients[-1].request(lookup)
+                await asyncio.sleep(rng.uniform(0, interval))
                 ok = metrics.heartbeats.labels("ok")
                 beaten = ok._value.get()
                 if how == "killed":
@@ -355,7 +364,7 @@ async def failover(url: str, work: Path, interval: float = 2.0, rounds: int = 3)
                 else:
                     victim.send_signal(signal.SIGSTOP)
                 died = time.perf_counter()
-                reply = await client.request(messages.Lookup(file_id=tracker_load.FILE.file_id))
+                reply = await clients[-1].request(lookup)
                 assert isinstance(reply, messages.Peers) and reply.peers, reply
                 lookups.append(time.perf_counter() - died)
                 while ok._value.get() == beaten:
@@ -364,7 +373,8 @@ async def failover(url: str, work: Path, interval: float = 2.0, rounds: int = 3)
             finally:
                 stop.set()
                 await running
-                client.close()
+                for client in [link_client, *clients]:
+                    client.close()
                 for t in trackers:
                     t.send_signal(signal.SIGCONT)
                     t.stop()

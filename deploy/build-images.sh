@@ -63,11 +63,12 @@ else
   base=$LOCAL_BASE
   offline=1
   say "downloading Python wheels into deploy/wheels"
-  # Wheels for the image's Python (3.11, manylinux x86_64/aarch64), whatever Python runs here.
+  # Wheels for the image's Python (3.11, manylinux x86_64/aarch64), whatever Python runs here;
+  # async-timeout named because redis-py needs it on Debian's Python 3.11.2 only (< 3.11.3).
   "$PIP" download --quiet --dest deploy/wheels --only-binary=:all: \
     --python-version 3.11 --implementation cp --abi cp311 \
     --platform "manylinux_2_17_$(uname -m)" --platform "manylinux2014_$(uname -m)" --platform any \
-    -c constraints.txt pydantic pydantic-settings structlog prometheus-client sortedcontainers rich uvloop redis setuptools
+    -c constraints.txt pydantic pydantic-settings structlog prometheus-client sortedcontainers rich uvloop redis async-timeout setuptools
 fi
 
 for service in tracker seeder leecher; do

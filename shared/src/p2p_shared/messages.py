@@ -6,10 +6,11 @@ MAX_DATAGRAM bytes in either direction.
 
 Version 2 adds partial holders: `register.partial`, `lookup.port` and `lookup.host`,
 `peers.partial` and `files[].partial`. Version 3 (TRACKER_VERSION) adds a cursor through the file
-list (`list_files.after`, `files.next`) and the error codes `forbidden` and `unavailable` (the tracker's
-registry store did not answer: clients of version 3 from before it treat it as a lost answer). The tracker answers a
-request in the version it was asked in; a message that carries a field of a later version than
-its own is malformed, and an answer never carries one (older clients refuse unknown keys).
+list (`list_files.after`, `files.next`) and the error codes `forbidden` and `unavailable` (the
+tracker's registry store did not answer; version 3 clients built before it drop it as invalid,
+so they retry as for a lost answer). The tracker answers a request in the version it was asked
+in; a message that carries a field of a later version than its own is malformed, and an answer
+never carries one (older clients refuse unknown keys).
 
 The tracker never answers an address that has not proven itself (see p2p_shared.auth) with
 more bytes than it sent, so clients pad short requests: `encode_request`.

@@ -55,6 +55,10 @@ class StoreStep:
     def answer(self, outcome: Any) -> bytes | None:
         return self._finish(self._then(outcome))
 
+    def answer_with(self, reply: messages.Reply) -> bytes | None:
+        """An answer of the core's own instead (the store failed)."""
+        return self._finish(reply)
+
 
 class TrackerCore:
     def __init__(
@@ -163,7 +167,7 @@ class TrackerCore:
         log.debug("registry store unavailable", error=str(error))
         if step.version < 3:
             return None
-        return step._finish(messages.ErrorReply(code="unavailable", message="registry store unavailable: retry later"))
+        return step.answer_with(messages.ErrorReply(code="unavailable", message="registry store unavailable: retry later"))
 
     def replayed(self, source: tuple[str, int]) -> None:
         """A sealed datagram whose nonce the shared replay memory had seen."""
