@@ -175,6 +175,7 @@ async def _serve(settings: TrackerSettings, store: RegistryStore, registry: Coll
     every = min(settings.heartbeat_interval, 5.0)
     health = asyncio.create_task(keep_healthy(settings.health_file, stop))
     try:
+        await sweep(core, store, secret)  # the gauges show a shared registry from the start
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), every)
