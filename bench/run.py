@@ -11,11 +11,13 @@ hold when the machine's speed drifts.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import mmap
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,7 +26,9 @@ import time
 from pathlib import Path
 
 from p2p_shared import messages
-from tools.localswarm import LocalSwarm, Service, free_port, random_file, scrape, service_argv, sha256_file, tracker_request
+from tools.localswarm import (
+    LocalSwarm, RedisServer, Service, free_port, random_file, scrape, service_argv, sha256_file, tracker_request,
+)
 
 from . import baselines, tracker_load
 
@@ -260,27 +264,122 @@ def bench_startup(data: Path, work: Path, tracker_addr: str) -> dict:
     }
 
 
-def bench_tracker(seconds: float) -> dict:
-    port = free_port(2)
-    tracker = Service("tracker", service_argv(
-        "tracker", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--log-format", "json",
-        "--log-level", "warning", "--max-seeders", "200000", "--heartbeat-interval", "600",
-        "--max-requests-per-address", "0",  # all load comes from loopback
-        "--max-holders-per-address", "0", "--max-files-per-address", "0"))
-    try:
-        tracker_request(("127.0.0.1", port), messages.ListFiles())
+def start_trackers(count: int, *args: str) -> list[Service]:
+    """Tracker processes on free ports, pinned to CPU 0 (the load generator gets CPU 1)."""
+    trackers = []
+    for _ in range(count):
+        port = free_port(2)
+        tracker = Service("tracker", service_argv(
+            "tracker", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--log-format", "json",
+            "--log-level", "warning", "--max-seeders", "200000", "--heartbeat-interval", "600",
+            "--max-requests-per-address", "0",  # all load comes from loopback
+            "--max-holders-per-address", "0", "--max-files-per-address", "0", *args))
+        tracker.address = ("127.0.0.1", port)  # type: ignore[attr-defined]
+        trackers.append(tracker)
+    for tracker in trackers:
+        tracker_request(tracker.address, messages.ListFiles())
         tracker_load.set_affinity(tracker.proc.pid, 0)
-        address = ("127.0.0.1", port)
-        seeders = 1000  # registered by each load process, from its own sockets
-        rate = tracker_load.capacity(address, seeders, seconds, cpu=1)
-        runs = [tracker_load.latency(address, seeders, rate / 2, seconds=min(seconds, 3.0), cpu=1) for _ in range(3)]
-        at_half = sorted(runs, key=lambda r: r["p99_ms"])[1]  # the median run by p99
-        tracker_load.register(address, 100_000)
-        rss = memory_mb(tracker.proc.pid)
-        rss_now = memory_mb(tracker.proc.pid, "VmRSS")
+    return trackers
+
+
+def load_trackers(addresses: list, seconds: float) -> dict:
+    """Capacity (closed loop), then the median of 3 open-loop runs at half of it, by p99."""
+    seeders = 1000  # registered by each load process, from its own sockets
+    rate = tracker_load.capacity(addresses, seeders, seconds, cpu=1)
+    runs = [tracker_load.latency(addresses, seeders, rate / 2, seconds=min(seconds, 3.0), cpu=1) for _ in range(3)]
+    return {"requests_per_second": rate, "half_load": sorted(runs, key=lambda r: r["p99_ms"])[1]}
+
+
+def bench_tracker(seconds: float, work: Path, failover_rounds: int = 3) -> dict:
+    """The memory store (one tracker), then the Redis store with one and two replicas: the same
+    load generator, the same run; the server side (trackers and redis-server) on CPU 0."""
+    [tracker] = start_trackers(1)
+    try:
+        result = load_trackers([tracker.address], seconds)
+        tracker_load.register([tracker.address], 100_000)
+        result["rss_mb_100k_seeders"] = memory_mb(tracker.proc.pid, "VmRSS")
+        result["peak_rss_mb"] = memory_mb(tracker.proc.pid)
     finally:
         tracker.stop()
-    return {"requests_per_second": rate, "half_load": at_half, "rss_mb_100k_seeders": rss_now, "peak_rss_mb": rss}
+    if shutil.which("redis-server") is None:
+        print("redis-server is missing (apt-get install redis-server): the Redis store is not measured", flush=True)
+        return result
+    result["redis"] = {}
+    for replicas in (1, 2):
+        redis = RedisServer(work / "redis").start()
+        tracker_load.set_affinity(redis.service.proc.pid, 0)
+        trackers = start_trackers(replicas, "--registry", redis.url)
+        try:
+            result["redis"][str(replicas)] = load_trackers([t.address for t in trackers], seconds)
+        finally:
+            for t in trackers:
+                t.stop()
+            redis.stop()
+    redis = RedisServer(work / "redis").start()
+    try:
+        result["failover"] = asyncio.run(failover(redis.url, work, rounds=failover_rounds))
+    finally:
+        redis.stop()
+    return result
+
+
+async def failover(url: str, work: Path, interval: float = 2.0, rounds: int = 3) -> dict:
+    """From a replica's death (SIGKILL: the kernel then refuses its port) or freeze (SIGSTOP: it
+    just stops answering, as a host that is gone) to the next successful lookup of a client that
+    used it, and to the next successful heartbeat of a holder that used it. The death comes at a
+    random moment of the holder's heartbeat cycle; its next beat is due up to one interval later."""
+    import random
+
+    from prometheus_client import CollectorRegistry
+
+    from p2p_shared.net.holder_link import HolderLink, LinkMetrics
+    from p2p_shared.net.tracker_client import TrackerClient
+
+    rng = random.Random(1)
+    lookup = messages.Lookup(file_id=tracker_load.FILE.file_id)
+    found: dict[str, dict[str, list[float]]] = {}
+    for how in ("killed", "frozen"):
+        lookups, beats = [], []
+        for _ in range(rounds):
+            trackers = start_trackers(2, "--registry", url, "--heartbeat-interval", str(interval))
+            addresses = [t.address for t in trackers]
+            link_client = TrackerClient(addresses)
+            metrics = LinkMetrics(CollectorRegistry(), "bench")
+            link = HolderLink(link_client, 7000, None, [tracker_load.FILE], metrics)
+            stop = asyncio.Event()
+            running = asyncio.create_task(link.run(stop))
+            clients = []
+            try:
+                await link.registered_once.wait()
+                [victim] = [t for t in trackers if t.address == tuple(link_client.address[:2])]
+                while not clients or clients[-1].address[:2] != victim.address:  # a client on the same replica
+                    clients.append(TrackerClient(addresses))
+                    await clients[-1].request(lookup)
+                await asyncio.sleep(rng.uniform(0, interval))
+                ok = metrics.heartbeats.labels("ok")
+                beaten = ok._value.get()
+                if how == "killed":
+                    victim.send_signal(signal.SIGKILL)
+                    await asyncio.to_thread(victim.proc.wait)  # dead: its port closed
+                else:
+                    victim.send_signal(signal.SIGSTOP)
+                died = time.perf_counter()
+                reply = await clients[-1].request(lookup)
+                assert isinstance(reply, messages.Peers) and reply.peers, reply
+                lookups.append(time.perf_counter() - died)
+                while ok._value.get() == beaten:
+                    await asyncio.sleep(0.005)
+                beats.append(time.perf_counter() - died)
+            finally:
+                stop.set()
+                await running
+                for client in [link_client, *clients]:
+                    client.close()
+                for t in trackers:
+                    t.send_signal(signal.SIGCONT)
+                    t.stop()
+        found[how] = {"lookup_seconds": lookups, "heartbeat_seconds": beats}
+    return {"heartbeat_interval": interval, **found}
 
 
 def table(results: dict) -> str:
@@ -315,19 +414,48 @@ def table(results: dict) -> str:
     t_ = results["tls"]
     rows.append((f"{size_gib:g} GiB over mutual TLS / plain", f"{t_['tls_seconds']:.2f} s / {t_['plain_seconds']:.2f} s",
                  f"{t_['tls_seconds'] / t_['plain_seconds']:.2f}x"))
-    rows.append(("tracker capacity (one core)", f"{t['requests_per_second']:.0f} req/s", ""))
-    rows.append(("tracker latency at half load p50 / p99", f"{t['half_load']['p50_ms']:.2f} / {t['half_load']['p99_ms']:.2f} ms", ""))
-    rows.append(("tracker memory, 100,000 seeders", f"{t['rss_mb_100k_seeders']:.0f} MB", ""))
+    rows += tracker_rows(t)
+    return aligned(rows)
+
+
+def aligned(rows: list[tuple[str, str, str]]) -> str:
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{a:<{width}}  {b_:>22}  {c}" for a, b_, c in rows)
+
+
+def tracker_rows(t: dict) -> list[tuple[str, str, str]]:
+    rows = [
+        ("tracker capacity (one core)", f"{t['requests_per_second']:.0f} req/s", ""),
+        ("tracker latency at half load p50 / p99", f"{t['half_load']['p50_ms']:.2f} / {t['half_load']['p99_ms']:.2f} ms", ""),
+        ("tracker memory, 100,000 seeders", f"{t['rss_mb_100k_seeders']:.0f} MB", ""),
+    ]
+    for replicas, r in t.get("redis", {}).items():
+        ratio = r["requests_per_second"] / t["requests_per_second"]
+        rows.append((f"tracker on Redis, {replicas} replica(s): capacity", f"{r['requests_per_second']:.0f} req/s",
+                     f"{ratio:.2f}x the memory store"))
+        rows.append((f"tracker on Redis, {replicas} replica(s): half load p50 / p99",
+                     f"{r['half_load']['p50_ms']:.2f} / {r['half_load']['p99_ms']:.2f} ms", ""))
+    f = t.get("failover")
+    if f:
+        for how in ("killed", "frozen"):
+            lookups, beats = f[how]["lookup_seconds"], f[how]["heartbeat_seconds"]
+            rows.append((f"replica {how}: to the next lookup / heartbeat (max of {len(beats)})",
+                         f"{max(lookups):.3f} s / {max(beats):.2f} s", f"heartbeat interval {f['heartbeat_interval']:g} s"))
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, not the product")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--out", type=Path, help="where the results go (default bench/results/latest.json, "
+                        "or tracker.json with --only tracker)")
+    parser.add_argument("--only", choices=["tracker"], help="run one part: tracker (the memory and Redis stores, "
+                        "one and two replicas, failover)")
     args = parser.parse_args()
+    if args.only == "tracker":
+        return only_tracker(args.quick, args.out or RESULTS / "tracker.json")
+    args.out = args.out or RESULTS / "latest.json"
     main_size = 16 * MiB if args.quick else GiB
     sizes = {"s16m.bin": 16 * MiB} if args.quick else {
         "s16m.bin": 16 * MiB, "s64m.bin": 64 * MiB, "s256m.bin": 256 * MiB, "main.bin": GiB, "s4g.bin": 4 * GiB}
@@ -363,7 +491,7 @@ def main() -> int:
         print("mutual TLS", flush=True)
         results["tls"] = bench_tls(files, work, repeat)
         print("tracker load", flush=True)
-        results["tracker"] = bench_tracker(2.0 if args.quick else 5.0)
+        results["tracker"] = bench_tracker(2.0 if args.quick else 5.0, work, 1 if args.quick else 3)
     results["baselines"]["tcp_hash_ratio"] = statistics.median(results["baselines"]["ratio_per_round"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -376,6 +504,19 @@ def main() -> int:
         if args.out.resolve() == (RESULTS / "latest.json").resolve():
             update(results)
     print(f"results in {args.out}")
+    return 0
+
+
+def only_tracker(quick: bool, out: Path) -> int:
+    with tempfile.TemporaryDirectory(prefix="p2p-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        results = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+            "tracker": bench_tracker(2.0 if quick else 5.0, Path(tmp), 1 if quick else 3),
+        }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(aligned(tracker_rows(results["tracker"])))
+    print(f"results in {out}")
     return 0
 
 

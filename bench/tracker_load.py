@@ -4,7 +4,10 @@ flight; latency is an open loop at a fixed rate.
 
 Each load socket is bound to its own loopback address (all of 127.0.0.0/8 is local on Linux) and
 registers, beats for and unregisters its own seeders, as real holders do: the tracker takes a
-holder's address from its datagrams and lets only the registering socket keep it alive."""
+holder's address from its datagrams and lets only the registering socket keep it alive.
+
+Several tracker replicas (one registry in Redis) share the load: socket k talks to replica
+k mod n, as clients spread over replicas."""
 
 from __future__ import annotations
 
@@ -67,10 +70,14 @@ def _send_all(sock: socket.socket, address: tuple[str, int], requests: list[byte
                 sock.sendto(requests[txn - 1], address)
 
 
-def _fleet(address: tuple[str, int], socks: list[socket.socket], seeders: int, kind: type = messages.Register) -> list[int]:
+Addresses = list[tuple[str, int]]  # the tracker's replicas
+
+
+def _fleet(addresses: Addresses, socks: list[socket.socket], seeders: int, kind: type = messages.Register) -> list[int]:
     """Register (or unregister) `seeders` seeders spread over the sockets; their connection ids."""
     conns = []
     for k, sock in enumerate(socks):
+        address = addresses[k % len(addresses)]
         conn = _ask(sock, address, messages.Connect(txn=1)).conn
         conns.append(conn)
         fields = {"files": [FILE]} if kind is messages.Register else {}
@@ -80,10 +87,10 @@ def _fleet(address: tuple[str, int], socks: list[socket.socket], seeders: int, k
     return conns
 
 
-def register(address: tuple[str, int], count: int, sockets: int = 64) -> None:
+def register(addresses: Addresses, count: int, sockets: int = 64) -> None:
     """Register `count` seeders from `sockets` addresses, and leave them registered."""
     socks = _sockets(sockets)
-    _fleet(address, socks, count)
+    _fleet(addresses, socks, count)
     for s in socks:
         s.close()
 
@@ -111,16 +118,16 @@ def _txn(reply: bytes) -> int:
     return int(reply[start : reply.index(b",", start)])
 
 
-def _load_sockets(address: tuple[str, int], seeders: int, count: int) -> tuple[list[socket.socket], list[list[bytes]]]:
+def _load_sockets(addresses: Addresses, seeders: int, count: int) -> tuple[list[socket.socket], list[list[bytes]]]:
     """Sockets with their seeders registered, non-blocking, and each socket's request templates."""
     socks = _sockets(count)
-    conns = _fleet(address, socks, seeders)
+    conns = _fleet(addresses, socks, seeders)
     for s in socks:
         s.setblocking(False)
     return socks, [_templates(seeders, count, k, conn) for k, conn in enumerate(conns)]
 
 
-def _leave(address: tuple[str, int], socks: list[socket.socket], seeders: int) -> None:
+def _leave(addresses: Addresses, socks: list[socket.socket], seeders: int) -> None:
     """Unregister the sockets' seeders, once the answers still in flight have come in."""
     selector = selectors.DefaultSelector()
     for s in socks:
@@ -132,13 +139,13 @@ def _leave(address: tuple[str, int], socks: list[socket.socket], seeders: int) -
             except BlockingIOError:
                 pass
     selector.close()
-    _fleet(address, socks, seeders, messages.Unregister)
+    _fleet(addresses, socks, seeders, messages.Unregister)
     for s in socks:
         s.close()
 
 
-def _closed_loop(address, seeders: int, seconds: float, sockets: int, window: int, results) -> None:
-    socks, templates = _load_sockets(address, seeders, sockets)
+def _closed_loop(addresses, seeders: int, seconds: float, sockets: int, window: int, results) -> None:
+    socks, templates = _load_sockets(addresses, seeders, sockets)
     selector = selectors.DefaultSelector()
     for k, s in enumerate(socks):
         selector.register(s, selectors.EVENT_READ, k)
@@ -146,7 +153,7 @@ def _closed_loop(address, seeders: int, seconds: float, sockets: int, window: in
     for k, s in enumerate(socks):
         for _ in range(window):
             counter += 1
-            s.sendto(_request(templates[k], counter), address)
+            s.sendto(_request(templates[k], counter), addresses[k % len(addresses)])
     answered = 0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
@@ -159,15 +166,15 @@ def _closed_loop(address, seeders: int, seconds: float, sockets: int, window: in
                     break
                 answered += 1
                 counter += 1
-                s.sendto(_request(templates[key.data], counter), address)
+                s.sendto(_request(templates[key.data], counter), addresses[key.data % len(addresses)])
     results.put(answered)
-    _leave(address, socks, seeders)
+    _leave(addresses, socks, seeders)
 
 
-def capacity(address: tuple[str, int], seeders: int, seconds: float = 5.0, cpu: int | None = None) -> float:
+def capacity(addresses: Addresses, seeders: int, seconds: float = 5.0, cpu: int | None = None) -> float:
     """Sustained answers per second, from one load process (pinned to `cpu` if given)."""
     results: multiprocessing.Queue = multiprocessing.Queue()
-    worker = multiprocessing.Process(target=_closed_loop, args=(address, seeders, seconds, 64, 2, results))
+    worker = multiprocessing.Process(target=_closed_loop, args=(addresses, seeders, seconds, 64, 2, results))
     worker.start()
     if cpu is not None:
         set_affinity(worker.pid, cpu)
@@ -183,8 +190,8 @@ def set_affinity(pid: int, cpu: int) -> None:
         pass
 
 
-def _open_loop(address, seeders: int, rate: float, seconds: float, results) -> None:
-    socks, templates = _load_sockets(address, seeders, 64)
+def _open_loop(addresses, seeders: int, rate: float, seconds: float, results) -> None:
+    socks, templates = _load_sockets(addresses, seeders, 64)
     selector = selectors.DefaultSelector()
     for s in socks:
         selector.register(s, selectors.EVENT_READ)
@@ -198,7 +205,8 @@ def _open_loop(address, seeders: int, rate: float, seconds: float, results) -> N
         now = time.perf_counter()
         while txn < total and start + txn * interval <= now:
             txn += 1
-            socks[txn % len(socks)].sendto(_request(templates[txn % len(socks)], txn), address)
+            k = txn % len(socks)
+            socks[k].sendto(_request(templates[k], txn), addresses[k % len(addresses)])
             sent_at[txn] = time.perf_counter()
         wait = max(0.0, start + txn * interval - time.perf_counter()) if txn < total else 0.05
         for key, _ in selector.select(wait):
@@ -210,7 +218,7 @@ def _open_loop(address, seeders: int, rate: float, seconds: float, results) -> N
                 t0 = sent_at.pop(_txn(data), None)
                 if t0 is not None:
                     rtts.append(time.perf_counter() - t0)
-    _leave(address, socks, seeders)
+    _leave(addresses, socks, seeders)
     rtts.sort()
     results.put({
         "rate": rate,
@@ -221,11 +229,11 @@ def _open_loop(address, seeders: int, rate: float, seconds: float, results) -> N
     })
 
 
-def latency(address: tuple[str, int], seeders: int, rate: float, seconds: float = 3.0, cpu: int | None = None) -> dict:
+def latency(addresses: Addresses, seeders: int, rate: float, seconds: float = 3.0, cpu: int | None = None) -> dict:
     """Round-trip times at a fixed request rate (open loop), p50 and p99 in milliseconds, from
     one load process (pinned to `cpu` if given)."""
     results: multiprocessing.Queue = multiprocessing.Queue()
-    worker = multiprocessing.Process(target=_open_loop, args=(address, seeders, rate, seconds, results))
+    worker = multiprocessing.Process(target=_open_loop, args=(addresses, seeders, rate, seconds, results))
     worker.start()
     if cpu is not None:
         set_affinity(worker.pid, cpu)

@@ -6,7 +6,7 @@
 # Air-gapped (no registry answers): mmdebstrap builds a Debian bookworm root with python3 and
 # `docker import`s it as the base; Python dependencies are downloaded from PyPI on the host as
 # wheels into deploy/wheels and installed with --no-index; Prometheus and the Pushgateway come
-# from Debian's packages in a second local image. There is no Grafana package in Debian, so
+# from Debian's packages in a second local image, Redis (the trackers' shared registry) in a third. There is no Grafana package in Debian, so
 # Grafana is left out: its service sits behind the `grafana` Compose profile, which .env turns
 # on only when a Grafana image is there, so a plain `docker compose up` works either way.
 #
@@ -18,8 +18,10 @@ PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.11-slim-bookworm}
 PROMETHEUS_IMAGE=${PROMETHEUS_IMAGE:-prom/prometheus:v2.53.2}
 PUSHGATEWAY_IMAGE=${PUSHGATEWAY_IMAGE:-prom/pushgateway:v1.9.0}
 GRAFANA_IMAGE=${GRAFANA_IMAGE:-grafana/grafana:11.2.0}
+REDIS_IMAGE=${REDIS_IMAGE:-redis:7.2-bookworm}
 LOCAL_BASE=p2p-base:bookworm
 LOCAL_MONITORING=p2p-monitoring:bookworm
+LOCAL_REDIS=p2p-redis-base:bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEBIAN_SECURITY=${DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
 PIP=${PIP:-.venv/bin/pip}
@@ -61,11 +63,12 @@ else
   base=$LOCAL_BASE
   offline=1
   say "downloading Python wheels into deploy/wheels"
-  # Wheels for the image's Python (3.11, manylinux x86_64/aarch64), whatever Python runs here.
+  # Wheels for the image's Python (3.11, manylinux x86_64/aarch64), whatever Python runs here;
+  # async-timeout named because redis-py needs it on Debian's Python 3.11.2 only (< 3.11.3).
   "$PIP" download --quiet --dest deploy/wheels --only-binary=:all: \
     --python-version 3.11 --implementation cp --abi cp311 \
     --platform "manylinux_2_17_$(uname -m)" --platform "manylinux2014_$(uname -m)" --platform any \
-    -c constraints.txt pydantic pydantic-settings structlog prometheus-client sortedcontainers rich uvloop setuptools
+    -c constraints.txt pydantic pydantic-settings structlog prometheus-client sortedcontainers rich uvloop redis async-timeout setuptools
 fi
 
 for service in tracker seeder leecher; do
@@ -90,12 +93,22 @@ else
   have_image "$GRAFANA_IMAGE" || grafana=0
 fi
 
+if [ "$mode" = online ] && pull "$REDIS_IMAGE"; then
+  :
+else
+  debootstrap_image "$LOCAL_REDIS" redis-server true
+  say "tagging a local Redis image"
+  build --tag p2p-redis:local --build-arg "BASE=$LOCAL_REDIS" --file deploy/redis/Dockerfile.redis deploy/redis
+  REDIS_IMAGE=p2p-redis:local
+fi
+
 cat > .env <<ENV
 # Written by deploy/build-images.sh ($mode); docker compose reads it.
 BASE_IMAGE=$base
 OFFLINE=$offline
 PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE
 PUSHGATEWAY_IMAGE=$PUSHGATEWAY_IMAGE
+REDIS_IMAGE=$REDIS_IMAGE
 GRAFANA_IMAGE=$GRAFANA_IMAGE
 GRAFANA_AVAILABLE=$grafana
 COMPOSE_PROFILES=$([ "$grafana" = 1 ] && echo grafana)

@@ -55,10 +55,11 @@ if [ "$purpose" = test ]; then
   need promtool prometheus "alert rule tests" && say "promtool: $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)"
   need prometheus-pushgateway prometheus-pushgateway "Pushgateway tests" || true
   need prometheus prometheus "a real Prometheus scraping a local swarm" || true
-  # Debian starts what it just installed as services where systemd runs; they would hold :9090
-  # and :9091, which `make up` publishes. The tests start their own, on free ports.
+  need redis-server redis-server "tracker replicas sharing their registry in Redis" || true
+  # Debian starts what it just installed as services where systemd runs; they would hold :9090,
+  # :9091 and :6379. The tests start their own, on free ports.
   for package in "${installed[@]}"; do
-    case $package in prometheus | prometheus-pushgateway)
+    case $package in prometheus | prometheus-pushgateway | redis-server)
       systemctl disable --now "$package" >/dev/null 2>&1 || true ;;
     esac
   done

@@ -117,6 +117,17 @@ class Service:
                     raise TimeoutError(f"{self.name}: no log line matching {match!r}; last lines:\n{tail}")
                 self._cond.wait(min(remaining, 0.5))
 
+    def wait_for_text(self, text: str, timeout: float = 30.0) -> None:
+        """Block until a line containing `text` is printed (services that do not log JSON)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not any(text in line for line in self.lines):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    tail = "\n".join(self.lines[-20:])
+                    raise TimeoutError(f"{self.name}: no line with {text!r}; last lines:\n{tail}")
+                self._cond.wait(min(remaining, 0.5))
+
     def mark(self) -> int:
         """Position in the log, to wait only for lines printed after this point."""
         with self._cond:
@@ -174,6 +185,59 @@ def start_listening(
     raise AssertionError("unreachable")
 
 
+class RedisServer:
+    """A real redis-server on a free loopback port, its data in memory only: a restart (or a
+    kill and a start) brings it back empty, as after losing its data."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.port = 0
+        self.service: Service | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        """Start it (on its old port after a stop, so its clients find it again)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(5):
+            if self.port == 0 or attempt:
+                self.port = free_port()
+            argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(self.workdir), *self.args]
+            service = Service("redis", argv)
+            try:
+                service.wait_for_text("Ready to accept connections")
+                self.service = service
+                return self
+            except TimeoutError:
+                service.stop()
+                if "Address already in use" not in service.output or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections and answers nothing (a stalled Redis)."""
+        assert self.service is not None
+        self.service.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.service is not None
+        self.service.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.resume()
+            self.service.stop()
+
+    def kill(self) -> None:
+        if self.service is not None:
+            self.service.send_signal(signal.SIGKILL)
+            self.service.wait()
+
+
 def service_argv(role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"p2p_{role}", *args]
 
@@ -213,43 +277,72 @@ def tracker_request(address: tuple[str, int], message: messages.Request, timeout
 
 
 class LocalSwarm:
-    """A tracker and seeders on loopback. Use as a context manager; everything stops on exit."""
+    """A tracker and seeders on loopback. Use as a context manager; everything stops on exit.
 
-    def __init__(self, workdir: Path, heartbeat: float = 1.0, env: dict[str, str] | None = None) -> None:
+    With `registry` (a Redis URL) the tracker may run as several replicas (`start_tracker(replica=1)`):
+    seeders and leechers are then given every replica (`tracker_addr`)."""
+
+    def __init__(
+        self, workdir: Path, heartbeat: float = 1.0, env: dict[str, str] | None = None, registry: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.heartbeat = heartbeat
         self.env = {"P2P_LOG_FORMAT": "json", **(env or {})}
-        self.tracker: Service | None = None
-        self.tracker_port = 0  # chosen when the tracker starts
+        self.registry = registry
+        self.trackers: list[Service] = []  # one per replica, the latest process of each
+        self.tracker_ports: list[int] = []  # chosen when each replica first starts
         self.seeders: list[Service] = []
         self.others: list[Service] = []
 
     @property
-    def tracker_addr(self) -> str:
-        return f"127.0.0.1:{self.tracker_port}"
+    def tracker(self) -> Service | None:
+        return self.trackers[0] if self.trackers else None
 
-    def start_tracker(self, *args: str, metrics: bool = False) -> Service:
-        """The tracker, on its old port when restarted; `metrics`: its endpoint on `.metrics_port`."""
-        restart = self.tracker_port != 0
+    @property
+    def tracker_port(self) -> int:
+        return self.tracker_ports[0] if self.tracker_ports else 0
+
+    @tracker_port.setter
+    def tracker_port(self, port: int) -> None:
+        """Where the (only) tracker is, or will be once started."""
+        self.tracker_ports = [port]
+
+    @property
+    def tracker_addr(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.tracker_ports)
+
+    def start_tracker(self, *args: str, metrics: bool = False, replica: int = 0) -> Service:
+        """A tracker replica (0 unless several), on its old port when restarted; `metrics`: its
+        endpoint on `.metrics_port`. Replica n is started after replicas 0 to n - 1."""
+        restart = replica < len(self.tracker_ports)
+        port = self.tracker_ports[replica] if restart else 0
         metrics_port = 0
 
         def argv() -> list[str]:
-            nonlocal metrics_port
+            nonlocal port, metrics_port
             if not restart:
-                self.tracker_port = free_port(socket.SOCK_DGRAM)
+                port = free_port(socket.SOCK_DGRAM)
             metrics_port = free_port() if metrics else 0
+            registry = ["--registry", self.registry] if self.registry else []
             return service_argv(
                 "tracker",
                 "--host", "127.0.0.1",
-                "--port", str(self.tracker_port),
+                "--port", str(port),
                 "--heartbeat-interval", str(self.heartbeat),
                 "--metrics-port", str(metrics_port),
+                *registry,
                 *args,
             )
 
-        self.tracker = start_listening("tracker", argv, "tracker listening", self.env)
-        self.tracker.metrics_port = metrics_port  # type: ignore[attr-defined]
-        return self.tracker
+        tracker = start_listening("tracker", argv, "tracker listening", self.env)
+        tracker.port, tracker.metrics_port = port, metrics_port  # type: ignore[attr-defined]
+        if not restart:
+            self.tracker_ports.append(port)
+        if replica < len(self.trackers):
+            self.trackers[replica] = tracker
+        else:
+            self.trackers.append(tracker)
+        return tracker
 
     def add_seeder(self, files: list[Path], *args: str, metrics: bool = False) -> Service:
         """A seeder on `.port`, registered; `metrics`: its endpoint on `.metrics_port`."""
@@ -280,14 +373,14 @@ class LocalSwarm:
         self.others.append(leecher)
         return leecher
 
-    def lookup(self, target: str) -> messages.Peers:
+    def lookup(self, target: str, replica: int = 0) -> messages.Peers:
         key = {"file_id": target} if len(target) == 64 else {"name": target}
-        reply = tracker_request(("127.0.0.1", self.tracker_port), messages.Lookup(**key))
+        reply = tracker_request(("127.0.0.1", self.tracker_ports[replica]), messages.Lookup(**key))
         assert isinstance(reply, messages.Peers), reply
         return reply
 
     def stop(self) -> None:
-        for service in [*self.others, *self.seeders, *([self.tracker] if self.tracker else [])]:
+        for service in [*self.others, *self.seeders, *self.trackers]:
             service.stop()
 
     def __enter__(self) -> LocalSwarm:

@@ -78,3 +78,15 @@ def pushgateway():
     sink = Pushgateway()
     yield sink
     sink.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free port, for tracker replicas (skipped without one, failing under CI)."""
+    from tests.host_tools import host_tool
+    from tools.localswarm import RedisServer
+
+    host_tool("redis-server", "redis-server")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -1,6 +1,7 @@
 """The benchmark harness on tiny sizes: it must keep working, whatever the figures."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,7 @@ def test_bench_quick_run_writes_every_figure(tmp_path):
     assert figures["tracker"]["requests_per_second"] > 100
     assert figures["tracker"]["half_load"]["answered"] > 0
     assert "tracker capacity" in result.stdout
+    if shutil.which("redis-server"):  # the Redis store, one and two replicas, and failover
+        assert {k: v["requests_per_second"] > 100 for k, v in figures["tracker"]["redis"].items()} == {"1": True, "2": True}
+        for how in ("killed", "frozen"):
+            assert 0 < max(figures["tracker"]["failover"][how]["lookup_seconds"]) < 2.0

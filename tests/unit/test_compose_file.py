@@ -56,7 +56,7 @@ def context_copies(stage: str) -> list[str]:
 
 
 def test_long_running_services_restart_and_one_shot_jobs_do_not():
-    for name in ("tracker", "seeder", "pushgateway", "prometheus", "grafana"):
+    for name in ("tracker", "redis", "seeder", "pushgateway", "prometheus", "grafana"):
         assert SERVICES[name]["restart"] in ("unless-stopped", "on-failure"), name
     for name in ("seed-init", "leecher"):
         assert SERVICES[name].get("restart", "no") == "no", name
@@ -115,3 +115,18 @@ def test_a_role_image_holds_no_other_role_code():
     for role in ROLES:
         copied = [path for stage in stages_behind(role) for path in context_copies(stage)]
         assert [path for path in copied if path.startswith("services/")] == [f"services/{role}/"], role
+
+
+def test_trackers_are_replicas_sharing_one_redis_registry_found_by_their_service_name():
+    tracker, redis = SERVICES["tracker"], SERVICES["redis"]
+    assert tracker["environment"]["P2P_REGISTRY"] == "${P2P_REGISTRY:-redis://redis:6379/0}"
+    assert tracker["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert tracker["deploy"]["replicas"] == "${TRACKERS:-2}"
+    # Seeders and leechers name the service, which Docker's DNS resolves to every replica.
+    assert SERVICES["seeder"]["environment"]["P2P_TRACKER"] == SERVICES["leecher"]["environment"]["P2P_TRACKER"] == "tracker:6969"
+    assert "ports" not in redis and redis["image"] == "${REDIS_IMAGE:-redis:7.2-bookworm}"
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    build = (REPO / "deploy/build-images.sh").read_text()
+    assert "deploy/redis/Dockerfile.redis" in build and "REDIS_IMAGE=$REDIS_IMAGE" in build
+    assert " redis async-timeout setuptools" in build  # redis-py (and what it needs on Python 3.11.2) among the wheels
+    assert 'need redis-server redis-server' in (REPO / "deploy/preflight.sh").read_text()

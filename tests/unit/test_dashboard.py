@@ -85,8 +85,15 @@ def test_promtool_would_catch_a_broken_query(tmp_path):
 
 
 def test_live_holders_panel_shows_each_kind(dashboard):
+    # Every tracker replica reports the one registry they share: shown once, not summed.
     [panel] = [p for p in dashboard["panels"] if p["title"] == "Live holders"]
-    assert [(t["expr"], t["legendFormat"]) for t in panel["targets"]] == [("p2p_tracker_live_holders", "{{kind}}")]
+    assert [(t["expr"], t["legendFormat"]) for t in panel["targets"]] == [("max by (kind) (p2p_tracker_live_holders)", "{{kind}}")]
+
+
+def test_tracker_replicas_have_panels_of_their_own(dashboard):
+    per_replica = [e for e in panel_queries(dashboard) if "by (instance" in e and "p2p_tracker_" in e]
+    assert any("p2p_tracker_datagrams_total" in e for e in per_replica)
+    assert any("p2p_tracker_store_errors_total" in e for e in per_replica)
 
 
 def test_every_tracker_metric_the_dashboard_and_alerts_read_is_exposed(dashboard):
@@ -95,11 +102,11 @@ def test_every_tracker_metric_the_dashboard_and_alerts_read_is_exposed(dashboard
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from p2p_shared.registry import HolderRegistry
     from p2p_tracker.metrics import TrackerMetrics
+    from p2p_tracker.store import Limits, MemoryStore
 
     registry = CollectorRegistry()
-    TrackerMetrics(registry, HolderRegistry(ttl=1))
+    TrackerMetrics(registry, MemoryStore(Limits(ttl=1)))
     exposed = {s.name for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
     rules = (Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/p2p.rules.yml").read_text()
     read = set(re.findall(r"p2p_tracker_\w+", " ".join(panel_queries(dashboard)) + rules))

@@ -35,4 +35,5 @@ def test_prometheus_finds_seeders_through_dns():
     config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["seeder"]["dns_sd_configs"][0]["names"] == ["seeder"]
+    assert jobs["tracker"]["dns_sd_configs"][0]["names"] == ["tracker"]  # every replica
     assert jobs["pushgateway"]["honor_labels"] is True

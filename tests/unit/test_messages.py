@@ -267,3 +267,11 @@ def test_requests_are_padded_to_their_longest_unproven_answer():
     assert len(proven) >= len(m.encode(m.ErrorReply(txn=2**32 - 1, code="connect_first")))
     big = m.Register(txn=1, conn=1, port=7000, files=[ENTRY])
     assert m.encode_request(big) == m.encode(big)  # long enough already
+
+
+def test_unavailable_is_a_version_3_error_code():
+    from p2p_shared import messages as m
+
+    assert m.decode(b'{"v":3,"txn":1,"type":"error","code":"unavailable"}').code == "unavailable"
+    with pytest.raises(RemoteProtocolError):
+        m.decode(b'{"v":2,"txn":1,"type":"error","code":"unavailable"}')

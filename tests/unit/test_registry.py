@@ -1,4 +1,5 @@
-"""The registry on a fake clock: time is a number passed in."""
+"""The registry stores on a fake clock: time is a number passed in. Every test runs on the
+memory store and on the Redis store (a real redis-server), through the one RegistryStore interface."""
 
 import random
 
@@ -15,276 +16,290 @@ def entry(n: int, name: str = "f") -> FileEntry:
     return FileEntry(file_id=f"{n:064x}", name=name, size=1, chunk_size=1)
 
 
-def test_holders_expire_after_missed_heartbeats():
-    reg = HolderRegistry(ttl=90)
-    reg.register(("a", 1), [entry(1)], now=0)
-    reg.register(("b", 1), [entry(1)], now=10)
-    assert reg.heartbeat(("a", 1), now=60)
-    assert reg.expire(now=95) == []  # a last seen 60, b at 10: b is 85 old
-    assert reg.expire(now=100.5) == [("b", 1)]
-    assert ("b", 1) not in reg and ("a", 1) in reg
-    assert reg.expire(now=151) == [("a", 1)]
-    assert len(reg) == 0 and reg.file_count == 0 and reg.resolve(name="f") is None
+async def resolve(reg, **key) -> FileEntry | None:
+    return (await reg.lookup(**key, limit=0)).entry
 
 
-def test_heartbeat_from_unknown_holder_is_refused():
-    reg = HolderRegistry(ttl=10)
-    assert not reg.heartbeat(("a", 1), now=0)
+async def holders(reg, file_id: str, limit: int, exclude=None) -> tuple[list, list]:
+    found = await reg.lookup(file_id=file_id, limit=limit, exclude=exclude)
+    return found.complete, found.partial
 
 
-def test_register_is_new_then_refreshed_and_adds_files():
-    reg = HolderRegistry(ttl=10)
-    assert reg.register(("a", 1), [entry(1)], now=0) == "new"
-    assert reg.register(("a", 1), [entry(2, "g")], now=1) == "refreshed"
-    assert reg.resolve(name="g").file_id == entry(2).file_id
-    assert reg.file_count == 2
+async def files(reg, after=None, limit=None) -> list:
+    return (await reg.list_files(after=after, limit=limit))[0]
 
 
-def test_unregister_removes_holder_from_every_index():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
-    reg.register(("b", 1), [entry(1)], now=0)
-    assert reg.unregister(("a", 1))
-    assert not reg.unregister(("a", 1))
-    assert reg.resolve(name="g") is None
-    assert reg.holders(entry(1).file_id, 10, random.Random(0)) == ([("b", 1)], [])
-    assert [(e.name, c, p) for e, c, p in reg.files()] == [("f", 1, 0)]
+async def test_holders_expire_after_missed_heartbeats(make_store):
+    reg = await make_store(ttl=90)
+    await reg.register(("a", 1), [entry(1)], now=0)
+    await reg.register(("b", 1), [entry(1)], now=10)
+    assert await reg.heartbeat(("a", 1), now=60)
+    assert await reg.expire(now=95) == []  # a last seen 60, b at 10: b is 85 old
+    assert await reg.expire(now=100.5) == [("b", 1)]
+    assert await holders(reg, entry(1).file_id, 10) == ([("a", 1)], [])
+    assert await reg.expire(now=151) == [("a", 1)]
+    assert (await reg.refresh_stats()).holders == 0 and (await reg.refresh_stats()).files == 0 and await resolve(reg, name="f") is None
 
 
-def test_name_resolves_to_the_most_seeded_file():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("a", 1), [entry(1, "same")], now=0)
-    reg.register(("b", 1), [entry(2, "same")], now=0)
-    reg.register(("c", 1), [entry(2, "same")], now=0)
-    assert reg.resolve(name="same").file_id == entry(2).file_id
-    assert reg.resolve(file_id=entry(1).file_id).file_id == entry(1).file_id
+async def test_heartbeat_from_unknown_holder_is_refused(make_store):
+    reg = await make_store(ttl=10)
+    assert not await reg.heartbeat(("a", 1), now=0)
 
 
-def test_holders_are_capped_and_shuffled():
-    reg = HolderRegistry(ttl=10)
+async def test_register_is_new_then_refreshed_and_adds_files(make_store):
+    reg = await make_store(ttl=10)
+    assert await reg.register(("a", 1), [entry(1)], now=0) == "new"
+    assert await reg.register(("a", 1), [entry(2, "g")], now=1) == "refreshed"
+    assert (await resolve(reg, name="g")).file_id == entry(2).file_id
+    assert (await reg.refresh_stats()).files == 2
+
+
+async def test_unregister_removes_holder_from_every_index(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
+    await reg.register(("b", 1), [entry(1)], now=0)
+    assert await reg.unregister(("a", 1))
+    assert not await reg.unregister(("a", 1))
+    assert await resolve(reg, name="g") is None
+    assert await holders(reg, entry(1).file_id, 10) == ([("b", 1)], [])
+    assert [(e.name, c, p) for e, c, p in await files(reg, )] == [("f", 1, 0)]
+
+
+async def test_name_resolves_to_the_most_seeded_file(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1, "same")], now=0)
+    await reg.register(("b", 1), [entry(2, "same")], now=0)
+    await reg.register(("c", 1), [entry(2, "same")], now=0)
+    assert (await resolve(reg, name="same")).file_id == entry(2).file_id
+    assert (await resolve(reg, file_id=entry(1).file_id)).file_id == entry(1).file_id
+
+
+async def test_holders_are_capped_and_shuffled(make_store):
+    reg = await make_store(ttl=10)
     for port in range(1, 101):
-        reg.register(("h", port), [entry(1)], now=0)
-    picks = [tuple(reg.holders(entry(1).file_id, 10, random.Random(seed))[0]) for seed in range(5)]
+        await reg.register(("h", port), [entry(1)], now=0)
+    picks = [tuple((await holders(reg, entry(1).file_id, 10))[0]) for seed in range(5)]
     assert all(len(p) == 10 and len(set(p)) == 10 for p in picks)
     assert len(set(picks)) > 1
 
 
-def test_caps():
-    reg = HolderRegistry(ttl=10, max_holders=2, max_files_per_holder=2)
-    reg.register(("a", 1), [entry(1), entry(2)], now=0)
-    reg.register(("b", 1), [], now=0)
+async def test_caps(make_store):
+    reg = await make_store(ttl=10, max_holders=2, max_files_per_holder=2)
+    await reg.register(("a", 1), [entry(1), entry(2)], now=0)
+    await reg.register(("b", 1), [], now=0)
     with pytest.raises(RegistryFull):
-        reg.register(("c", 1), [], now=0)
+        await reg.register(("c", 1), [], now=0)
     with pytest.raises(RegistryFull):
-        reg.register(("a", 1), [entry(3)], now=0)
-    assert reg.register(("a", 1), [entry(1)], now=1) == "refreshed"  # already held: no new room needed
+        await reg.register(("a", 1), [entry(3)], now=0)
+    assert await reg.register(("a", 1), [entry(1)], now=1) == "refreshed"  # already held: no new room needed
 
 
-def test_a_file_whose_seeders_all_expired_is_counted_until_seeded_again():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
-    reg.register(("b", 1), [entry(1)], now=5)
-    reg.expire(now=11)  # a expires: file 1 still has b, file g has nobody
-    assert reg.lost_file_count == 1
-    reg.expire(now=16)  # b expires too
-    assert reg.lost_file_count == 2 and reg.file_count == 0
-    reg.register(("c", 1), [entry(2, "g")], now=20)
-    assert reg.lost_file_count == 1
+async def test_a_file_whose_seeders_all_expired_is_counted_until_seeded_again(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
+    await reg.register(("b", 1), [entry(1)], now=5)
+    await reg.expire(now=11)  # a expires: file 1 still has b, file g has nobody
+    assert (await reg.refresh_stats()).lost_files == 1
+    await reg.expire(now=16)  # b expires too
+    assert (await reg.refresh_stats()).lost_files == 2 and (await reg.refresh_stats()).files == 0
+    await reg.register(("c", 1), [entry(2, "g")], now=20)
+    assert (await reg.refresh_stats()).lost_files == 1
 
 
-def test_a_file_left_on_purpose_is_not_lost():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("a", 1), [entry(1)], now=0)
-    reg.unregister(("a", 1))
-    reg.expire(now=100)
-    assert reg.lost_file_count == 0
+async def test_a_file_left_on_purpose_is_not_lost(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1)], now=0)
+    await reg.unregister(("a", 1))
+    await reg.expire(now=100)
+    assert (await reg.refresh_stats()).lost_files == 0
 
 
-def test_lost_files_are_forgotten_after_a_day():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("a", 1), [entry(1)], now=0)
-    reg.register(("b", 1), [entry(2)], now=3600)
-    reg.expire(now=20)
-    reg.expire(now=3620)
-    assert reg.lost_file_count == 2
-    reg.expire(now=20 + 24 * 3600 + 1)
-    assert reg.lost_file_count == 1
+async def test_lost_files_are_forgotten_after_a_day(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1)], now=0)
+    await reg.register(("b", 1), [entry(2)], now=3600)
+    await reg.expire(now=20)
+    await reg.expire(now=3620)
+    assert (await reg.refresh_stats()).lost_files == 2
+    await reg.expire(now=20 + 24 * 3600 + 1)
+    assert (await reg.refresh_stats()).lost_files == 1
 
 
-def test_lost_files_are_capped_oldest_forgotten_first(monkeypatch):
+async def test_lost_files_are_capped_oldest_forgotten_first(make_store, monkeypatch):
     monkeypatch.setattr(registry_module, "MAX_LOST_FILES", 2)
-    reg = HolderRegistry(ttl=10)
+    reg = await make_store(ttl=10)
     for n in range(3):
-        reg.register(("a", n), [entry(n)], now=n)
+        await reg.register(("a", n), [entry(n)], now=n)
     for n in range(3):
-        reg.expire(now=11 + n)
-    assert reg.lost_file_count == 2
-    reg.register(("b", 1), [entry(0)], now=20)  # the oldest was forgotten: nothing to take back
-    assert reg.lost_file_count == 2
-    reg.register(("b", 1), [entry(2)], now=21)
-    assert reg.lost_file_count == 1
+        await reg.expire(now=11 + n)
+    assert (await reg.refresh_stats()).lost_files == 2
+    await reg.register(("b", 1), [entry(0)], now=20)  # the oldest was forgotten: nothing to take back
+    assert (await reg.refresh_stats()).lost_files == 2
+    await reg.register(("b", 1), [entry(2)], now=21)
+    assert (await reg.refresh_stats()).lost_files == 1
 
 
-def test_reregistering_known_files_still_adds_the_new_ones():
-    reg = HolderRegistry(ttl=90)
-    reg.register(("a", 1), [entry(1)], now=0)
-    reg.register(("a", 1), [entry(1), entry(2, "g")], now=1)
-    assert reg.resolve(name="g") == entry(2, "g")
-    assert reg.holders(entry(2).file_id, 10, random.Random(0)) == ([("a", 1)], [])
+async def test_reregistering_known_files_still_adds_the_new_ones(make_store):
+    reg = await make_store(ttl=90)
+    await reg.register(("a", 1), [entry(1)], now=0)
+    await reg.register(("a", 1), [entry(1), entry(2, "g")], now=1)
+    assert await resolve(reg, name="g") == entry(2, "g")
+    assert await holders(reg, entry(2).file_id, 10) == ([("a", 1)], [])
 
 
-def test_a_seeder_seen_exactly_a_ttl_ago_is_kept():
-    reg = HolderRegistry(ttl=90)
-    reg.register(("a", 1), [entry(1)], now=10)
-    assert reg.expire(now=100) == []
-    assert reg.expire(now=100.001) == [("a", 1)]
+async def test_a_seeder_seen_exactly_a_ttl_ago_is_kept(make_store):
+    reg = await make_store(ttl=90)
+    await reg.register(("a", 1), [entry(1)], now=10)
+    assert await reg.expire(now=100) == []
+    assert await reg.expire(now=100.001) == [("a", 1)]
 
 
-def test_holders_stay_consistent_through_removals_from_the_middle():
-    reg = HolderRegistry(ttl=90)
+async def test_holders_stay_consistent_through_removals_from_the_middle(make_store):
+    reg = await make_store(ttl=90)
     seeders = [("s", n) for n in range(4)]
     for key in seeders:
-        reg.register(key, [entry(1)], now=0)
-    reg.unregister(seeders[0])  # the last holder moves into its slot
-    reg.unregister(seeders[3])  # then the moved one leaves too
-    assert sorted(reg.holders(entry(1).file_id, 10, random.Random(0))[0]) == seeders[1:3]
-    reg.unregister(seeders[1])
-    reg.unregister(seeders[2])
-    assert reg.file_count == 0 and reg.resolve(name="f") is None
+        await reg.register(key, [entry(1)], now=0)
+    await reg.unregister(seeders[0])  # the last holder moves into its slot
+    await reg.unregister(seeders[3])  # then the moved one leaves too
+    assert sorted((await holders(reg, entry(1).file_id, 10))[0]) == seeders[1:3]
+    await reg.unregister(seeders[1])
+    await reg.unregister(seeders[2])
+    assert (await reg.refresh_stats()).files == 0 and await resolve(reg, name="f") is None
 
 
-def test_a_name_keeps_its_other_file_when_one_of_two_goes():
-    reg = HolderRegistry(ttl=90)
-    reg.register(("a", 1), [entry(1)], now=0)
-    reg.register(("b", 1), [entry(2)], now=0)  # the same name "f", another file
-    reg.unregister(("a", 1))
-    assert reg.resolve(name="f") == entry(2)
-    reg.unregister(("b", 1))
-    assert reg.resolve(name="f") is None
+async def test_a_name_keeps_its_other_file_when_one_of_two_goes(make_store):
+    reg = await make_store(ttl=90)
+    await reg.register(("a", 1), [entry(1)], now=0)
+    await reg.register(("b", 1), [entry(2)], now=0)  # the same name "f", another file
+    await reg.unregister(("a", 1))
+    assert await resolve(reg, name="f") == entry(2)
+    await reg.unregister(("b", 1))
+    assert await resolve(reg, name="f") is None
 
 
-def test_the_most_seeded_file_wins_a_name_even_with_the_smaller_id():
-    reg = HolderRegistry(ttl=90)
-    reg.register(("a", 1), [entry(1)], now=0)
-    reg.register(("b", 1), [entry(1)], now=0)
-    reg.register(("c", 1), [entry(9)], now=0)
-    assert reg.resolve(name="f") == entry(1)
+async def test_the_most_seeded_file_wins_a_name_even_with_the_smaller_id(make_store):
+    reg = await make_store(ttl=90)
+    await reg.register(("a", 1), [entry(1)], now=0)
+    await reg.register(("b", 1), [entry(1)], now=0)
+    await reg.register(("c", 1), [entry(9)], now=0)
+    assert await resolve(reg, name="f") == entry(1)
 
 
-def test_files_are_listed_in_file_id_order_a_page_after_a_cursor():
-    reg = HolderRegistry(ttl=90)
-    reg.register(("a", 1), [entry(3, "c-name"), entry(1, "b-name"), entry(2, "a-name")], now=0)
-    reg.register(("b", 1), [entry(3, "c-name")], now=0)
-    assert [(e.name, n) for e, n, _ in reg.files()] == [("b-name", 1), ("a-name", 1), ("c-name", 2)]
-    assert [e.name for e, _, _ in reg.files(after=entry(1).file_id, limit=1)] == ["a-name"]
-    assert reg.files(after=entry(3).file_id) == [] and reg.files(after="0" * 64, limit=0) == []
-    reg.unregister(("a", 1))  # a file that leaves leaves the order too
-    assert [e.name for e, _, _ in reg.files()] == ["c-name"]
+async def test_files_are_listed_in_file_id_order_a_page_after_a_cursor(make_store):
+    reg = await make_store(ttl=90)
+    await reg.register(("a", 1), [entry(3, "c-name"), entry(1, "b-name"), entry(2, "a-name")], now=0)
+    await reg.register(("b", 1), [entry(3, "c-name")], now=0)
+    assert [(e.name, n) for e, n, _ in await files(reg, )] == [("b-name", 1), ("a-name", 1), ("c-name", 2)]
+    assert [e.name for e, _, _ in await files(reg, after=entry(1).file_id, limit=1)] == ["a-name"]
+    assert await files(reg, after=entry(3).file_id) == [] and await files(reg, after="0" * 64, limit=0) == []
+    await reg.unregister(("a", 1))  # a file that leaves leaves the order too
+    assert [e.name for e, _, _ in await files(reg, )] == ["c-name"]
 
 
-def test_a_seeder_registers_at_most_1024_files_by_default():
-    reg = HolderRegistry(ttl=90)
-    reg.register(("a", 1), [entry(n) for n in range(1024)], now=0)
+async def test_a_seeder_registers_at_most_1024_files_by_default(make_store):
+    reg = await make_store(ttl=90)
+    await reg.register(("a", 1), [entry(n) for n in range(1024)], now=0)
     with pytest.raises(RegistryFull):
-        reg.register(("a", 1), [entry(1024)], now=0)
+        await reg.register(("a", 1), [entry(1024)], now=0)
 
 
-def kinds(reg) -> dict[str, int]:
-    return {kind: reg.count(kind) for kind in ("complete", "partial")}
+async def kinds(reg) -> dict[str, int]:
+    stats = await reg.refresh_stats()
+    return {"complete": stats.complete, "partial": stats.partial}
 
 
-def test_partial_holders_are_kept_apart_from_complete_ones():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("seeder", 1), [entry(1)], now=0)
-    assert reg.register(("leecher", 1), [entry(1)], now=0, partial=True) == "new"
-    assert reg.holders(entry(1).file_id, 10, random.Random(0)) == ([("seeder", 1)], [("leecher", 1)])
-    assert [(e.name, c, p) for e, c, p in reg.files()] == [("f", 1, 1)]
-    assert kinds(reg) == {"complete": 1, "partial": 1} and len(reg) == 2
+async def test_partial_holders_are_kept_apart_from_complete_ones(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("seeder", 1), [entry(1)], now=0)
+    assert await reg.register(("leecher", 1), [entry(1)], now=0, partial=True) == "new"
+    assert await holders(reg, entry(1).file_id, 10) == ([("seeder", 1)], [("leecher", 1)])
+    assert [(e.name, c, p) for e, c, p in await files(reg, )] == [("f", 1, 1)]
+    assert await kinds(reg) == {"complete": 1, "partial": 1} and (await reg.refresh_stats()).holders == 2
 
 
-def test_registering_complete_again_makes_a_partial_holder_complete_and_back():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("l", 1), [entry(1), entry(2, "g")], now=0, partial=True)
-    assert kinds(reg) == {"complete": 0, "partial": 1}
-    assert reg.register(("l", 1), [entry(1)], now=1) == "refreshed"
-    assert reg.holders(entry(1).file_id, 10, random.Random(0)) == ([("l", 1)], [])
-    assert reg.holders(entry(2).file_id, 10, random.Random(0)) == ([], [("l", 1)])
-    assert kinds(reg) == {"complete": 1, "partial": 1}  # complete for f, partial for g: once in each
-    reg.register(("l", 1), [entry(2, "g")], now=2)
-    assert kinds(reg) == {"complete": 1, "partial": 0}
-    reg.register(("l", 1), [entry(1)], now=3, partial=True)  # each registration says how it holds them
-    assert reg.holders(entry(1).file_id, 10, random.Random(0)) == ([], [("l", 1)])
-    assert kinds(reg) == {"complete": 1, "partial": 1}
-    reg.unregister(("l", 1))
-    assert kinds(reg) == {"complete": 0, "partial": 0} and reg.file_count == 0
+async def test_registering_complete_again_makes_a_partial_holder_complete_and_back(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("l", 1), [entry(1), entry(2, "g")], now=0, partial=True)
+    assert await kinds(reg) == {"complete": 0, "partial": 1}
+    assert await reg.register(("l", 1), [entry(1)], now=1) == "refreshed"
+    assert await holders(reg, entry(1).file_id, 10) == ([("l", 1)], [])
+    assert await holders(reg, entry(2).file_id, 10) == ([], [("l", 1)])
+    assert await kinds(reg) == {"complete": 1, "partial": 1}  # complete for f, partial for g: once in each
+    await reg.register(("l", 1), [entry(2, "g")], now=2)
+    assert await kinds(reg) == {"complete": 1, "partial": 0}
+    await reg.register(("l", 1), [entry(1)], now=3, partial=True)  # each registration says how it holds them
+    assert await holders(reg, entry(1).file_id, 10) == ([], [("l", 1)])
+    assert await kinds(reg) == {"complete": 1, "partial": 1}
+    await reg.unregister(("l", 1))
+    assert await kinds(reg) == {"complete": 0, "partial": 0} and (await reg.refresh_stats()).files == 0
 
 
-def test_a_holder_without_files_counts_as_complete():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("s", 1), [], now=0)
-    assert kinds(reg) == {"complete": 1, "partial": 0}
-    reg.register(("s", 1), [entry(1)], now=0, partial=True)
-    assert kinds(reg) == {"complete": 0, "partial": 1}
+async def test_a_holder_without_files_counts_as_complete(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("s", 1), [], now=0)
+    assert await kinds(reg) == {"complete": 1, "partial": 0}
+    await reg.register(("s", 1), [entry(1)], now=0, partial=True)
+    assert await kinds(reg) == {"complete": 0, "partial": 1}
 
 
-def test_the_asker_is_never_among_the_holders_and_answers_stay_bounded():
-    reg = HolderRegistry(ttl=10)
+async def test_the_asker_is_never_among_the_holders_and_answers_stay_bounded(make_store):
+    reg = await make_store(ttl=10)
     for port in range(1, 12):
-        reg.register(("h", port), [entry(1)], now=0)
-        reg.register(("p", port), [entry(1)], now=0, partial=True)
+        await reg.register(("h", port), [entry(1)], now=0)
+        await reg.register(("p", port), [entry(1)], now=0, partial=True)
     for seed in range(50):
         for asker in (("h", 5), ("p", 5)):
-            complete, partial = reg.holders(entry(1).file_id, 10, random.Random(seed), exclude=asker)
+            complete, partial = await holders(reg, entry(1).file_id, 10, exclude=asker)
             assert len(complete) == len(set(complete)) == 10 and len(partial) == len(set(partial)) == 10
             assert asker not in complete and asker not in partial
-    complete, partial = reg.holders(entry(1).file_id, 100, random.Random(0), exclude=("h", 5))
+    complete, partial = await holders(reg, entry(1).file_id, 100, exclude=("h", 5))
     assert len(complete) == 10 and ("h", 5) not in complete and len(partial) == 11  # all the others
 
 
-def test_partial_holders_expire_like_any_holder_and_leave_nothing_lost():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("l", 1), [entry(1)], now=0, partial=True)
-    reg.register(("l", 2), [entry(1)], now=5, partial=True)
-    assert reg.heartbeat(("l", 1), now=8)
-    assert reg.expire(now=16) == [("l", 2)]
-    assert reg.holders(entry(1).file_id, 10, random.Random(0)) == ([], [("l", 1)])
-    assert reg.expire(now=19) == [("l", 1)]
-    assert len(reg) == 0 and reg.file_count == 0 and reg.resolve(name="f") is None
-    assert kinds(reg) == {"complete": 0, "partial": 0}
-    assert reg.lost_file_count == 0  # no complete holder went silent
+async def test_partial_holders_expire_like_any_holder_and_leave_nothing_lost(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("l", 1), [entry(1)], now=0, partial=True)
+    await reg.register(("l", 2), [entry(1)], now=5, partial=True)
+    assert await reg.heartbeat(("l", 1), now=8)
+    assert await reg.expire(now=16) == [("l", 2)]
+    assert await holders(reg, entry(1).file_id, 10) == ([], [("l", 1)])
+    assert await reg.expire(now=19) == [("l", 1)]
+    assert (await reg.refresh_stats()).holders == 0 and (await reg.refresh_stats()).files == 0 and await resolve(reg, name="f") is None
+    assert await kinds(reg) == {"complete": 0, "partial": 0}
+    assert (await reg.refresh_stats()).lost_files == 0  # no complete holder went silent
 
 
-def test_a_file_is_lost_when_its_last_complete_holder_expires_even_with_partial_holders_left():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("s", 1), [entry(1)], now=0)
-    reg.register(("l", 1), [entry(1)], now=5, partial=True)
-    reg.expire(now=11)
-    assert reg.lost_file_count == 1 and reg.file_count == 1
-    reg.register(("l", 1), [entry(1)], now=12, partial=True)  # still in part: still lost
-    assert reg.lost_file_count == 1
-    reg.register(("l", 1), [entry(1)], now=13)  # the leecher finished: a whole copy again
-    assert reg.lost_file_count == 0
+async def test_a_file_is_lost_when_its_last_complete_holder_expires_even_with_partial_holders_left(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("s", 1), [entry(1)], now=0)
+    await reg.register(("l", 1), [entry(1)], now=5, partial=True)
+    await reg.expire(now=11)
+    assert (await reg.refresh_stats()).lost_files == 1 and (await reg.refresh_stats()).files == 1
+    await reg.register(("l", 1), [entry(1)], now=12, partial=True)  # still in part: still lost
+    assert (await reg.refresh_stats()).lost_files == 1
+    await reg.register(("l", 1), [entry(1)], now=13)  # the leecher finished: a whole copy again
+    assert (await reg.refresh_stats()).lost_files == 0
 
 
-def test_name_resolves_to_the_file_with_most_complete_holders_then_partial():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("a", 1), [entry(1, "same")], now=0)
+async def test_name_resolves_to_the_file_with_most_complete_holders_then_partial(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1, "same")], now=0)
     for port in range(3):
-        reg.register(("l", port), [entry(2, "same")], now=0, partial=True)
-    assert reg.resolve(name="same").file_id == entry(1).file_id
-    reg.register(("b", 1), [entry(3, "same")], now=0)
-    reg.register(("l", 9), [entry(3, "same")], now=0, partial=True)
-    assert reg.resolve(name="same").file_id == entry(3).file_id
+        await reg.register(("l", port), [entry(2, "same")], now=0, partial=True)
+    assert (await resolve(reg, name="same")).file_id == entry(1).file_id
+    await reg.register(("b", 1), [entry(3, "same")], now=0)
+    await reg.register(("l", 9), [entry(3, "same")], now=0, partial=True)
+    assert (await resolve(reg, name="same")).file_id == entry(3).file_id
 
 
-def test_partial_files_count_against_the_caps():
-    reg = HolderRegistry(ttl=10, max_holders=1, max_files_per_holder=1)
-    reg.register(("l", 1), [entry(1)], now=0, partial=True)
+async def test_partial_files_count_against_the_caps(make_store):
+    reg = await make_store(ttl=10, max_holders=1, max_files_per_holder=1)
+    await reg.register(("l", 1), [entry(1)], now=0, partial=True)
     with pytest.raises(RegistryFull):
-        reg.register(("l", 1), [entry(2)], now=0, partial=True)
+        await reg.register(("l", 1), [entry(2)], now=0, partial=True)
     with pytest.raises(RegistryFull):
-        reg.register(("l", 2), [], now=0, partial=True)
-    assert kinds(reg) == {"complete": 0, "partial": 1}
+        await reg.register(("l", 2), [], now=0, partial=True)
+    assert await kinds(reg) == {"complete": 0, "partial": 1}
 
 
 # Issue 12, items 14-18: holders belong to their sender, shares are bounded, names stay findable.
@@ -292,103 +307,105 @@ def test_partial_files_count_against_the_caps():
 SEEDER, NEIGHBOUR = ("10.0.0.1", 40000), ("10.0.0.1", 40001)  # two sockets of one address
 
 
-def test_only_the_address_that_registered_a_holder_keeps_or_drops_it():
-    reg = HolderRegistry(ttl=10)
-    reg.register(("10.0.0.1", 7000), [entry(1)], now=0, sender=SEEDER)
+async def test_only_the_address_that_registered_a_holder_keeps_or_drops_it(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("10.0.0.1", 7000), [entry(1)], now=0, sender=SEEDER)
     stranger = ("10.6.6.6", SEEDER[1])  # another address, even from the same port
     with pytest.raises(NotRegistrant):
-        reg.heartbeat(("10.0.0.1", 7000), now=5, sender=stranger)
+        await reg.heartbeat(("10.0.0.1", 7000), now=5, sender=stranger)
     with pytest.raises(NotRegistrant):
-        reg.unregister(("10.0.0.1", 7000), sender=stranger)
+        await reg.unregister(("10.0.0.1", 7000), sender=stranger)
     with pytest.raises(NotRegistrant):
-        reg.register(("10.0.0.1", 7000), [entry(2)], now=5, sender=stranger)
-    assert reg.expire(now=10.5) == [("10.0.0.1", 7000)]  # forged beats kept nothing alive
+        await reg.register(("10.0.0.1", 7000), [entry(2)], now=5, sender=stranger)
+    assert await reg.expire(now=10.5) == [("10.0.0.1", 7000)]  # forged beats kept nothing alive
     # Another socket of the same address (the seeder restarted) takes its holder over at once.
-    reg.register(("10.0.0.1", 7000), [entry(1)], now=11, sender=SEEDER)
-    assert reg.register(("10.0.0.1", 7000), [entry(1)], now=12, sender=NEIGHBOUR) == "refreshed"
-    assert reg.heartbeat(("10.0.0.1", 7000), now=13, sender=NEIGHBOUR)
+    await reg.register(("10.0.0.1", 7000), [entry(1)], now=11, sender=SEEDER)
+    assert await reg.register(("10.0.0.1", 7000), [entry(1)], now=12, sender=NEIGHBOUR) == "refreshed"
+    assert await reg.heartbeat(("10.0.0.1", 7000), now=13, sender=NEIGHBOUR)
     # A member proven by the swarm secret may act on any holder, and takes it over.
-    assert reg.heartbeat(("10.0.0.1", 7000), now=13, sender=("10.9.9.9", 1), member=True)
-    assert reg.unregister(("10.0.0.1", 7000), sender=("10.9.9.9", 1), member=True)
+    assert await reg.heartbeat(("10.0.0.1", 7000), now=13, sender=("10.9.9.9", 1), member=True)
+    assert await reg.unregister(("10.0.0.1", 7000), sender=("10.9.9.9", 1), member=True)
 
 
-def test_one_address_has_a_bounded_share_and_each_refusal_says_which_cap():
-    reg = HolderRegistry(ttl=10, max_holders=4, max_files_per_holder=3, max_files=7,
+async def test_one_address_has_a_bounded_share_and_each_refusal_says_which_cap(make_store):
+    reg = await make_store(ttl=10, max_holders=4, max_files_per_holder=3, max_files=7,
                          max_holders_per_address=2, max_files_per_address=5)
     a, b, c = ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)
-    reg.register(("10.0.0.1", 7000), [entry(1), entry(2), entry(3)], now=0, sender=a)
+    await reg.register(("10.0.0.1", 7000), [entry(1), entry(2), entry(3)], now=0, sender=a)
     with pytest.raises(RegistryFull) as full:
-        reg.register(("10.0.0.1", 7000), [entry(4)], now=0, sender=a)
+        await reg.register(("10.0.0.1", 7000), [entry(4)], now=0, sender=a)
     assert full.value.reason == "files_per_holder"
-    reg.register(("10.0.0.1", 7001), [entry(4), entry(5)], now=0, sender=a)
+    await reg.register(("10.0.0.1", 7001), [entry(4), entry(5)], now=0, sender=a)
     with pytest.raises(RegistryFull) as full:
-        reg.register(("10.0.0.1", 7001), [entry(6)], now=0, sender=a)
+        await reg.register(("10.0.0.1", 7001), [entry(6)], now=0, sender=a)
     assert full.value.reason == "files_per_address"
     with pytest.raises(RegistryFull) as full:
-        reg.register(("10.0.0.1", 7002), [], now=0, sender=a)
+        await reg.register(("10.0.0.1", 7002), [], now=0, sender=a)
     assert full.value.reason == "holders_per_address"
-    reg.register(("10.0.0.2", 7000), [entry(1), entry(7)], now=0, sender=b)
+    await reg.register(("10.0.0.2", 7000), [entry(1), entry(7)], now=0, sender=b)
     with pytest.raises(RegistryFull) as full:
-        reg.register(("10.0.0.3", 7000), [entry(1)], now=0, sender=c)
+        await reg.register(("10.0.0.3", 7000), [entry(1)], now=0, sender=c)
     assert full.value.reason == "files"  # 7 registrations in all
-    reg.register(("10.0.0.3", 7000), [], now=0, sender=c)
+    await reg.register(("10.0.0.3", 7000), [], now=0, sender=c)
     with pytest.raises(RegistryFull) as full:
-        reg.register(("10.0.0.4", 7000), [], now=0, sender=("10.0.0.4", 1))
+        await reg.register(("10.0.0.4", 7000), [], now=0, sender=("10.0.0.4", 1))
     assert full.value.reason == "holders"
-    reg.unregister(("10.0.0.1", 7001), sender=a)  # leaving gives the share back
-    reg.register(("10.0.0.1", 7002), [entry(6), entry(8)], now=1, sender=a)
-    assert reg.holding_count == 7 and len(reg) == 4
+    await reg.unregister(("10.0.0.1", 7001), sender=a)  # leaving gives the share back
+    await reg.register(("10.0.0.1", 7002), [entry(6), entry(8)], now=1, sender=a)
+    assert (await reg.refresh_stats()).holdings == 7 and (await reg.refresh_stats()).holders == 4
 
 
-def test_a_file_id_registered_under_a_decoy_name_first_is_still_found_by_its_real_name():
+async def test_a_file_id_registered_under_a_decoy_name_first_is_still_found_by_its_real_name(make_store):
     real = FileEntry(file_id="ab" * 32, name="real.bin", size=1000, chunk_size=100)
     decoy = FileEntry(file_id="ab" * 32, name="decoy.bin", size=1, chunk_size=1)
-    reg = HolderRegistry(ttl=10)
-    reg.register(("squatter", 1), [decoy], now=0)
-    reg.register(("seeder", 1), [real], now=0)
-    reg.register(("seeder", 2), [real], now=0)
-    assert reg.resolve(name="real.bin") == real
-    assert reg.resolve(name="decoy.bin") == decoy
-    assert reg.resolve(file_id=real.file_id) == real  # the entry most holders registered
-    assert [row[0] for row in reg.files()] == [real]
-    reg.unregister(("squatter", 1))
-    assert reg.resolve(name="decoy.bin") is None and reg.resolve(name="real.bin") == real
+    reg = await make_store(ttl=10)
+    await reg.register(("squatter", 1), [decoy], now=0)
+    await reg.register(("seeder", 1), [real], now=0)
+    await reg.register(("seeder", 2), [real], now=0)
+    assert await resolve(reg, name="real.bin") == real
+    assert await resolve(reg, name="decoy.bin") == decoy
+    assert await resolve(reg, file_id=real.file_id) == real  # the entry most holders registered
+    assert [row[0] for row in await files(reg, )] == [real]
+    await reg.unregister(("squatter", 1))
+    assert await resolve(reg, name="decoy.bin") is None and await resolve(reg, name="real.bin") == real
 
 
-def test_names_per_file_id_are_a_bounded_set_first_come_kept_while_held():
-    reg = HolderRegistry(ttl=10)
+async def test_names_per_file_id_are_a_bounded_set_first_come_kept_while_held(make_store):
+    reg = await make_store(ttl=10)
     fid = "cd" * 32
     for n in range(registry_module.MAX_NAMES_PER_FILE + 3):
-        reg.register(("h", n), [FileEntry(file_id=fid, name=f"name-{n}", size=1, chunk_size=1)], now=0)
-    found = [n for n in range(registry_module.MAX_NAMES_PER_FILE + 3) if reg.resolve(name=f"name-{n}")]
+        await reg.register(("h", n), [FileEntry(file_id=fid, name=f"name-{n}", size=1, chunk_size=1)], now=0)
+    found = [n for n in range(registry_module.MAX_NAMES_PER_FILE + 3) if await resolve(reg, name=f"name-{n}")]
     assert found == list(range(registry_module.MAX_NAMES_PER_FILE))
-    assert sorted(reg.holders(fid, 100, random.Random(0))[0]) == [("h", n) for n in range(11)]  # all hold it
-    reg.unregister(("h", 0))  # a name whose holders left frees its place for the next registration
-    reg.register(("h", 9), [FileEntry(file_id=fid, name="name-9", size=1, chunk_size=1)], now=1)
-    assert reg.resolve(name="name-0") is None and reg.resolve(name="name-9") is not None
+    assert sorted((await holders(reg, fid, 100))[0]) == [("h", n) for n in range(11)]  # all hold it
+    await reg.unregister(("h", 0))  # a name whose holders left frees its place for the next registration
+    await reg.register(("h", 9), [FileEntry(file_id=fid, name="name-9", size=1, chunk_size=1)], now=1)
+    assert await resolve(reg, name="name-0") is None and await resolve(reg, name="name-9") is not None
 
 
-def test_the_name_lookup_always_prefers_the_file_with_the_most_holders():
+async def test_the_name_lookup_always_prefers_the_file_with_the_most_holders(make_store):
     rng = random.Random(12)
-    reg = HolderRegistry(ttl=1000, max_holders_per_address=None, max_files_per_address=None)
+    reg = await make_store(ttl=1000, max_holders_per_address=None, max_files_per_address=None)
     ids = [entry(n, "same") for n in range(6)]
     held: dict[tuple, tuple[int, bool]] = {}
     for step in range(3000):
         key = ("h", rng.randrange(40))
         if key in held and rng.random() < 0.3:
-            reg.unregister(key)
+            await reg.unregister(key)
             del held[key]
         else:
             n, partial = rng.randrange(6), rng.random() < 0.3
             if key in held:
-                reg.unregister(key)
-            reg.register(key, [ids[n]], now=step, partial=partial)
+                await reg.unregister(key)
+            await reg.register(key, [ids[n]], now=step, partial=partial)
             held[key] = (n, partial)
         counts = {n: (sum(v == (n, False) for v in held.values()), sum(v == (n, True) for v in held.values())) for n in range(6)}
         live = [n for n in range(6) if counts[n] != (0, 0)]
         best = min(live, key=lambda n: (-counts[n][0], -counts[n][1], ids[n].file_id)) if live else None
-        assert reg.resolve(name="same") == (None if best is None else ids[best])
+        assert await resolve(reg, name="same") == (None if best is None else ids[best])
 
+
+# The memory store's own structures: work counted in Python calls.
 
 def test_a_name_lookup_does_work_independent_of_the_ids_under_the_name():
     small, big = crowded(20), crowded(20_000)
@@ -410,3 +427,65 @@ def test_a_page_of_the_file_list_does_work_independent_of_the_number_of_files():
     cursor = entry(10).file_id
     assert [e.file_id for e, _, _ in big.files(after=cursor, limit=16)] == [entry(n).file_id for n in range(11, 27)]
     assert python_calls(lambda: big.files(after=cursor, limit=16)) <= 2 * python_calls(lambda: small.files(after=cursor, limit=16)) + 50
+
+
+# Several replicas on one Redis: one registry, one set of caps, one replay memory.
+
+
+async def test_replicas_share_holders_and_the_caps_hold_across_them(redis_stores):
+    a = await redis_stores(ttl=10, max_holders=3, max_holders_per_address=2)
+    b = await redis_stores(ttl=10, max_holders=3, max_holders_per_address=2)
+    await a.register(("10.0.0.1", 7000), [entry(1)], now=0, sender=("10.0.0.1", 1))
+    await b.register(("10.0.0.1", 7001), [entry(1)], now=0, sender=("10.0.0.1", 2))
+    with pytest.raises(RegistryFull) as full:
+        await a.register(("10.0.0.1", 7002), [], now=0, sender=("10.0.0.1", 3))
+    assert full.value.reason == "holders_per_address"  # two holders of that address, one on each replica
+    await a.register(("10.0.0.2", 7000), [], now=0, sender=("10.0.0.2", 1))
+    with pytest.raises(RegistryFull) as full:
+        await b.register(("10.0.0.3", 7000), [], now=0, sender=("10.0.0.3", 1))
+    assert full.value.reason == "holders"
+    assert sorted((await holders(b, entry(1).file_id, 10))[0]) == [("10.0.0.1", 7000), ("10.0.0.1", 7001)]
+    with pytest.raises(NotRegistrant):  # ownership is the registry's, not the replica's
+        await b.heartbeat(("10.0.0.1", 7000), now=1, sender=("10.6.6.6", 1))
+    assert await b.heartbeat(("10.0.0.1", 7000), now=5, sender=("10.0.0.1", 9))
+    assert await a.expire(now=10.5) == [("10.0.0.1", 7001), ("10.0.0.2", 7000)]  # beaten on b, expired by a
+    assert await b.expire(now=10.5) == []
+    assert (await b.refresh_stats()).holders == 1
+
+
+async def test_replicas_agree_on_a_shared_key_and_refuse_a_nonce_seen_by_another(redis_stores):
+    a, b = await redis_stores(ttl=10), await redis_stores(ttl=10)
+    assert await a.shared_key("ids", b"first") == b"first"
+    assert await b.shared_key("ids", b"second") == b"first"
+    assert await a.remember_nonces([b"n1"], 30.0) == [True]
+    assert await b.remember_nonces([b"n2", b"n1", b"n2"], 30.0) == [True, False, False]  # replays, to either replica
+    ttl_ms = await a.client.pttl("p2p:nonce:" + b"n1".hex())
+    assert 29_000 < ttl_ms <= 30_000  # remembered as long as its datagram could be accepted, then gone
+
+
+async def test_an_expiry_of_many_holders_goes_in_batches(redis_stores):
+    from p2p_tracker import redis_store
+
+    reg = await redis_stores(ttl=10, max_holders_per_address=None, max_files_per_address=None)
+    for port in range(1, 2 * redis_store.EXPIRE_BATCH + 6):
+        await reg.register(("h", port), [entry(port % 3)], now=0)
+    assert len(await reg.expire(now=11)) == 2 * redis_store.EXPIRE_BATCH + 5
+    assert await reg.refresh_stats() == type(await reg.refresh_stats())(lost_files=3)
+
+
+async def test_several_calls_run_at_once_each_outcome_in_its_place(make_store):
+    from operator import methodcaller
+
+    reg = await make_store(ttl=10, max_files_per_holder=1)
+    outcomes = await reg.run([
+        methodcaller("register", ("a", 1), [entry(1)], 0),
+        methodcaller("register", ("a", 1), [entry(2)], 0),  # a second file: refused
+        methodcaller("heartbeat", ("a", 1), 1),
+        methodcaller("heartbeat", ("b", 1), 1),
+        methodcaller("lookup", file_id=entry(1).file_id),
+        methodcaller("list_files"),
+    ])
+    assert outcomes[0] == "new" and isinstance(outcomes[1], RegistryFull) and outcomes[1].reason == "files_per_holder"
+    assert outcomes[2:4] == [True, False]
+    assert outcomes[4].entry == entry(1) and outcomes[4].complete == [("a", 1)]
+    assert outcomes[5] == ([(entry(1), 1, 0)], 1)

@@ -11,11 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from p2p_leecher.metrics import LeecherMetrics
 from p2p_seeder.metrics import SeederMetrics
 from p2p_shared.messages import FileEntry
-from p2p_shared.registry import HolderRegistry
 from p2p_tracker.metrics import TrackerMetrics
+from p2p_tracker.store import Limits, MemoryStore
 
 FACTORIES = {
-    "p2p-tracker": lambda registry: TrackerMetrics(registry, HolderRegistry(ttl=90)),
+    "p2p-tracker": lambda registry: TrackerMetrics(registry, MemoryStore(Limits(ttl=90))),
     "p2p-seeder": SeederMetrics,
     "p2p-leecher": LeecherMetrics,
 }
@@ -49,10 +49,12 @@ def test_no_created_series(exposition):
     assert [line for line in text.splitlines() if "_created" in line] == []  # ... without their _created twins
 
 
-def test_tracker_exposes_files_without_seeders():
-    registry, holders = CollectorRegistry(), HolderRegistry(ttl=10)
+async def test_tracker_exposes_files_without_seeders(make_store):
+    registry, holders = CollectorRegistry(), await make_store(ttl=10)
     TrackerMetrics(registry, holders)
-    holders.register(("a", 1), [FileEntry(file_id="1" * 64, name="f", size=1, chunk_size=1)], now=0)
+    await holders.register(("a", 1), [FileEntry(file_id="1" * 64, name="f", size=1, chunk_size=1)], now=0)
+    await holders.refresh_stats()  # what a sweep does
     assert registry.get_sample_value("p2p_tracker_files_without_seeders") == 0
-    holders.expire(now=11)
+    await holders.expire(now=11)
+    await holders.refresh_stats()
     assert registry.get_sample_value("p2p_tracker_files_without_seeders") == 1

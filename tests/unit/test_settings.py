@@ -97,3 +97,12 @@ def test_swarm_secret_comes_from_the_environment_and_empty_means_none(monkeypatc
     monkeypatch.setenv("P2P_SWARM_SECRET", "short")
     with pytest.raises(SystemExit):
         build_settings(LeecherSettings, leecher_parser(), ["x"])
+
+
+def test_several_tracker_replicas_are_one_flag():
+    from p2p_shared.settings import parse_trackers
+
+    assert parse_trackers("a:6969, b:7000,[::1]:6969") == [("a", 6969), ("b", 7000), ("::1", 6969)]
+    for bad in ("", ",", "a:6969,b", "a:0"):
+        with pytest.raises(ValueError):
+            parse_trackers(bad)

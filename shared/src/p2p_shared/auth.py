@@ -79,8 +79,9 @@ class Sealer:
         head = payload + struct.pack("!qQ", int(now * 1000), nonce)
         return head + hmac.digest(self.secret, head, "sha256")
 
-    def open(self, datagram: bytes, now: float) -> bytes:
-        """The payload of a sealed datagram, or AuthError."""
+    def verify(self, datagram: bytes, now: float) -> tuple[bytes, bytes]:
+        """The payload of a sealed datagram and its replay key (timestamp and nonce), or
+        AuthError; the replay memory is the caller's (tracker replicas share theirs)."""
         if len(datagram) < _TRAILER.size:
             raise AuthError("no signature")
         head, mac = datagram[:-32], datagram[-32:]
@@ -89,9 +90,20 @@ class Sealer:
         stamp, _ = struct.unpack_from("!qQ", head, len(head) - 16)
         if abs(now - stamp / 1000) > self.window:
             raise AuthError("stale timestamp")
+        return head[:-16], head[-16:]
+
+    @property
+    def replay_seconds(self) -> float:
+        """How long a replay key must be remembered: its datagram is accepted from `window`
+        before its timestamp to `window` after."""
+        return 2 * self.window
+
+    def open(self, datagram: bytes, now: float) -> bytes:
+        """The payload of a sealed datagram, or AuthError."""
+        payload, key = self.verify(datagram, now)
+        stamp, _ = struct.unpack("!qQ", key)
         self._forget(now)
         seen = self._seen.get(stamp // 1000)
-        key = head[-16:]
         if seen is not None and key in seen:
             raise AuthError("replayed")
         if self.remembered >= self.max_nonces:
@@ -100,7 +112,7 @@ class Sealer:
             seen = self._seen[stamp // 1000] = set()
         seen.add(key)
         self.remembered += 1
-        return head[:-16]
+        return payload
 
     def _forget(self, now: float) -> None:
         # A second whose last millisecond is older than the window cannot be accepted again.

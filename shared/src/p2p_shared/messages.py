@@ -6,9 +6,11 @@ MAX_DATAGRAM bytes in either direction.
 
 Version 2 adds partial holders: `register.partial`, `lookup.port` and `lookup.host`,
 `peers.partial` and `files[].partial`. Version 3 (TRACKER_VERSION) adds a cursor through the file
-list (`list_files.after`, `files.next`) and the error code `forbidden`. The tracker answers a
-request in the version it was asked in; a message that carries a field of a later version than
-its own is malformed, and an answer never carries one (older clients refuse unknown keys).
+list (`list_files.after`, `files.next`) and the error codes `forbidden` and `unavailable` (the
+tracker's registry store did not answer; version 3 clients built before it drop it as invalid,
+so they retry as for a lost answer). The tracker answers a request in the version it was asked
+in; a message that carries a field of a later version than its own is malformed, and an answer
+never carries one (older clients refuse unknown keys).
 
 The tracker never answers an address that has not proven itself (see p2p_shared.auth) with
 more bytes than it sent, so clients pad short requests: `encode_request`.
@@ -58,8 +60,10 @@ def _check_host(host: str) -> str:
 Host = Annotated[str, Field(min_length=1, max_length=MAX_HOST_CHARS), AfterValidator(_check_host)]
 # `unknown_seeder` means "unknown holder" (of either kind); the name stays for version 1 clients.
 # `forbidden` (version 3): an address or a holder the sender may not speak for.
+# `unavailable` (version 3): the tracker's registry store did not answer; ask again later.
 ErrorCode = Literal[
-    "malformed", "unsupported_version", "unknown_seeder", "not_found", "full", "connect_first", "forbidden"
+    "malformed", "unsupported_version", "unknown_seeder", "not_found", "full", "connect_first", "forbidden",
+    "unavailable",
 ]
 TRACKER_VERSIONS = (1, 2, TRACKER_VERSION)  # the versions the tracker answers
 
@@ -213,8 +217,8 @@ class ErrorReply(_Message):
 
     @model_validator(mode="after")
     def _v3(self) -> ErrorReply:
-        if self.code == "forbidden" and self.v < 3:
-            raise ValueError("code forbidden needs protocol version 3")
+        if self.code in ("forbidden", "unavailable") and self.v < 3:
+            raise ValueError(f"code {self.code} needs protocol version 3")
         return self
 
 

@@ -61,6 +61,15 @@ def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, in
     return host, int(port)
 
 
+def parse_trackers(text: str, default_port: int | None = None) -> list[tuple[str, int]]:
+    """'a:6969,b:6969': the replicas of one tracker, each HOST:PORT. One name may also stand
+    for several replicas, by resolving to several addresses."""
+    trackers = [parse_host_port(part.strip(), default_port) for part in text.split(",") if part.strip()]
+    if not trackers:
+        raise ValueError(f"{text!r} names no tracker")
+    return trackers
+
+
 class TlsSettings(CommonSettings):
     """The common settings and the TLS files of the chunk channel (seeder and leecher)."""
 

@@ -20,7 +20,7 @@ from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import client_context, server_context
 from p2p_shared.net.tracker_client import TrackerClient
-from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_host_port
+from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_trackers
 
 from .download import Download, DownloadOptions, DownloadResult
 from .metrics import LeecherMetrics
@@ -53,7 +53,7 @@ class LeecherSettings(ServingSettings):
     @field_validator("tracker")
     @classmethod
     def _tracker(cls, value: str) -> str:
-        parse_host_port(value)
+        parse_trackers(value)
         return value
 
 
@@ -61,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="p2p-leecher", description="Download a file from the swarm.")
     p.add_argument("target", nargs="?", help="file name or 64-hex file id (env P2P_TARGET)")
     p.add_argument("--list", action="store_true", default=None, help="list the files on the network and exit")
-    p.add_argument("--tracker", help="tracker HOST:PORT (default 127.0.0.1:6969)")
+    p.add_argument("--tracker", help="tracker HOST:PORT, or several replicas of one tracker: HOST:PORT,HOST:PORT (default 127.0.0.1:6969)")
     p.add_argument("-o", "--output-dir", type=Path, help="folder for the downloaded file (default .)")
     p.add_argument("--min-seeders", type=int, help="seeders to wait for before starting (default 1)")
     p.add_argument("--wait", type=float, help="seconds to wait for seeders at start, and without a verified chunk during the download, before giving up (default 30)")
@@ -121,7 +121,7 @@ LIST_PAGES = 64  # pages of 16 files `--list` asks for at most: the first 1024 f
 
 async def list_files(settings: LeecherSettings) -> int:
     """Print the files on the network, most seeded first, from the tracker's pages (by file id)."""
-    tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
+    tracker = TrackerClient(parse_trackers(settings.tracker), secret=settings.secret_bytes())
     files: list[messages.FileSummary] = []
     after, total = None, 0
     try:
@@ -178,7 +178,7 @@ async def fetch(settings: LeecherSettings) -> int:
         tls=client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls_ca else None,
     )
     settings.warn_if_open(log, "leecher")
-    tracker = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
+    tracker = TrackerClient(parse_trackers(settings.tracker), secret=settings.secret_bytes())
     sharing = sharing_for(settings, tracker, metrics)
     ended = asyncio.Event()  # the health file is kept fresh until the run ends
     health = asyncio.create_task(keep_healthy(settings.health_file, ended))

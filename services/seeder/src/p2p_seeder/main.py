@@ -22,7 +22,7 @@ from p2p_shared.net.peer_server import PeerServer
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import server_context
 from p2p_shared.net.tracker_client import TrackerClient
-from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_host_port
+from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_trackers
 
 from .catalog import ManifestCache, load_file
 from .metrics import SeederMetrics
@@ -54,7 +54,7 @@ class SeederSettings(ServingSettings):
     @field_validator("tracker")
     @classmethod
     def _tracker(cls, value: str) -> str:
-        parse_host_port(value)
+        parse_trackers(value)
         return value
 
 
@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", action="append", help="file (or folder of files) to seed; repeat for more (default large_text_file.txt)")
     p.add_argument("-p", "--port", type=int, help="TCP port to serve on (default 7000)")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
-    p.add_argument("--tracker", help="tracker HOST:PORT (default 127.0.0.1:6969)")
+    p.add_argument("--tracker", help="tracker HOST:PORT, or several replicas of one tracker: HOST:PORT,HOST:PORT (default 127.0.0.1:6969)")
     p.add_argument("--chunk-size", type=int, help=f"bytes per chunk (default {DEFAULT_CHUNK_SIZE})")
     p.add_argument("--cache-dir", type=Path, help="where manifests are cached (default ~/.cache/p2p-seeder)")
     p.add_argument("--tls-cert", type=Path, help="serve peers over TLS with this certificate (and --tls-key)")
@@ -132,7 +132,7 @@ async def serve(settings: SeederSettings) -> int:
         "seeder listening", host=settings.host, port=settings.port, files=len(files),
         tls="mutual" if tls and settings.tls_ca else bool(tls),
     )
-    client = TrackerClient(*parse_host_port(settings.tracker), secret=settings.secret_bytes())
+    client = TrackerClient(parse_trackers(settings.tracker), secret=settings.secret_bytes())
     link = HolderLink(client, settings.port, settings.advertise_host, [f.entry() for f in files], metrics.link)
 
     async def healthy_once_registered() -> None:  # serving and known to the tracker

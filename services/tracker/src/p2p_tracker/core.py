@@ -1,5 +1,10 @@
 """The tracker's request handling without I/O: datagram and source address in, answer out.
 
+A request that needs the registry store is answered in two steps, so the store may be remote:
+`receive` decodes and checks the datagram and returns a StoreStep (what to ask the store); the
+asyncio shell (shell.handle) awaits that call on the store, and the step's `answer` turns what
+the store said into the datagram to send. Everything else is answered by `receive` at once.
+
 Each request is answered in the protocol version it was asked in (messages.TRACKER_VERSIONS):
 a version 1 client never hears of partial holders, versions 1 and 2 never of `forbidden`.
 
@@ -11,7 +16,9 @@ a member. A holder belongs to the address that registered it, any port of it (re
 from __future__ import annotations
 
 import ipaddress
-import random
+from collections.abc import Awaitable, Callable
+from operator import methodcaller
+from typing import Any
 
 import structlog
 
@@ -20,43 +27,73 @@ from p2p_shared.auth import AuthError, ConnectionIds, Sealer
 from p2p_shared.errors import LocalProtocolError, RemoteProtocolError
 from p2p_shared.limits import MAX_FILES_PER_ANSWER
 from p2p_shared.ratelimit import AddressLimiter
-from p2p_shared.registry import HolderRegistry, NotRegistrant, RegistryFull
+from p2p_shared.registry import HolderKey, NotRegistrant, RegistryFull
 
 from .metrics import TrackerMetrics
+from .store import Found, RegistryStore, StoreUnavailable
 
 log = structlog.get_logger()
+
+
+class StoreStep:
+    """A request waiting for the store: the shell awaits `nonce` into the shared replay memory
+    (if set), then `call(store)`, and sends `answer(outcome)`, the outcome being what the call
+    returned or the registry.Refused it raised; or `core.unavailable(step, error)`."""
+
+    __slots__ = ("call", "nonce", "version", "_then", "_finish")
+
+    def __init__(
+        self,
+        call: Callable[[RegistryStore], Awaitable[Any]] | None,
+        then: Callable[[Any], messages.Reply | None],
+        finish: Callable[[messages.Reply | None], bytes | None],
+        version: int,
+        nonce: bytes | None = None,
+    ) -> None:
+        self.call, self._then, self._finish, self.version, self.nonce = call, then, finish, version, nonce
+
+    def answer(self, outcome: Any) -> bytes | None:
+        return self._finish(self._then(outcome))
+
+    def answer_with(self, reply: messages.Reply) -> bytes | None:
+        """An answer of the core's own instead (the store failed)."""
+        return self._finish(reply)
 
 
 class TrackerCore:
     def __init__(
         self,
-        registry: HolderRegistry,
         metrics: TrackerMetrics,
         interval: float,
         max_peers: int,
-        rng: random.Random | None = None,
         limiter: AddressLimiter | None = None,
         ids: ConnectionIds | None = None,
         sealer: Sealer | None = None,
+        shared_nonces: bool = False,
     ) -> None:
-        self.registry = registry
         self.metrics = metrics
         self.interval = interval
         self.max_peers = max_peers
-        self.rng = rng or random.Random()
         self.limiter = limiter
         self.ids = ids or ConnectionIds()
         self.sealer = sealer  # the swarm secret, when one is set
+        # Replicas share the replay memory in their store: the sealer only checks macs and times.
+        self.shared_nonces = shared_nonces
 
-    def handle(self, data: bytes, source: tuple[str, int], now: float) -> bytes | None:
-        """Answer one datagram, or None to drop it. Never raises for bad input."""
+    def receive(self, data: bytes, source: tuple[str, int], now: float) -> bytes | None | StoreStep:
+        """The answer to one datagram (None: drop it), or the StoreStep it waits for. Never
+        raises for bad input."""
         if self.limiter is not None and not self.limiter.allow(source[0], now):
             self.metrics.refused.labels("rate_limited").inc()
             return None
         received = len(data)
+        nonce = None
         if self.sealer is not None:
             try:
-                data = self.sealer.open(data, now)
+                if self.shared_nonces:
+                    data, nonce = self.sealer.verify(data, now)
+                else:
+                    data = self.sealer.open(data, now)
             except AuthError as exc:
                 full = exc.reason == "nonce memory full"  # members beyond what the replay memory holds
                 self.metrics.refused.labels("nonces_full" if full else "unauthenticated").inc()
@@ -72,12 +109,13 @@ class TrackerCore:
         self.metrics.datagrams.labels(message.type).inc()
         version = message.v  # the answer's
         unproven = True  # the sender has not shown it receives at its address
+        pending: _Call | None = None
         if version not in messages.TRACKER_VERSIONS:
             version = TRACKER_VERSION
             self.metrics.malformed.labels("unsupported_version").inc()
             *older, newest = messages.TRACKER_VERSIONS
             versions = f"{', '.join(map(str, older))} and {newest}"
-            reply: messages.Reply = messages.ErrorReply(
+            reply: messages.Reply | None = messages.ErrorReply(
                 code="unsupported_version", message=f"this tracker speaks versions {versions}"
             )
         elif isinstance(message, messages.Connect):
@@ -89,12 +127,26 @@ class TrackerCore:
         else:
             unproven = False
             answer = self._dispatch(message, source, now)
-            if answer is None:
-                return None
-            reply = answer
+            if isinstance(answer, _Call):
+                pending, reply = answer, None
+            else:
+                reply = answer
+
+        def finish(reply: messages.Reply | None) -> bytes | None:
+            return None if reply is None else self._encode(reply, message.txn, version, unproven, received, now)
+
+        if pending is not None:
+            return StoreStep(pending.call, pending.then, finish, version, nonce)
+        if nonce is not None:  # answered once the replay memory has seen the nonce
+            return StoreStep(None, lambda _: reply, finish, version, nonce)
+        return finish(reply)
+
+    def _encode(
+        self, reply: messages.Reply, txn: int, version: int, unproven: bool, received: int, now: float
+    ) -> bytes | None:
         if isinstance(reply, messages.ErrorReply) and reply.code == "forbidden" and version < 3:
             reply = reply.model_copy(update={"code": "malformed"})
-        reply = reply.model_copy(update={"txn": message.txn, "v": version})
+        reply = reply.model_copy(update={"txn": txn, "v": version})
         if unproven:
             return self._no_larger(reply, received, now)
         while True:
@@ -106,6 +158,21 @@ class TrackerCore:
                 if not isinstance(reply, messages.Peers) or not (reply.peers or reply.partial):
                     raise
                 reply = _halve_longer_list(reply)
+
+    def unavailable(self, step: StoreStep, error: StoreUnavailable) -> bytes | None:
+        """The answer when the store failed: `unavailable` (version 3), nothing to older
+        versions, which do not know the code and retry as for a lost datagram."""
+        self.metrics.store_errors.labels(error.reason).inc()
+        self.metrics.store_up.set(0)
+        log.debug("registry store unavailable", error=str(error))
+        if step.version < 3:
+            return None
+        return step.answer_with(messages.ErrorReply(code="unavailable", message="registry store unavailable: retry later"))
+
+    def replayed(self, source: tuple[str, int]) -> None:
+        """A sealed datagram whose nonce the shared replay memory had seen."""
+        self.metrics.refused.labels("unauthenticated").inc()
+        log.debug("datagram refused", source=source[0], reason="replayed")
 
     def _no_larger(self, reply: messages.Reply, limit: int, now: float) -> bytes | None:
         """The answer to an unproven sender, if it fits in the `limit` bytes it sent (an error
@@ -136,85 +203,118 @@ class TrackerCore:
         self.metrics.refused.labels(exc.reason).inc()
         return messages.ErrorReply(code="forbidden", message=str(exc))
 
-    def _dispatch(self, message: messages.Message, source: tuple[str, int], now: float) -> messages.Reply | None:
+    def _dispatch(
+        self, message: messages.Message, source: tuple[str, int], now: float
+    ) -> messages.Reply | None | _Call:
         member = self.sealer is not None  # every datagram that got here was sealed with the secret
         match message:
             case messages.Register(port=port, host=host, files=files, partial=partial):
                 key = self._holder(host, port, source)
                 if isinstance(key, messages.ErrorReply):
                     return key
-                try:
-                    result = self.registry.register(key, files, now, partial=partial, sender=source, member=member)
-                except NotRegistrant as exc:
-                    return self._not_registrant(exc)
-                except RegistryFull as exc:
-                    self.metrics.registrations.labels("rejected").inc()
-                    self.metrics.refused.labels(exc.reason).inc()
-                    return messages.ErrorReply(code="full", message=str(exc))
-                self.metrics.registrations.labels(result).inc()
-                if result == "new":
-                    log.info("holder registered", holder=f"{key[0]}:{key[1]}", files=len(files), partial=partial)
-                return messages.Ack(interval=self.interval)
+                return _Call(
+                    methodcaller("register", key, files, now, partial=partial, sender=source, member=member),
+                    lambda result: self._registered(key, len(files), partial, result),
+                )
             case messages.Heartbeat(port=port, host=host):
                 key = self._holder(host, port, source)
                 if isinstance(key, messages.ErrorReply):
                     return key
-                try:
-                    known = self.registry.heartbeat(key, now, sender=source, member=member)
-                except NotRegistrant as exc:  # not a holder of this sender's: unknown to it
-                    self.metrics.refused.labels(exc.reason).inc()
-                    known = False
-                if not known:
-                    self.metrics.heartbeats.labels("unknown").inc()
-                    return messages.ErrorReply(code="unknown_seeder", message="register again")
-                self.metrics.heartbeats.labels("ok").inc()
-                return messages.Ack(interval=self.interval)
+                return _Call(methodcaller("heartbeat", key, now, sender=source, member=member), self._beaten)
             case messages.Unregister(port=port, host=host):
                 key = self._holder(host, port, source)
                 if isinstance(key, messages.ErrorReply):
                     return key
-                try:
-                    if self.registry.unregister(key, sender=source, member=member):
-                        self.metrics.unregistrations.inc()
-                        log.info("holder unregistered", holder=f"{key[0]}:{key[1]}")
-                except NotRegistrant as exc:
-                    return self._not_registrant(exc)
-                return messages.Ack(interval=self.interval)
+                return _Call(
+                    methodcaller("unregister", key, sender=source, member=member),
+                    lambda known: self._unregistered(key, known),
+                )
             case messages.Lookup(v=v, name=name, file_id=file_id, port=port, host=host):
-                entry = self.registry.resolve(name=name, file_id=file_id)
                 asker = None if port is None else (host or source[0], port)
-                complete, partial = ([], []) if entry is None else self.registry.holders(
-                    entry.file_id, self.max_peers, self.rng, exclude=asker
-                )
-                if entry is None or (v == 1 and not complete):  # version 1: no seeder, no file
-                    self.metrics.lookups.labels("not_found").inc()
-                    return messages.Peers(partial=None if v == 1 else [])
-                self.metrics.lookups.labels("found").inc()
-                # Hot path: everything in the answer was validated when it was registered.
-                return messages.Peers.model_construct(
-                    file=entry, peers=complete, partial=None if v == 1 else partial, v=v, txn=0, type="peers"
-                )
+                lookup = methodcaller("lookup", name=name, file_id=file_id, limit=self.max_peers, exclude=asker)
+                return _Call(lookup, lambda found: self._found(v, found))
             case messages.ListFiles(v=v, after=after):
                 # One page, O(log n + page): versions 1 and 2, without a cursor, get the first.
-                rows = self.registry.files(after=after, limit=MAX_FILES_PER_ANSWER + 1)
-                page = rows[:MAX_FILES_PER_ANSWER]
-                return messages.Files(
-                    v=v,
-                    files=[
-                        messages.FileSummary(**entry.model_dump(), seeders=complete, partial=None if v == 1 else partial)
-                        for entry, complete, partial in page
-                    ],
-                    total=self.registry.file_count,
-                    next=page[-1][0].file_id if len(rows) > len(page) and v >= 3 else None,
-                )
+                page = methodcaller("list_files", after=after, limit=MAX_FILES_PER_ANSWER + 1)
+                return _Call(page, lambda listed: self._listed(v, *listed))
         # An answer type sent to the tracker: drop it rather than reflect anything.
         self.metrics.malformed.labels("unexpected").inc()
         return None
 
-    def expire(self, now: float) -> None:
-        for host, port in self.registry.expire(now):
+    # -- what the store said, as answers -------------------------------------------------------
+
+    def _registered(self, key: HolderKey, files: int, partial: bool, result: Any) -> messages.Reply:
+        if isinstance(result, NotRegistrant):
+            return self._not_registrant(result)
+        if isinstance(result, RegistryFull):
+            self.metrics.registrations.labels("rejected").inc()
+            self.metrics.refused.labels(result.reason).inc()
+            return messages.ErrorReply(code="full", message=str(result))
+        self.metrics.registrations.labels(result).inc()
+        if result == "new":
+            log.info("holder registered", holder=f"{key[0]}:{key[1]}", files=files, partial=partial)
+        return messages.Ack(interval=self.interval)
+
+    def _beaten(self, known: Any) -> messages.Reply:
+        if isinstance(known, NotRegistrant):  # not a holder of this sender's: unknown to it
+            self.metrics.refused.labels(known.reason).inc()
+            known = False
+        if not known:
+            self.metrics.heartbeats.labels("unknown").inc()
+            return messages.ErrorReply(code="unknown_seeder", message="register again")
+        self.metrics.heartbeats.labels("ok").inc()
+        return messages.Ack(interval=self.interval)
+
+    def _unregistered(self, key: HolderKey, known: Any) -> messages.Reply:
+        if isinstance(known, NotRegistrant):
+            return self._not_registrant(known)
+        if known:
+            self.metrics.unregistrations.inc()
+            log.info("holder unregistered", holder=f"{key[0]}:{key[1]}")
+        return messages.Ack(interval=self.interval)
+
+    def _found(self, v: int, found: Found) -> messages.Reply:
+        if found.entry is None or (v == 1 and not found.complete):  # version 1: no seeder, no file
+            self.metrics.lookups.labels("not_found").inc()
+            return messages.Peers(partial=None if v == 1 else [])
+        self.metrics.lookups.labels("found").inc()
+        # Hot path: everything in the answer was validated when it was registered.
+        return messages.Peers.model_construct(
+            file=found.entry, peers=found.complete, partial=None if v == 1 else found.partial, v=v, txn=0, type="peers"
+        )
+
+    def _listed(self, v: int, rows: list, total: int) -> messages.Reply:
+        page = rows[:MAX_FILES_PER_ANSWER]
+        return messages.Files(
+            v=v,
+            files=[
+                messages.FileSummary(**entry.model_dump(), seeders=complete, partial=None if v == 1 else partial)
+                for entry, complete, partial in page
+            ],
+            total=total,
+            next=page[-1][0].file_id if len(rows) > len(page) and v >= 3 else None,
+        )
+
+    def expired(self, holders: list[HolderKey]) -> None:
+        """Count and log the holders an expiry sweep forgot."""
+        for host, port in holders:
             self.metrics.expirations.inc()
             log.info("holder expired", holder=f"{host}:{port}")
+
+    def store_failed(self, error: StoreUnavailable) -> None:
+        """A sweep (expiry, the registry's size) the store did not answer."""
+        self.metrics.store_errors.labels(error.reason).inc()
+        self.metrics.store_up.set(0)
+        log.warning("registry store unavailable", error=str(error))
+
+
+class _Call:
+    """What `_dispatch` asks of the store, and what to make of its outcome."""
+
+    __slots__ = ("call", "then")
+
+    def __init__(self, call: Callable[[RegistryStore], Awaitable[Any]], then: Callable[[Any], messages.Reply]) -> None:
+        self.call, self.then = call, then
 
 
 def _same_address(host: str, address: str) -> bool:

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import os
 import time
+from urllib.parse import urlsplit
 
 import structlog
 from prometheus_client import CollectorRegistry
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from p2p_shared.auth import Sealer
+from p2p_shared.auth import ConnectionIds, Sealer
+from p2p_shared.errors import P2PError
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.ratelimit import AddressLimiter
-from p2p_shared.registry import HolderRegistry
 from p2p_shared.settings import CommonSettings, add_common_flags, build_settings
 
 from .core import TrackerCore
 from .metrics import TrackerMetrics
+from .shell import TrackerProtocol
+from .store import Limits, MemoryStore, RegistryStore, StoreUnavailable
 
 log = structlog.get_logger()
 
@@ -40,6 +45,24 @@ class TrackerSettings(CommonSettings):
     max_holders_per_address: int = Field(1024, ge=0, description="holders one address may register; 0: no limit")
     max_files_per_address: int = Field(4096, ge=0, description="file registrations of one address's holders; 0: no limit")
     max_requests_per_address: float = Field(200.0, ge=0, description="datagrams/s one address may send; 0: no limit")
+    registry: str = "memory"
+    registry_timeout: float = Field(0.5, gt=0, le=60, description="seconds a registry store call may take")
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str) -> str:
+        if value == "memory" or urlsplit(value).scheme in ("redis", "rediss", "unix"):
+            return value
+        raise ValueError(f"must be memory or a Redis URL (redis://HOST:PORT/DB, rediss://, unix://), not {redacted(value)!r}")
+
+
+def redacted(url: str) -> str:
+    """A store URL fit for logs: its password left out."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,68 +77,111 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-holders-per-address", type=int, help="holders one source address may register (default 1024; 0: no limit)")
     p.add_argument("--max-files-per-address", type=int, help="file registrations of one source address's holders (default 4096; 0: no limit)")
     p.add_argument("--max-requests-per-address", type=float, help="datagrams/s one address may send, bursts of twice that (default 200; 0 turns it off)")
+    p.add_argument("--registry", help="where the registry lives: memory (this process), or redis://HOST:PORT/DB, shared by tracker replicas")
+    p.add_argument("--registry-timeout", type=float, help="seconds a call of the registry store may take before the request is answered `unavailable` (default 0.5)")
     add_common_flags(p)
     return p
 
 
-class _TrackerProtocol(asyncio.DatagramProtocol):
-    def __init__(self, core: TrackerCore) -> None:
-        self.core = core
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        answer = self.core.handle(data, addr, time.time())
-        if answer is not None and self.transport is not None:
-            self.transport.sendto(answer, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp error", error=str(exc))
+# Connection ids from one key on every replica, so an id one issued is valid at all of them.
+CONNECTION_IDS = "connection-ids"
 
 
-async def serve(settings: TrackerSettings) -> int:
-    stop = stop_event()
-    registry = CollectorRegistry()
-    holders = HolderRegistry(
+async def open_store(settings: TrackerSettings) -> RegistryStore:
+    limits = Limits(
         ttl=settings.heartbeat_interval * settings.missed_heartbeats,
         max_holders=settings.max_seeders,
         max_files=settings.max_files,
         max_holders_per_address=settings.max_holders_per_address or None,
         max_files_per_address=settings.max_files_per_address or None,
     )
+    if settings.registry == "memory":
+        return MemoryStore(limits)
+    from .redis_store import RedisStore  # only a tracker with Redis needs redis-py
+
+    try:
+        return await RedisStore.connect(settings.registry, limits, settings.registry_timeout)
+    except StoreUnavailable as exc:
+        raise P2PError(f"cannot use the registry at {redacted(settings.registry)}: {exc}") from None
+
+
+async def connection_key(store: RegistryStore, secret: bytes | None, current: bytes) -> bytes:
+    """The key of connection ids: derived from the swarm secret, else shared through the store
+    (the first replica's wins), else this process's own."""
+    if secret:
+        return hmac.digest(secret, b"p2p-tracker|" + CONNECTION_IDS.encode(), "sha256")
+    if store.shared:
+        return await store.shared_key(CONNECTION_IDS, current)
+    return current
+
+
+async def sweep(core: TrackerCore, store: RegistryStore, secret: bytes | None) -> None:
+    """Expire silent holders and read the registry's size; with a shared store, put our key of
+    connection ids back if the store lost it (a Redis restarted empty), or take the one there."""
+    try:
+        core.expired(await store.expire(time.time()))
+        await store.refresh_stats()
+        core.ids.key = await connection_key(store, secret, core.ids.key)
+        core.metrics.store_up.set(1)
+    except StoreUnavailable as exc:
+        core.store_failed(exc)
+
+
+async def serve(settings: TrackerSettings) -> int:
+    stop = stop_event()
+    registry = CollectorRegistry()
+    store = await open_store(settings)
+    try:
+        return await _serve(settings, store, registry, stop)
+    finally:
+        await store.close()
+
+
+async def _serve(settings: TrackerSettings, store: RegistryStore, registry: CollectorRegistry, stop: asyncio.Event) -> int:
     rate = settings.max_requests_per_address
     limiter = AddressLimiter(rate, 2 * rate) if rate else None
     secret = settings.secret_bytes()
     settings.warn_if_open(log, "tracker")
+    try:
+        ids = ConnectionIds(await connection_key(store, secret, os.urandom(32)))
+    except StoreUnavailable as exc:
+        raise P2PError(f"cannot use the registry at {redacted(settings.registry)}: {exc}") from None
+    sealer = None
+    if secret:
+        # Alone, the tracker remembers nonces itself; replicas share the memory in their store.
+        sealer = Sealer(secret) if store.shared else Sealer(secret, max_nonces=SEALED_NONCES)
     core = TrackerCore(
-        holders,
-        TrackerMetrics(registry, holders),
+        TrackerMetrics(registry, store),
         settings.heartbeat_interval,
         settings.max_peers,
         limiter=limiter,
-        sealer=Sealer(secret, max_nonces=SEALED_NONCES) if secret else None,
+        ids=ids,
+        sealer=sealer,
+        shared_nonces=store.shared,
     )
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
     loop = asyncio.get_running_loop()
     try:
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _TrackerProtocol(core), local_addr=(settings.host, settings.port)
+            lambda: TrackerProtocol(core, store), local_addr=(settings.host, settings.port)
         )
     except OSError as exc:
         log.error(f"cannot listen on udp {settings.host}:{settings.port}: {exc.strerror}")
         return 1
-    log.info("tracker listening", host=settings.host, port=settings.port, metrics_port=settings.metrics_port)
-    sweep = min(settings.heartbeat_interval, 5.0)
+    log.info(
+        "tracker listening", host=settings.host, port=settings.port, metrics_port=settings.metrics_port,
+        registry=redacted(settings.registry),
+    )
+    every = min(settings.heartbeat_interval, 5.0)
     health = asyncio.create_task(keep_healthy(settings.health_file, stop))
     try:
+        await sweep(core, store, secret)  # the gauges show a shared registry from the start
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), sweep)
+                await asyncio.wait_for(stop.wait(), every)
             except TimeoutError:
                 pass
-            core.expire(time.time())
+            await sweep(core, store, secret)
     finally:
         transport.close()
         health.cancel()

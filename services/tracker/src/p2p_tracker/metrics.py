@@ -1,17 +1,18 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from p2p_shared.metrics import register_service_metrics
-from p2p_shared.registry import HolderRegistry
+
+from .store import RegistryStore
 
 
 REFUSALS = (
     "rate_limited", "unconnected", "unauthenticated", "nonces_full", "unpadded", "foreign_host", "not_registrant",
-    "holders", "holders_per_address", "files", "files_per_address", "files_per_holder",
+    "holders", "holders_per_address", "files", "files_per_address", "files_per_holder", "busy",
 )
 
 
 class TrackerMetrics:
-    def __init__(self, registry: CollectorRegistry, holders: HolderRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, store: RegistryStore) -> None:
         register_service_metrics(registry, "p2p-tracker")
         self.datagrams = Counter(
             "p2p_tracker_datagrams_total", "Datagrams received, by message type", ["type"], registry=registry
@@ -39,12 +40,29 @@ class TrackerMetrics:
             "Well-formed datagrams refused: rate_limited, unconnected (no valid connection id), "
             "unauthenticated (swarm secret), nonces_full (replay memory full), unpadded (a connect shorter "
             "than its answer), foreign_host (another address than the sender's), not_registrant (a holder "
-            "another sender registered), and the registry's caps: holders, holders_per_address, files, "
-            "files_per_address, files_per_holder",
+            "another sender registered), the registry's caps: holders, holders_per_address, files, "
+            "files_per_address, files_per_holder, and busy (too many requests waiting for the registry store)",
             ["reason"],
             registry=registry,
         )
         self.lookups = Counter("p2p_tracker_lookups_total", "File lookups, by result", ["result"], registry=registry)
+        self.store_errors = Counter(
+            "p2p_tracker_store_errors_total",
+            "Registry store calls that failed: timeout (no answer within --registry-timeout), connection "
+            "(unreachable); each request is answered `unavailable`",
+            ["reason"],
+            registry=registry,
+        )
+        self.store_up = Gauge(
+            "p2p_tracker_store_up",
+            "1 while the registry store answers (set by each sweep), 0 after a call it failed",
+            registry=registry,
+        )
+        self.store_up.set(1)
+        for reason in ("timeout", "connection"):
+            self.store_errors.labels(reason)
+        for kind in ("connect", "register", "heartbeat", "unregister", "lookup", "list_files"):
+            self.datagrams.labels(kind)
         for reason in ("invalid", "too_large", "unexpected", "unsupported_version"):
             self.malformed.labels(reason)
         for reason in REFUSALS:
@@ -63,13 +81,13 @@ class TrackerMetrics:
             registry=registry,
         )
         for kind in ("complete", "partial"):
-            live.labels(kind).set_function(lambda kind=kind: holders.count(kind))
+            live.labels(kind).set_function(lambda kind=kind: getattr(store.stats, kind))
         files = Gauge("p2p_tracker_files", "Distinct files held by live holders, complete or partial", registry=registry)
-        files.set_function(lambda: holders.file_count)
+        files.set_function(lambda: store.stats.files)
         lost = Gauge(
             "p2p_tracker_files_without_seeders",
             "Files whose last complete holder went silent (expired) in the last 24 h and none registered "
             "them complete since",
             registry=registry,
         )
-        lost.set_function(lambda: holders.lost_file_count)
+        lost.set_function(lambda: store.stats.lost_files)

@@ -1,4 +1,11 @@
-"""Request/answer over UDP with the tracker, retried with backoff because datagrams get lost."""
+"""Request/answer over UDP with the tracker, retried with backoff because datagrams get lost.
+
+The tracker may be several replicas that answer as one (they share their registry): given as a
+list (`a:6969,b:6969`), or as one name that resolves to several addresses (a scaled Compose
+service). The client talks to one address at a time, picked at random so clients spread over
+the replicas, and moves to the next when it stops answering: an attempt that times out, a
+kernel's "port unreachable", or the tracker's `unavailable` (its store did not answer). Each
+retry goes to the next address; the backoff applies as before."""
 
 from __future__ import annotations
 
@@ -7,10 +14,17 @@ import random
 import socket
 import time
 
+import structlog
+
 from .. import messages
 from ..auth import Sealer
 from ..errors import RemoteProtocolError, TrackerRejected, TrackerUnavailable, TrackerUnreachable
 from ..retry import backoff_delays, fit_budget
+
+log = structlog.get_logger()
+
+Endpoint = tuple[str, int]  # a tracker as configured: host name or address, port
+Address = tuple[int, tuple]  # one resolved address: (socket family, socket address)
 
 
 class _ClientProtocol(asyncio.DatagramProtocol):
@@ -28,45 +42,88 @@ class _ClientProtocol(asyncio.DatagramProtocol):
 
 class TrackerClient:
     def __init__(
-        self, host: str, port: int, *, first_timeout: float = 0.5, attempts: int = 5, secret: bytes | None = None
+        self,
+        trackers: list[Endpoint],
+        *,
+        first_timeout: float = 0.5,
+        attempts: int = 5,
+        secret: bytes | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        self.host, self.port = host, port
+        if not trackers:
+            raise ValueError("no tracker given")
+        self.trackers = trackers
         self._sealer = Sealer(secret) if secret else None
         self._connection: tuple[int, float] | None = None  # (id, valid until loop time)
-        self._delays = backoff_delays(first_timeout, attempts)
+        self._delays = backoff_delays(first_timeout, max(attempts, len(trackers)))
         self._transport: asyncio.DatagramTransport | None = None
-        self._address: tuple | None = None
+        self._address: Address | None = None  # the one in use
         self._waiting: dict[int, asyncio.Future] = {}
-        self._rng = random.Random()
+        self._rng = rng or random.Random()
 
     @property
     def label(self) -> str:
-        return f"{self.host}:{self.port}"
+        return ",".join(f"{host}:{port}" for host, port in self.trackers)
 
-    async def _resolve(self) -> None:
-        # Resolved on every attempt: in containers a restarted tracker may come back elsewhere.
-        # The socket is connected to the address, so the kernel reports a closed port to us.
+    @property
+    def address(self) -> tuple | None:
+        """The socket address of the tracker in use, if any."""
+        return None if self._address is None else self._address[1]
+
+    async def _resolve(self) -> list[Address]:
+        """Every address of every tracker, resolved on every attempt: in containers a restarted
+        tracker may come back elsewhere, and replicas come and go."""
         loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
-        except socket.gaierror as exc:
-            raise TrackerUnreachable(f"cannot resolve the tracker's host {self.host!r}: {exc.strerror}") from None
-        family, _, _, _, address = infos[0]
-        if self._transport is None or address != self._address:
-            self.close()
-            self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: _ClientProtocol(self), family=family, remote_addr=address
-            )
-            self._address = address
+        found: list[Address] = []
+        failures = []
+        for host, port in self.trackers:
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except socket.gaierror as exc:
+                failures.append(f"{host!r}: {exc.strerror}")
+                continue
+            found += [(family, address) for family, _, _, _, address in infos if (family, address) not in found]
+        if not found:
+            hosts = "host" if len(failures) == 1 else "hosts"
+            raise TrackerUnreachable(f"cannot resolve the tracker's {hosts} {'; '.join(failures)}")
+        return found
+
+    async def _use(self, avoid: list[Address]) -> Address:
+        """The address to send to: the one in use unless it failed in this exchange, else the
+        next one that did not (a random one at first)."""
+        addresses = await self._resolve()
+        if self._address in addresses and self._address not in avoid:
+            return self._address
+        fresh = [a for a in addresses if a not in avoid] or addresses
+        if self._address in addresses:  # the next after the one that failed, round the list
+            start = addresses.index(self._address)
+            fresh = sorted(fresh, key=lambda a: (addresses.index(a) - start - 1) % len(addresses))
+            chosen = fresh[0]
+        else:
+            chosen = self._rng.choice(fresh)
+        if self._address is not None and chosen != self._address:
+            log.warning("tracker not answering; trying another", tracker=_show(self._address), next=_show(chosen))
+        await self._connect(chosen)
+        return chosen
+
+    async def _connect(self, address: Address) -> None:
+        # The socket is connected to the address, so the kernel reports a closed port to us.
+        self.close()
+        family, sockaddr = address
+        self._transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _ClientProtocol(self), family=family, remote_addr=sockaddr
+        )
+        self._address = address
 
     def _on_refused(self) -> None:
-        error = TrackerUnreachable(f"tracker {self.label} refused: nothing listens on udp port {self.port}")
+        address = "" if self._address is None else _show(self._address)
+        error = TrackerUnreachable(f"tracker {address} refused: nothing listens on udp port {address.rpartition(':')[2]}")
         for waiter in self._waiting.values():
             if not waiter.done():
                 waiter.set_exception(error)
 
     def _on_datagram(self, data: bytes, addr) -> None:
-        if self._address is None or tuple(addr[:2]) != tuple(self._address[:2]):
+        if self._address is None or tuple(addr[:2]) != tuple(self._address[1][:2]):
             return  # not from the tracker we asked
         try:
             if self._sealer is not None:
@@ -107,32 +164,55 @@ class TrackerClient:
         delays = self._delays if budget is None else fit_budget(self._delays, budget)
         txn = self._rng.randrange(1, 2**32)
         payload = messages.encode_request(message.model_copy(update={"txn": txn}))
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting[txn] = waiter
+        loop = asyncio.get_running_loop()
+        failed: list[Address] = []  # addresses that did not answer in this exchange
+        refused: list[Address] = []
+        unavailable = False
         try:
             for delay in delays:
+                started = loop.time()
+                waiter = self._waiting[txn] = loop.create_future()
                 try:
-                    await self._resolve()
+                    address = await self._use(failed)
                     assert self._transport is not None
                     # Sealed again on every attempt: the tracker refuses a repeated nonce.
                     data = payload if self._sealer is None else self._sealer.seal(payload, time.time())
                     self._transport.sendto(data)
-                except TrackerUnreachable:
-                    raise
                 except OSError:
                     await asyncio.sleep(delay)
                     continue
                 try:
-                    return await asyncio.wait_for(asyncio.shield(waiter), delay)
+                    reply = await asyncio.wait_for(asyncio.shield(waiter), delay)
                 except TimeoutError:
+                    failed.append(address)
                     continue
+                except TrackerUnreachable:
+                    failed.append(address)
+                    refused.append(address)
+                    if len(set(refused)) >= len(await self._resolve()):
+                        raise  # every tracker refuses: nothing listens anywhere
+                    continue
+                if isinstance(reply, messages.ErrorReply) and reply.code == "unavailable":
+                    # Its store did not answer: back off, then ask the next replica.
+                    unavailable = True
+                    failed.append(address)
+                    await asyncio.sleep(max(0.0, started + delay - loop.time()))
+                    continue
+                return reply
         finally:
-            del self._waiting[txn]
-            waiter.cancel()
-        raise TrackerUnavailable(f"no answer from tracker {self.label} after {len(delays)} attempts")
+            waiter = self._waiting.pop(txn, None)
+            if waiter is not None:
+                waiter.cancel()
+        why = "its registry store did not answer" if unavailable else f"no answer after {len(delays)} attempts"
+        raise TrackerUnavailable(f"tracker {self.label} unavailable: {why}")
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
             self._address = None
+
+
+def _show(address: Address) -> str:
+    host, port = address[1][:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
