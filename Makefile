@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 SWARM_ARGS ?=
 COMPOSE := docker compose $(if $(TLS),-f docker-compose.yml -f docker-compose.tls.yml)
 
-.PHONY: bench bench-net bench-net-clean netbed-tools certs fuzz mutate install preflight test test-unit test-integration test-docker swarm compose-plugin images up down logs clean
+.PHONY: bench bench-net bench-net-clean netbed-tools certs fuzz mutate install preflight test test-unit test-integration test-docker swarm compose-plugin images up down stack stack-down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,19 @@ up: images $(if $(TLS),certs)
 
 down:
 	$(COMPOSE) down --remove-orphans
+
+# The swarm on Docker Swarm mode (docker-stack.yml), on a swarm this engine belongs to
+# (`docker swarm init` makes a one-node one). Settings come from .env, as for compose.
+STACK ?= p2p
+stack: images
+	@test "$$(docker info --format '{{.Swarm.LocalNodeState}}')" = active || \
+		{ echo "not part of a swarm: run 'docker swarm init' first (or join one)"; exit 1; }
+	mkdir -p downloads
+	if [ -f .env ]; then set -a; . ./.env; set +a; fi; \
+		DOWNLOAD_DIR=$(CURDIR)/downloads docker stack deploy --compose-file docker-stack.yml $(STACK)
+
+stack-down:
+	docker stack rm $(STACK)
 
 logs:
 	$(COMPOSE) logs --follow
