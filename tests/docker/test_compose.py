@@ -110,10 +110,10 @@ def swarm(images, tmp_path_factory):
     swarm = Swarm(compose, downloads, up, output)
 
     def all_healthy():
-        """the tracker and five seeders healthy (compose then starts the leecher)"""
+        """both tracker replicas and five seeders healthy (compose then starts the leecher)"""
         rows = swarm.run("ps", "--format", "{{.Service}} {{.Health}}", "tracker", "seeder", check=False).stdout.split("\n")
         assert up.poll() is None, swarm.up_output()
-        return sum(row.endswith(" healthy") for row in rows) == 6
+        return sum(row.endswith(" healthy") for row in rows) == 7
 
     try:
         eventually(all_healthy, timeout=300, every=1.0)
@@ -269,6 +269,26 @@ def test_seeder_killed_mid_download_the_leecher_still_succeeds(swarm):
     assert leecher.returncode == 0, "".join(lines)
     assert any('"peer failed"' in line for line in lines), "".join(lines)
     assert swarm.downloaded_sha256() == expected
+
+
+def test_both_tracker_replicas_are_scraped_and_one_frozen_is_not_missed(swarm, leecher_job):
+    def trackers_up():
+        """two tracker targets up in Prometheus"""
+        with urllib.request.urlopen(f"{swarm.prometheus}/api/v1/targets", timeout=10) as response:
+            targets = json.load(response)["data"]["activeTargets"]
+        return sum(t["labels"]["job"] == "tracker" and t["health"] == "up" for t in targets) == 2
+
+    eventually(trackers_up)
+    frozen = swarm.run("ps", "--quiet", "tracker").stdout.split()[0]
+    subprocess.run(["docker", "pause", frozen], check=True, capture_output=True)
+    try:  # the seeders' beats and the new leecher's lookups go to the other replica, on the same Redis
+        expected = swarm.seed_sha256
+        (swarm.downloads / "demo.bin").unlink(missing_ok=True)
+        result = swarm.run("run", "--rm", "-T", "leecher", check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert swarm.downloaded_sha256() == expected
+    finally:
+        subprocess.run(["docker", "unpause", frozen], check=True, capture_output=True)
 
 
 def test_compose_swarm_with_mutual_tls_and_a_swarm_secret(images, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, BinaryIO
@@ -107,13 +108,16 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-class _HeldProtocol(asyncio.StreamReaderProtocol):
-    """Reads nothing until `handle` has checked the caps and, with TLS, started the handshake
-    (which resumes reading): a ClientHello must not land in the plain stream's buffer."""
+class Listener:
+    """The listening socket and its accept loop (what `PeerServer.listen` returns)."""
 
-    def connection_made(self, transport) -> None:
-        transport.pause_reading()
-        super().connection_made(transport)
+    def __init__(self, sock: socket.socket, task: asyncio.Task) -> None:
+        self.sockets = [sock]
+        self._task = task
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.sockets[0].close()
 
 
 class _Refuse(Exception):
@@ -173,7 +177,6 @@ class PeerServer:
         self.max_per_address = max_per_address
         self.handshake_timeout = handshake_timeout
         self.secret = secret
-        self._tls: ssl.SSLContext | None = None
         self._refusals = 0  # connections refused since the last log line about them
         self._refusal_logged = -REFUSAL_LOG_EVERY
         self._offers = {s.raw_id: OfferBook(s.manifest.num_chunks, order_key=s.raw_id) for s in sources} if super_seed else {}
@@ -194,15 +197,64 @@ class PeerServer:
             secret=settings.secret_bytes(), super_seed=super_seed,
         )
 
-    async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> asyncio.Server:
-        """Accept peers on `host:port` (port 0: any free one), within TLS when given: the TLS
-        handshake starts once a connection is within the caps, and the handshake timeout covers it."""
-        self._tls = tls
-        loop = asyncio.get_running_loop()
+    async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> Listener:
+        """Accept peers on `host:port` (port 0: any free one), within TLS when given. The caps
+        apply to the TCP connection as it arrives; only then does the TLS handshake start, under
+        the handshake timeout. (Our own accept loop: asyncio's servers do TLS before any code of
+        ours runs, and upgrading an accepted stream with start_tls hangs on Python 3.11.2.)"""
         try:
-            return await loop.create_server(lambda: _HeldProtocol(asyncio.StreamReader(), self.handle), host, port)
+            sock = socket.create_server((host, port), backlog=128)
         except OSError as exc:
             raise P2PError(f"cannot listen on tcp {host}:{port}: {exc.strerror}") from None
+        sock.setblocking(False)
+        return Listener(sock, asyncio.create_task(self._accept(sock, tls)))
+
+    async def _accept(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as exc:  # out of descriptors, say: the next accept may work
+                log.warning("cannot accept a connection", error=exc.strerror)
+                await asyncio.sleep(0.1)
+                continue
+            label, address = f"{peer[0]}:{peer[1]}", peer[0]
+            if self._active >= self.max_connections or self._by_address.get(address, 0) >= self.max_per_address:
+                self._refuse_connection(label)
+                conn.close()
+                continue
+            self._active += 1
+            self._by_address[address] = self._by_address.get(address, 0) + 1
+            self.metrics.connections.inc()
+            self.metrics.connections_active.inc()
+            asyncio.create_task(self._admit(conn, label, address, tls))
+
+    async def _admit(self, conn: socket.socket, label: str, address: str, tls: ssl.SSLContext | None) -> None:
+        """TLS first if asked, then the peer protocol; the connection's place is freed at the end."""
+        loop = asyncio.get_running_loop()
+        served = loop.create_future()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await self.handle(reader, writer, label)
+            finally:
+                served.set_result(None)
+
+        try:
+            await loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(), serve), conn,
+                ssl=tls, ssl_handshake_timeout=self.handshake_timeout if tls else None,
+            )
+            await served
+        except (OSError, ssl.SSLError, TimeoutError) as exc:  # a TLS handshake that failed or never came
+            log.debug("TLS handshake failed", peer=label, error=str(exc) or type(exc).__name__)
+            conn.close()
+        finally:
+            self._active -= 1
+            self._by_address[address] -= 1
+            if not self._by_address[address]:
+                del self._by_address[address]
+            self.metrics.connections_active.dec()
 
     def announce(self, file_id: bytes, index: int) -> None:
         """A chunk of `file_id` became available here: tell the peers that follow it."""
@@ -219,26 +271,12 @@ class PeerServer:
                 for conn, new in book.top_up_all(_now()).items():
                     conn.announce(file_id, new)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        label = f"{peer[0]}:{peer[1]}" if peer else "?"
-        address = peer[0] if peer else "?"
-        if self._active >= self.max_connections or self._by_address.get(address, 0) >= self.max_per_address:
-            self._refuse_connection(label)
-            writer.close()
-            return
-        self._active += 1
-        self._by_address[address] = self._by_address.get(address, 0) + 1
-        self.metrics.connections.inc()
-        self.metrics.connections_active.inc()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str) -> None:
+        """One admitted connection (within the caps, past TLS), until it ends."""
         conn = _Connection(writer)
         frames = wire.FrameReader(max_payload=0, accept=wire.SERVER_HANDSHAKE)
         handshake = ServerHandshake(self.secret)
         try:
-            if self._tls is None:
-                writer.transport.resume_reading()
-            else:
-                await asyncio.wait_for(writer.start_tls(self._tls), self.handshake_timeout)
             while True:
                 # A peer that never completes its HELLO is dropped sooner than an idle one.
                 timeout = self.idle_timeout if handshake.done else min(self.idle_timeout, self.handshake_timeout)
@@ -271,8 +309,6 @@ class PeerServer:
         except TimeoutError:  # idle, or not reading what we send: what is queued is dropped with it
             log.debug("idle connection closed", peer=label)
             writer.transport.abort()
-        except ssl.SSLError as exc:
-            log.debug("TLS handshake failed", peer=label, error=str(exc))
         except RemoteProtocolError as exc:
             self.metrics.refused.labels("bad_request").inc()
             log.info("peer sent a bad frame", peer=label, error=str(exc))
@@ -285,11 +321,6 @@ class PeerServer:
                 book.leave(conn)
             for f in conn.opened.values():
                 f.close()
-            self._active -= 1
-            self._by_address[address] -= 1
-            if not self._by_address[address]:
-                del self._by_address[address]
-            self.metrics.connections_active.dec()
             writer.close()
 
     def _refuse_connection(self, label: str) -> None:
