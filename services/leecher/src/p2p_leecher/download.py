@@ -404,15 +404,15 @@ class Download:
             raise exc
         if not isinstance(exc, (PeerError, RemoteProtocolError, OSError)):
             raise exc  # a bug: let it show
-        reason = _retry_reason(exc)
-        self._last_failure = f"{peer[0]}:{peer[1]}: {exc}"
+        reason, label = _retry_reason(exc), f"{peer[0]}:{peer[1]}"
+        self._last_failure = f"{label}: {exc}"
         if isinstance(exc, (PeerBanned, RemoteProtocolError)):  # bad data or a broken protocol: not asked again
             self.book.ban(peer, str(exc))
             self.metrics.peers_dropped.labels("bad_data" if isinstance(exc, PeerBanned) else "protocol").inc()
-            log.warning("peer dropped", peer=f"{peer[0]}:{peer[1]}", reason=str(exc))
+            log.warning("peer dropped", peer=label, reason=str(exc))
         else:
             failures = self.book.failed(peer, now)
-            log.info("peer failed", peer=f"{peer[0]}:{peer[1]}", reason=str(exc), failures=failures)
+            log.info("peer failed", peer=label, reason=str(exc), failures=failures)
         if returned:
             self.metrics.retries.labels(reason).inc(len(returned))
             self.wake_all()

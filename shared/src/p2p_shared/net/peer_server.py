@@ -190,7 +190,7 @@ class PeerServer:
         cls, sources: list[ChunkSource], metrics: ServingMetrics, settings: ServingSettings, super_seed: bool = False
     ) -> PeerServer:
         """A server with a seeder's or a sharing leecher's limits, from its settings."""
-        limit = TokenBucket(settings.max_upload_rate, asyncio.get_running_loop().time()) if settings.max_upload_rate else None
+        limit = TokenBucket(settings.max_upload_rate, _now()) if settings.max_upload_rate else None
         return cls(
             sources, metrics, settings.connection_timeout, settings.max_connections, limit,
             max_per_address=settings.max_connections_per_address, handshake_timeout=settings.handshake_timeout,
