@@ -14,6 +14,11 @@ def swarm(tmp_path):
         yield s
 
 
+def events_named(service, name: str) -> list[dict]:
+    """A service's log events called `name`, in order."""
+    return [e for e in service.events() if e.get("event") == name]
+
+
 def wait_until(condition, timeout: float = 30.0, every: float = 0.02):
     """Poll a condition that has no event to wait on (a metric, a tracker answer)."""
     import time

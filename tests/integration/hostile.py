@@ -140,3 +140,9 @@ class HostilePeer:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+    def __enter__(self) -> HostilePeer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

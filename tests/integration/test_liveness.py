@@ -9,7 +9,7 @@ import pytest
 
 from tools.localswarm import LocalSwarm, random_file
 
-from .conftest import chunks_served, wait_until
+from .conftest import chunks_served, events_named, wait_until
 from .hostile import HostilePeer
 
 WAIT = 6  # above the 5 s ceiling of the reconnect backoff: reconnects alone must not keep it alive
@@ -56,20 +56,13 @@ def test_every_seeder_sigkilled_the_leecher_gives_up_within_wait_of_the_last_chu
 def test_a_useless_only_holder_ends_the_download_with_one_clear_line(tmp_path, behaviour, why):
     chunk = 64 << 10
     data = random_file(tmp_path / "seed" / "f.bin", 16 * chunk)
-    liar = HostilePeer(data, chunk, behaviour)
-    try:
-        with LocalSwarm(tmp_path, heartbeat=60) as swarm:
-            swarm.start_tracker()
-            liar.register(swarm.tracker_port)
-            leecher = swarm.leecher(
-                "f.bin", tmp_path / "out", "--wait", str(WAIT), "--chunk-timeout", "2", "--no-share"
-            )
-            last = gave_up(leecher, WAIT + 20)
-    finally:
-        liar.close()
+    with HostilePeer(data, chunk, behaviour) as liar, LocalSwarm(tmp_path, heartbeat=60) as swarm:
+        swarm.start_tracker()
+        liar.register(swarm.tracker_port)
+        leecher = swarm.leecher("f.bin", tmp_path / "out", "--wait", str(WAIT), "--chunk-timeout", "2", "--no-share")
+        last = gave_up(leecher, WAIT + 20)
     assert last["event"].startswith(f"no progress on f.bin for {WAIT}s"), last
     assert why in last["event"], last
     assert not (tmp_path / "out" / "f.bin").exists()
     if behaviour in ("wrong-index", "other-file", "bad-have"):  # a protocol violation: dropped, not retried
-        dropped = [e for e in leecher.events() if e.get("event") == "peer dropped"]
-        assert [e["peer"] for e in dropped] == [f"127.0.0.1:{liar.port}"], leecher.output
+        assert [e["peer"] for e in events_named(leecher, "peer dropped")] == [f"127.0.0.1:{liar.port}"], leecher.output

@@ -21,14 +21,10 @@ from p2p_shared.manifest import Manifest
 from tests.ci import cannot_run
 from tools.localswarm import LocalSwarm, random_file, sha256_file
 
-from .conftest import chunks_served, scrape, wait_until
+from .conftest import chunks_served, events_named, scrape, wait_until
 from .hostile import HostilePeer
 
 CHUNK = 512 * 1024
-
-
-def events_named(service, name):
-    return [e for e in service.events() if e.get("event") == name]
 
 
 def test_seeder_closing_mid_chunk_the_chunk_is_fetched_elsewhere_at_once(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from p2p_shared import wire
 from tools.localswarm import LocalSwarm, free_port, random_file, sha256_file
 
-from .conftest import scrape, wait_until
+from .conftest import events_named, scrape, wait_until
 from .hostile import HostilePeer
 
 MIB = 1 << 20
@@ -34,7 +34,19 @@ def received(metrics_port: int) -> float:
 
 
 def summary(leecher) -> dict:
-    return next(e for e in leecher.events() if e.get("event") == "summary")
+    return events_named(leecher, "summary")[0]
+
+
+def sharing_leecher_under_way(swarm: LocalSwarm, data, out, upload_rate: str):
+    """A tracker, a seeder paced at `upload_rate` bytes/s, and a sharing leecher that has verified
+    two chunks: (the leecher, its peer port, its metrics port)."""
+    swarm.start_tracker()
+    swarm.add_seeder([data], "--max-upload-rate", upload_rate)
+    metrics_port = free_port()
+    leecher = swarm.leecher(data.name, out, "--metrics-port", str(metrics_port))
+    port = leecher.wait_for("sharing")["port"]
+    wait_until(lambda: received(metrics_port) >= 2)
+    return leecher, port, metrics_port
 
 
 def test_a_finished_leecher_seeds_until_told_to_stop_and_says_success_first(tmp_path):
@@ -48,7 +60,7 @@ def test_a_finished_leecher_seeds_until_told_to_stop_and_says_success_first(tmp_
         first.wait_for("seeding")
         # The success line and the final file come when the file is verified, not when seeding ends.
         assert first.proc.poll() is None
-        assert any(e.get("event") == "Successfully downloaded f.bin" for e in first.events())
+        assert events_named(first, "Successfully downloaded f.bin")
         assert sha256_file(tmp_path / "a" / "f.bin") == sha256_file(data)
         wait_until(lambda: port in [p for _, p in swarm.lookup("f.bin").peers])  # now a complete holder
 
@@ -99,7 +111,7 @@ def test_a_resumed_part_is_verified_again_before_any_chunk_of_it_is_served(tmp_p
         assert second.wait(60) == 0, second.output
     for out in ("a", "b"):
         assert sha256_file(tmp_path / out / "f.bin") == sha256_file(data)
-    assert not [e for e in second.events() if e.get("event") == "chunk failed verification"], second.output
+    assert not events_named(second, "chunk failed verification"), second.output
     got = summary(second)
     assert got["fetched_bytes"] - got["from_seeders_bytes"] > 0  # some came from the resumed leecher
 
@@ -108,19 +120,14 @@ def test_a_resumed_part_is_verified_again_before_any_chunk_of_it_is_served(tmp_p
 def test_a_hostile_partial_holder_is_dropped_and_the_chunks_come_from_elsewhere(tmp_path, behaviour):
     chunk = 64 << 10
     data = random_file(tmp_path / "seed" / "f.bin", 32 * chunk)
-    liar = HostilePeer(data, chunk, behaviour)
-    try:
-        with LocalSwarm(tmp_path, heartbeat=10) as swarm:
-            swarm.start_tracker()
-            swarm.add_seeder([data], "--chunk-size", str(chunk), "--max-upload-rate", "2000000")
-            liar.register(swarm.tracker_port, partial=True)
-            leecher = swarm.leecher("f.bin", tmp_path / "out", "--max-bad-chunks", "2", "--no-share")
-            assert leecher.wait(60) == 0, leecher.output
-    finally:
-        liar.close()
+    with HostilePeer(data, chunk, behaviour) as liar, LocalSwarm(tmp_path, heartbeat=10) as swarm:
+        swarm.start_tracker()
+        swarm.add_seeder([data], "--chunk-size", str(chunk), "--max-upload-rate", "2000000")
+        liar.register(swarm.tracker_port, partial=True)
+        leecher = swarm.leecher("f.bin", tmp_path / "out", "--max-bad-chunks", "2", "--no-share")
+        assert leecher.wait(60) == 0, leecher.output
     assert sha256_file(tmp_path / "out" / "f.bin") == sha256_file(data)
-    dropped = [e for e in leecher.events() if e.get("event") == "peer dropped"]
-    assert [e["peer"] for e in dropped] == [f"127.0.0.1:{liar.port}"], leecher.output
+    assert [e["peer"] for e in events_named(leecher, "peer dropped")] == [f"127.0.0.1:{liar.port}"], leecher.output
     assert "Traceback" not in leecher.output
     if behaviour != "absurd-announce":
         assert liar.requests >= 2  # it was asked (partial holders come first), refused or lied, and lost
@@ -148,12 +155,7 @@ def stuck_downloader(port: int, file_id: str, num_chunks: int) -> socket.socket:
 def test_a_downloader_that_reads_nothing_does_not_hold_back_the_leechers_own_download(tmp_path):
     data = random_file(tmp_path / "seed" / "f.bin", 16 * MIB)
     with LocalSwarm(tmp_path) as swarm:
-        swarm.start_tracker()
-        swarm.add_seeder([data], "--max-upload-rate", "4000000")
-        metrics_port = free_port()
-        leecher = swarm.leecher("f.bin", tmp_path / "out", "--metrics-port", str(metrics_port))
-        port = leecher.wait_for("sharing")["port"]
-        wait_until(lambda: received(metrics_port) >= 2)
+        leecher, port, metrics_port = sharing_leecher_under_way(swarm, data, tmp_path / "out", "4000000")
         file_id = swarm.lookup("f.bin").file.file_id
         stuck = stuck_downloader(port, file_id, 32)
         try:
@@ -167,12 +169,7 @@ def test_a_downloader_that_reads_nothing_does_not_hold_back_the_leechers_own_dow
 def test_a_leecher_killed_while_serving_leaves_a_resumable_part_and_its_peers_carry_on(tmp_path):
     data = random_file(tmp_path / "seed" / "f.bin", 16 * MIB)
     with LocalSwarm(tmp_path) as swarm:
-        swarm.start_tracker()
-        swarm.add_seeder([data], "--max-upload-rate", "2000000")
-        metrics_port = free_port()
-        victim = swarm.leecher("f.bin", tmp_path / "a", "--metrics-port", str(metrics_port))
-        victim.wait_for("sharing")
-        wait_until(lambda: received(metrics_port) >= 2)
+        victim, _, metrics_port = sharing_leecher_under_way(swarm, data, tmp_path / "a", "2000000")
         other = swarm.leecher("f.bin", tmp_path / "b")
         wait_until(lambda: served(metrics_port)[0] >= 1)  # the other leecher fetches from it
         victim.send_signal(signal.SIGKILL)
@@ -184,5 +181,4 @@ def test_a_leecher_killed_while_serving_leaves_a_resumable_part_and_its_peers_ca
         assert again.wait(90) == 0, again.output
     assert sha256_file(tmp_path / "b" / "f.bin") == sha256_file(data)
     assert sha256_file(tmp_path / "a" / "f.bin") == sha256_file(data)
-    resumed = next(e for e in again.events() if e.get("event") == "resuming")
-    assert resumed["verified_chunks"] >= 2
+    assert events_named(again, "resuming")[0]["verified_chunks"] >= 2
