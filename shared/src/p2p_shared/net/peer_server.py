@@ -247,7 +247,7 @@ class PeerServer:
             )
             await served
         except (OSError, ssl.SSLError, TimeoutError) as exc:  # a TLS handshake that failed or never came
-            log.debug("TLS handshake failed", peer=label, error=str(exc) or type(exc).__name__)
+            log.debug("connection not set up", peer=label, tls=tls is not None, error=str(exc) or type(exc).__name__)
             conn.close()
         finally:
             self._active -= 1
