@@ -38,6 +38,9 @@ EXAMPLES = [
     m.Lookup(v=1, txn=20, name="demo.bin"),
     m.Peers(v=1, txn=21, file=ENTRY, peers=[("127.0.0.1", 7001)]),
     m.Files(v=1, txn=22, files=[m.FileSummary(**ENTRY.model_dump(), seeders=3)], total=1),
+    # Version 4: a holder drops files and stays registered.
+    m.Drop(txn=23, port=7000, files=[FID]),
+    m.Drop(txn=24, port=7000, host="10.0.0.5", files=[FID, "cd" * 32]),
 ]
 
 
@@ -47,20 +50,31 @@ def test_round_trip(message):
 
 
 def test_exact_json():
-    assert m.encode(m.Heartbeat(txn=3, port=7000)) == b'{"v":3,"txn":3,"type":"heartbeat","port":7000}'
-    assert json.loads(m.encode(m.Lookup(txn=5, name="x"))) == {"v": 3, "txn": 5, "type": "lookup", "name": "x"}
-    assert json.loads(m.encode(m.Lookup(txn=5, name="x", port=7002))) == {
+    # Version 3, as version 3 clients send it and hear it: the same bytes as before version 4.
+    assert m.encode(m.Heartbeat(v=3, txn=3, port=7000)) == b'{"v":3,"txn":3,"type":"heartbeat","port":7000}'
+    assert json.loads(m.encode(m.Lookup(v=3, txn=5, name="x"))) == {"v": 3, "txn": 5, "type": "lookup", "name": "x"}
+    assert json.loads(m.encode(m.Lookup(v=3, txn=5, name="x", port=7002))) == {
         "v": 3, "txn": 5, "type": "lookup", "name": "x", "port": 7002
     }
-    assert m.encode(m.Register(txn=1, port=7002, partial=True)) == (
+    assert m.encode(m.Register(v=3, txn=1, port=7002, partial=True)) == (
         b'{"v":3,"txn":1,"type":"register","port":7002,"files":[],"partial":true}'
     )
-    assert m.encode(m.ListFiles(txn=2, after="ab" * 32)) == b'{"v":3,"txn":2,"type":"list_files","after":"%s"}' % (b"ab" * 32)
-    assert m.encode(m.ErrorReply(txn=4, code="connect_first")) == b'{"v":3,"txn":4,"type":"error","code":"connect_first"}'
+    assert m.encode(m.ListFiles(v=3, txn=2, after="ab" * 32)) == (
+        b'{"v":3,"txn":2,"type":"list_files","after":"%s"}' % (b"ab" * 32)
+    )
+    assert m.encode(m.ErrorReply(v=3, txn=4, code="connect_first")) == b'{"v":3,"txn":4,"type":"error","code":"connect_first"}'
+    # Messages are version 4 unless told otherwise.
+    assert m.encode(m.Heartbeat(txn=3, port=7000)) == b'{"v":4,"txn":3,"type":"heartbeat","port":7000}'
+    assert m.encode(m.Drop(txn=6, port=7000, files=[FID])) == (
+        b'{"v":4,"txn":6,"type":"drop","port":7000,"files":["%s"]}' % FID.encode()
+    )
+    assert m.encode(m.Drop(txn=7, conn=9, port=7000, host="peer-1", files=[FID])) == (
+        b'{"v":4,"txn":7,"conn":9,"type":"drop","port":7000,"host":"peer-1","files":["%s"]}' % FID.encode()
+    )
 
 
 def test_peers_travel_as_host_port_pairs():
-    data = m.encode(m.Peers(txn=1, peers=[("10.0.0.1", 7000)], partial=[("10.0.0.2", 7002)]))
+    data = m.encode(m.Peers(v=3, txn=1, peers=[("10.0.0.1", 7000)], partial=[("10.0.0.2", 7002)]))
     assert data == b'{"v":3,"txn":1,"type":"peers","peers":[["10.0.0.1",7000]],"partial":[["10.0.0.2",7002]]}'
 
 
@@ -129,6 +143,21 @@ BAD = [
     b'{"v":1,"type":"peers","peers":[],"partial":[]}',
     b'{"type":"files","files":[{"file_id":"' + b"ab" * 32 + b'","name":"a","size":1,"chunk_size":4,"seeders":1,"partial":-1}]}',
     b'{"v":1,"type":"files","files":[{"file_id":"' + b"ab" * 32 + b'","name":"a","size":1,"chunk_size":4,"seeders":1,"partial":0}]}',
+    # Version 4: drop, its bounds, and never in an older message.
+    b'{"v":3,"type":"drop","port":1,"files":["' + b"ab" * 32 + b'"]}',
+    b'{"v":2,"type":"drop","port":1,"files":["' + b"ab" * 32 + b'"]}',
+    b'{"v":1,"type":"drop","port":1,"files":["' + b"ab" * 32 + b'"]}',
+    b'{"type":"drop","port":1,"files":[]}',
+    b'{"type":"drop","port":1}',
+    b'{"type":"drop","files":["' + b"ab" * 32 + b'"]}',
+    b'{"type":"drop","port":0,"files":["' + b"ab" * 32 + b'"]}',
+    b'{"type":"drop","port":1,"host":"a b","files":["' + b"ab" * 32 + b'"]}',
+    b'{"type":"drop","port":1,"files":["' + b"AB" * 32 + b'"]}',
+    b'{"type":"drop","port":1,"files":["xyz"]}',
+    b'{"type":"drop","port":1,"files":"' + b"ab" * 32 + b'"}',
+    b'{"type":"drop","port":1,"files":[{"file_id":"' + b"ab" * 32 + b'","name":"a","size":1,"chunk_size":4}]}',
+    b'{"type":"drop","port":1,"files":["' + b"ab" * 32 + b'"],"partial":true}',
+    b'{"type":"drop","port":1,"files":[' + b",".join([b'"' + b"ab" * 32 + b'"'] * 17) + b"]}",
 ]
 
 
@@ -154,7 +183,7 @@ def test_fuzz_any_datagram_decodes_or_is_a_typed_error(data):
 
 @given(
     st.fixed_dictionaries(
-        {"type": st.sampled_from(["register", "heartbeat", "lookup", "ack", "peers", "files", "error"])},
+        {"type": st.sampled_from(["register", "heartbeat", "drop", "lookup", "ack", "peers", "files", "error"])},
         optional={
             "port": st.integers(-(2**70), 2**70) | st.text(max_size=5) | st.none(),
             "host": st.text(max_size=10) | st.none(),
@@ -275,3 +304,36 @@ def test_unavailable_is_a_version_3_error_code():
     assert m.decode(b'{"v":3,"txn":1,"type":"error","code":"unavailable"}').code == "unavailable"
     with pytest.raises(RemoteProtocolError):
         m.decode(b'{"v":2,"txn":1,"type":"error","code":"unavailable"}')
+
+
+# Version 4: a holder drops files without unregistering.
+
+
+def test_the_tracker_speaks_versions_1_to_4():
+    from p2p_shared import TRACKER_VERSION
+
+    assert TRACKER_VERSION == 4 and m.TRACKER_VERSIONS == (1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("version", [0, 1, 2, 3])
+def test_a_drop_older_than_version_4_is_malformed(version):
+    data = b'{"v":%d,"txn":1,"type":"drop","port":7000,"files":["%s"]}' % (version, FID.encode())
+    with pytest.raises(RemoteProtocolError, match="drop needs protocol version 4"):
+        m.decode(data)
+    assert m.decode(data.replace(b'"v":%d' % version, b'"v":4')) == m.Drop(txn=1, port=7000, files=[FID])
+
+
+def test_a_drop_names_1_to_max_files_per_register_files():
+    most = [f"{i:064x}" for i in range(MAX_FILES_PER_REGISTER)]
+    largest = m.Drop(txn=2**32 - 1, conn=2**64 - 1, port=65535, host="h" * 253, files=most)
+    data = m.encode(largest)
+    assert m.decode(data) == largest and len(data) <= MAX_DATAGRAM
+    assert m.decode(m.encode(m.Drop(port=1, files=[FID, FID]))).files == [FID, FID]  # repeats: the tracker ignores them
+    with pytest.raises(RemoteProtocolError, match="at most 16"):
+        m.decode(json.dumps({"type": "drop", "port": 1, "files": most + [FID]}).encode())
+
+
+def test_a_drop_is_padded_like_every_request():
+    padded = m.encode_request(m.Drop(txn=1, port=7000, files=[FID]))
+    assert m.decode(padded) == m.Drop(txn=1, port=7000, files=[FID])
+    assert len(padded) >= len(m.encode(m.ErrorReply(v=4, txn=2**32 - 1, code="connect_first")))

@@ -489,3 +489,229 @@ async def test_several_calls_run_at_once_each_outcome_in_its_place(make_store):
     assert outcomes[2:4] == [True, False]
     assert outcomes[4].entry == entry(1) and outcomes[4].complete == [("a", 1)]
     assert outcomes[5] == ([(entry(1), 1, 0)], 1)
+
+
+# Dropping files: a holder (a per-host peer evicting one from its cache) keeps its other files.
+
+
+async def stats(reg) -> dict[str, int]:
+    s = await reg.refresh_stats()
+    return {"holders": s.holders, "holdings": s.holdings, "complete": s.complete, "partial": s.partial, "files": s.files}
+
+
+async def test_a_dropped_file_leaves_the_holder_and_its_other_files_stay(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
+    await reg.register(("b", 1), [entry(1)], now=0)
+    assert await reg.drop(("a", 1), [entry(1).file_id], now=1)
+    assert await holders(reg, entry(1).file_id, 10) == ([("b", 1)], [])
+    assert await holders(reg, entry(2).file_id, 10) == ([("a", 1)], [])
+    assert await resolve(reg, name="g") == entry(2, "g") and await resolve(reg, name="f") == entry(1)
+    assert [(e.name, c, p) for e, c, p in await files(reg)] == [("f", 1, 0), ("g", 1, 0)]
+    assert await stats(reg) == {"holders": 2, "holdings": 2, "complete": 2, "partial": 0, "files": 2}
+
+
+async def test_dropping_a_files_last_holding_removes_the_file_not_the_holder(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
+    assert await reg.drop(("a", 1), [entry(2).file_id, entry(1).file_id], now=1)
+    assert await resolve(reg, name="f") is None and await resolve(reg, name="g") is None
+    assert await resolve(reg, file_id=entry(1).file_id) is None and await files(reg) == []
+    assert await holders(reg, entry(1).file_id, 10) == ([], [])
+    # Still a holder, of no file: counted complete, as one that registered none.
+    assert await stats(reg) == {"holders": 1, "holdings": 0, "complete": 1, "partial": 0, "files": 0}
+    assert await reg.heartbeat(("a", 1), now=2)
+    assert await reg.register(("a", 1), [entry(2, "g")], now=3) == "refreshed"  # and may hold it again
+    assert await resolve(reg, name="g") == entry(2, "g")
+    assert await stats(reg) == {"holders": 1, "holdings": 1, "complete": 1, "partial": 0, "files": 1}
+
+
+async def test_dropping_counts_each_kind_of_holding(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("l", 1), [entry(1)], now=0)
+    await reg.register(("l", 1), [entry(2, "g"), entry(3, "h")], now=0, partial=True)
+    await reg.register(("s", 1), [entry(2, "g")], now=0)
+    assert await stats(reg) == {"holders": 2, "holdings": 4, "complete": 2, "partial": 1, "files": 3}
+    await reg.drop(("l", 1), [entry(2).file_id], now=1)  # one partial holding of two
+    assert await holders(reg, entry(2).file_id, 10) == ([("s", 1)], [])
+    assert await stats(reg) == {"holders": 2, "holdings": 3, "complete": 2, "partial": 1, "files": 3}
+    await reg.drop(("l", 1), [entry(3).file_id], now=1)  # its last partial one
+    assert await stats(reg) == {"holders": 2, "holdings": 2, "complete": 2, "partial": 0, "files": 2}
+    await reg.drop(("l", 1), [entry(1).file_id], now=1)  # its last complete one: a holder of nothing
+    assert await stats(reg) == {"holders": 2, "holdings": 1, "complete": 2, "partial": 0, "files": 1}
+    await reg.register(("p", 1), [entry(4)], now=1, partial=True)
+    await reg.drop(("p", 1), [entry(4).file_id], now=2)  # partial only, then nothing: complete
+    assert await stats(reg) == {"holders": 3, "holdings": 1, "complete": 3, "partial": 0, "files": 1}
+    await reg.unregister(("l", 1))  # leaving after a drop gives back only what is left
+    await reg.unregister(("p", 1))
+    assert await stats(reg) == {"holders": 1, "holdings": 1, "complete": 1, "partial": 0, "files": 1}
+
+
+async def test_a_name_follows_the_drops_of_its_files_holders(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1, "same")], now=0)
+    await reg.register(("b", 1), [entry(1, "same")], now=0)
+    await reg.register(("c", 1), [entry(2, "same")], now=0)
+    assert await resolve(reg, name="same") == entry(1, "same")
+    await reg.drop(("a", 1), [entry(1).file_id], now=1)  # 1 and 1: the smaller id still wins
+    assert await resolve(reg, name="same") == entry(1, "same")
+    await reg.drop(("b", 1), [entry(1).file_id], now=1)
+    assert await resolve(reg, name="same") == entry(2, "same")
+    await reg.register(("a", 1), [entry(1, "same")], now=2, partial=True)  # partial only: 2 still wins
+    assert await resolve(reg, name="same") == entry(2, "same")
+    await reg.drop(("c", 1), [entry(2).file_id], now=3)
+    assert await resolve(reg, name="same") == entry(1, "same")
+    await reg.drop(("a", 1), [entry(1).file_id], now=3)
+    assert await resolve(reg, name="same") is None
+
+
+async def test_a_dropped_decoy_name_goes_and_the_real_one_stays(make_store):
+    real = FileEntry(file_id="ab" * 32, name="real.bin", size=1000, chunk_size=100)
+    decoy = FileEntry(file_id="ab" * 32, name="decoy.bin", size=1, chunk_size=1)
+    reg = await make_store(ttl=10)
+    await reg.register(("squatter", 1), [decoy], now=0)
+    await reg.register(("seeder", 1), [real], now=0)
+    await reg.drop(("squatter", 1), [real.file_id], now=1)
+    assert await resolve(reg, name="decoy.bin") is None and await resolve(reg, name="real.bin") == real
+    assert await resolve(reg, file_id=real.file_id) == real and [row[0] for row in await files(reg)] == [real]
+    await reg.drop(("seeder", 1), [real.file_id], now=1)
+    assert await resolve(reg, name="real.bin") is None and await files(reg) == []
+
+
+async def test_a_drop_gives_back_the_addresss_share(make_store):
+    reg = await make_store(ttl=10, max_files_per_address=2, max_files=3)
+    a = ("10.0.0.1", 1)
+    await reg.register(("10.0.0.1", 7000), [entry(1), entry(2)], now=0, sender=a)
+    with pytest.raises(RegistryFull) as full:
+        await reg.register(("10.0.0.1", 7001), [entry(3)], now=0, sender=a)
+    assert full.value.reason == "files_per_address"
+    await reg.drop(("10.0.0.1", 7000), [entry(2).file_id], now=1, sender=a)
+    await reg.register(("10.0.0.1", 7001), [entry(3)], now=1, sender=a)  # the room the drop left
+    await reg.register(("10.0.0.2", 7000), [entry(4)], now=1, sender=("10.0.0.2", 1))
+    with pytest.raises(RegistryFull) as full:
+        await reg.register(("10.0.0.2", 7000), [entry(5)], now=1, sender=("10.0.0.2", 1))
+    assert full.value.reason == "files"  # 3 registrations in all
+    await reg.drop(("10.0.0.2", 7000), [entry(4).file_id], now=2, sender=("10.0.0.2", 1))
+    await reg.register(("10.0.0.2", 7000), [entry(5)], now=2, sender=("10.0.0.2", 1))
+    assert (await stats(reg))["holdings"] == 3
+    # Both of a's holders leave: its share, counted down by the drop, is back to nothing.
+    await reg.unregister(("10.0.0.1", 7000), sender=a)
+    await reg.unregister(("10.0.0.1", 7001), sender=a)
+    await reg.register(("10.0.0.1", 7002), [entry(6), entry(7)], now=3, sender=a)
+    assert await stats(reg) == {"holders": 2, "holdings": 3, "complete": 2, "partial": 0, "files": 3}
+
+
+async def test_only_the_registering_address_or_a_member_may_drop(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("10.0.0.1", 7000), [entry(1), entry(2)], now=0, sender=SEEDER)
+    with pytest.raises(NotRegistrant):
+        await reg.drop(("10.0.0.1", 7000), [entry(1).file_id], now=5, sender=("10.6.6.6", SEEDER[1]))
+    assert await holders(reg, entry(1).file_id, 10) == ([("10.0.0.1", 7000)], [])  # nothing dropped
+    assert await reg.expire(now=10.5) == [("10.0.0.1", 7000)]  # and the refused drop kept nothing alive
+    await reg.register(("10.0.0.1", 7000), [entry(1), entry(2)], now=11, sender=SEEDER)
+    assert await reg.drop(("10.0.0.1", 7000), [entry(1).file_id], now=12, sender=NEIGHBOUR)  # its address
+    assert await reg.drop(("10.0.0.1", 7000), [entry(2).file_id], now=12, sender=("10.9.9.9", 1), member=True)
+    assert await files(reg) == []
+    with pytest.raises(NotRegistrant):  # a member's drop took nothing over: the owner is still SEEDER's address
+        await reg.drop(("10.0.0.1", 7000), [], now=13, sender=("10.9.9.9", 1))
+
+
+async def test_a_drop_from_an_unknown_holder_is_false_and_changes_nothing(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1)], now=0)
+    assert not await reg.drop(("b", 1), [entry(1).file_id], now=1)
+    assert not await reg.drop(("b", 1), [entry(1).file_id], now=1, sender=("b", 5), member=True)
+    assert await holders(reg, entry(1).file_id, 10) == ([("a", 1)], [])
+    assert await reg.expire(now=11) == [("a", 1)]
+    assert not await reg.drop(("a", 1), [entry(1).file_id], now=12)  # expired: unknown again
+    assert await stats(reg) == {"holders": 0, "holdings": 0, "complete": 0, "partial": 0, "files": 0}
+
+
+async def test_dropping_what_the_holder_does_not_hold_is_a_no_op(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
+    await reg.register(("b", 1), [entry(3, "h")], now=0)
+    before = await stats(reg)
+    assert await reg.drop(("a", 1), [entry(3).file_id, entry(9).file_id], now=1)  # b's file, and nobody's
+    assert await stats(reg) == before and await holders(reg, entry(3).file_id, 10) == ([("b", 1)], [])
+    assert await reg.drop(("a", 1), [entry(1).file_id, entry(1).file_id], now=2)  # a repeated id counts once
+    after = await stats(reg)
+    assert after == {**before, "holdings": before["holdings"] - 1, "files": before["files"] - 1}
+    assert await reg.drop(("a", 1), [entry(1).file_id], now=3)  # again (a retried datagram): still known, no change
+    assert await stats(reg) == after
+    assert [(e.name, c) for e, c, _ in await files(reg)] == [("g", 1), ("h", 1)]
+
+
+async def test_a_dropped_file_is_not_lost(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1), entry(2, "g")], now=0)
+    await reg.register(("l", 1), [entry(1)], now=0, partial=True)
+    await reg.drop(("a", 1), [entry(1).file_id, entry(2).file_id], now=1)  # its last complete holder, on purpose
+    await reg.expire(now=20)  # and then everybody expires
+    assert (await reg.refresh_stats()).lost_files == 0
+    await reg.register(("a", 1), [entry(1)], now=30)
+    await reg.register(("b", 1), [entry(1)], now=30)
+    await reg.drop(("b", 1), [entry(1).file_id], now=31)
+    assert await reg.expire(now=40.5) == [("a", 1)]  # a goes silent: file 1 lost, b's drop aside
+    assert (await reg.refresh_stats()).lost_files == 1
+
+
+async def test_a_drop_counts_as_contact(make_store):
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1), entry(2)], now=0)
+    await reg.register(("b", 1), [entry(1)], now=5)
+    assert await reg.drop(("a", 1), [entry(2).file_id], now=8)
+    assert await reg.expire(now=15.5) == [("b", 1)]  # a, heard from at 8 by its drop, is not stale yet
+    assert await reg.expire(now=18.5) == [("a", 1)]
+
+
+async def test_drops_run_with_other_calls_each_outcome_in_its_place(make_store):
+    from operator import methodcaller
+
+    reg = await make_store(ttl=10)
+    await reg.register(("a", 1), [entry(1), entry(2)], now=0, sender=("a", 9))
+    outcomes = await reg.run([
+        methodcaller("drop", ("a", 1), [entry(1).file_id], 1, sender=("a", 9)),
+        methodcaller("drop", ("b", 1), [entry(1).file_id], 1),
+        methodcaller("drop", ("a", 1), [entry(2).file_id], 1, sender=("x", 9)),
+        methodcaller("lookup", file_id=entry(2).file_id),
+    ])
+    assert outcomes[:2] == [True, False] and isinstance(outcomes[2], NotRegistrant)
+    assert outcomes[3].complete == [("a", 1)] and await files(reg) == [(entry(2), 1, 0)]
+
+
+async def test_registers_drops_and_unregisters_in_any_order_keep_every_index_right(make_store):
+    rng = random.Random(7)
+    reg = await make_store(ttl=1000, max_holders_per_address=None, max_files_per_address=None)
+    ids = [entry(n, "same" if n < 4 else f"own-{n}") for n in range(6)]
+    held: dict[tuple, dict[int, bool]] = {}  # holder -> file -> held in part
+    for step in range(400):
+        key, action = ("h", rng.randrange(12)), rng.random()
+        if action < 0.45:
+            chosen, partial = rng.sample(range(6), rng.randrange(1, 4)), rng.random() < 0.3
+            await reg.register(key, [ids[n] for n in chosen], now=step, partial=partial)
+            held.setdefault(key, {}).update({n: partial for n in chosen})
+        elif action < 0.9:
+            chosen = [rng.randrange(7) for _ in range(rng.randrange(1, 4))]  # 6: nobody's file
+            assert await reg.drop(key, [entry(n).file_id for n in chosen], now=step) == (key in held)
+            for n in chosen:
+                held.get(key, {}).pop(n, None)
+        else:
+            assert await reg.unregister(key) == (key in held)
+            held.pop(key, None)
+        holding = {n: ([k for k in held if held[k].get(n) is False], [k for k in held if held[k].get(n) is True]) for n in range(6)}
+        live = [n for n in range(6) if holding[n] != ([], [])]
+        assert await stats(reg) == {
+            "holders": len(held),
+            "holdings": sum(len(f) for f in held.values()),
+            "complete": sum(not f or False in f.values() for f in held.values()),
+            "partial": sum(True in f.values() for f in held.values()),
+            "files": len(live),
+        }
+        same = [n for n in live if n < 4]
+        best = min(same, key=lambda n: (-len(holding[n][0]), -len(holding[n][1]), ids[n].file_id)) if same else None
+        assert await resolve(reg, name="same") == (None if best is None else ids[best])
+        assert [(e, c, p) for e, c, p in await files(reg)] == [(ids[n], *map(len, holding[n])) for n in live]
+        n = rng.randrange(6)
+        complete, partial = await holders(reg, ids[n].file_id, 100)
+        assert (sorted(complete), sorted(partial)) == (sorted(holding[n][0]), sorted(holding[n][1]))

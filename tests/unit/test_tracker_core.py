@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from p2p_shared import messages as m
@@ -147,14 +148,16 @@ async def test_answers_sent_to_the_tracker_are_not_reflected(tracker):
     assert await metric(tracker, "p2p_tracker_malformed_datagrams_total", reason="unexpected") == 1
 
 
-@pytest.mark.parametrize("version", [0, 4, 255])
+@pytest.mark.parametrize("version", [0, 5, 255])
 async def test_other_protocol_version_gets_a_typed_error(tracker, version):
     request = b'{"v":%d,"txn":9,"type":"connect"}' % version
     answer = await tracker.handle(request.ljust(120), ("10.0.0.1", 1), 0.0)  # room for the whole answer
-    assert answer == b'{"v":3,"txn":9,"type":"error","code":"unsupported_version","message":"this tracker speaks versions 1, 2 and 3"}'
+    assert answer == (
+        b'{"v":4,"txn":9,"type":"error","code":"unsupported_version","message":"this tracker speaks versions 1, 2, 3 and 4"}'
+    )
     # As short an answer as the request leaves room for: without the text, or nothing.
     assert await tracker.handle(request.ljust(60), ("10.0.0.1", 1), 0.0) == (
-        b'{"v":3,"txn":9,"type":"error","code":"unsupported_version"}'
+        b'{"v":4,"txn":9,"type":"error","code":"unsupported_version"}'
     )
     assert await tracker.handle(request, ("10.0.0.1", 1), 0.0) is None
     assert await metric(tracker, "p2p_tracker_malformed_datagrams_total", reason="unsupported_version") == 3
@@ -455,6 +458,7 @@ UNPROVEN = [
     b'{"v":9,"txn":1,"type":"connect"}',
     b'{"v":3,"txn":3,"type":"register","port":7000,"conn":1}',
     b'{"v":3,"txn":3,"type":"heartbeat","port":7000,"conn":12345678901234}',
+    b'{"v":4,"txn":3,"type":"drop","port":7000,"files":["%s"]}' % FID.encode(),
 ]
 
 
@@ -551,3 +555,115 @@ async def test_a_store_that_does_not_answer_gets_unavailable_and_is_counted():
 async def ask_raw_or_none(core, request: bytes, source=("10.0.0.1", 5555), now=0.0):
     conn = json.loads(await core.handle(b'{"v":1,"type":"connect"}'.ljust(80), source, now))["conn"]
     return await core.handle(request.replace(b"{", b'{"conn":%d,' % conn, 1), source, now)
+
+
+# Version 4: a holder drops files and stays registered, on either store.
+
+OTHER = m.FileEntry(file_id="ef" * 32, name="other.bin", size=1, chunk_size=1)
+
+
+async def test_a_holder_drops_one_file_and_stays_the_holder_of_the_other(tracker):
+    assert tracker.prom.get_sample_value("p2p_tracker_datagrams_total", {"type": "drop"}) == 0  # exposed from the start
+    assert tracker.prom.get_sample_value("p2p_tracker_drops_total") == 0
+    await ask(tracker, m.Register(port=7000, files=[ENTRY, OTHER]))
+    assert await metric(tracker, "p2p_tracker_files") == 2
+    with structlog.testing.capture_logs() as logs:
+        reply = await ask(tracker, m.Drop(txn=5, port=7000, files=[FID]), now=1.0)
+    assert reply == m.Ack(txn=5, interval=1.0)
+    assert {"event": "holder dropped files", "log_level": "info", "holder": "10.0.0.1:7000", "files": 1} in logs
+    found = await ask(tracker, m.Lookup(file_id=FID), source=("10.9.9.9", 1))
+    assert found.file is None and found.peers == [] and found.partial == []
+    assert (await ask(tracker, m.Lookup(name="other.bin"), source=("10.9.9.9", 1))).peers == [("10.0.0.1", 7000)]
+    listed = await ask(tracker, m.ListFiles())
+    assert listed.total == 1 and [(f.name, f.seeders, f.partial) for f in listed.files] == [("other.bin", 1, 0)]
+    assert await metric(tracker, "p2p_tracker_files") == 1
+    assert await metric(tracker, "p2p_tracker_live_holders", kind="complete") == 1
+    assert await tracker.holders() == 1 and (await tracker.store.refresh_stats()).holdings == 1
+    assert await metric(tracker, "p2p_tracker_datagrams_total", type="drop") == 1
+    assert await metric(tracker, "p2p_tracker_drops_total") == 1
+    assert await metric(tracker, "p2p_tracker_unregistrations_total") == 0
+    # Its last file too: still a holder (heartbeats go on), of nothing.
+    assert (await ask(tracker, m.Drop(port=7000, files=[OTHER.file_id, FID]), now=2.0)).type == "ack"
+    assert await metric(tracker, "p2p_tracker_files") == 0 and await tracker.holders() == 1
+    assert (await ask(tracker, m.ListFiles())).total == 0
+    assert (await ask(tracker, m.Heartbeat(port=7000), now=2.5)).type == "ack"
+    assert await metric(tracker, "p2p_tracker_drops_total") == 3  # file ids named: 1, then 2
+
+
+async def test_a_partial_holder_drops_a_file_and_the_gauges_follow(tracker):
+    await ask(tracker, m.Register(port=7100, files=[ENTRY]), source=LEECHER)
+    await ask(tracker, m.Register(port=7100, files=[OTHER], partial=True), source=LEECHER)
+    assert await metric(tracker, "p2p_tracker_live_holders", kind="partial") == 1
+    assert (await ask(tracker, m.Drop(port=7100, files=[OTHER.file_id]), source=LEECHER)).type == "ack"
+    assert await metric(tracker, "p2p_tracker_live_holders", kind="partial") == 0
+    assert await metric(tracker, "p2p_tracker_live_holders", kind="complete") == 1
+    assert await metric(tracker, "p2p_tracker_files") == 1
+    assert (await ask(tracker, m.Lookup(file_id=FID))).peers == [("10.0.0.7", 7100)]
+
+
+async def test_a_drop_keeps_the_holder_alive_like_a_heartbeat(tracker):
+    await ask(tracker, m.Register(port=7000, files=[ENTRY, OTHER]), now=0)
+    await ask(tracker, m.Drop(port=7000, files=[OTHER.file_id]), now=2.5)
+    await tracker.expire(5.0)  # registered at 0 with a ttl of 3, heard from at 2.5
+    assert await tracker.holders() == 1
+    await tracker.expire(5.6)
+    assert await tracker.holders() == 0 and await metric(tracker, "p2p_tracker_files_without_seeders") == 1
+
+
+async def test_a_drop_from_an_unknown_holder_says_register_again(tracker):
+    reply = await ask(tracker, m.Drop(txn=6, port=7000, files=[FID]))
+    assert reply == m.ErrorReply(txn=6, code="unknown_seeder", message="register again")
+    await ask(tracker, m.Register(port=7000, files=[ENTRY]), now=0)
+    await tracker.expire(3.5)  # forgotten: its next drop hears so too
+    assert (await ask(tracker, m.Drop(port=7000, files=[FID]), now=4.0)).code == "unknown_seeder"
+    assert await metric(tracker, "p2p_tracker_drops_total") == 0
+
+
+async def test_only_the_registering_address_may_drop(tracker):
+    await ask(tracker, m.Register(port=7000, files=[ENTRY, OTHER]), source=("10.0.0.1", 5555))
+    stranger = ("10.0.0.2", 5555)
+    reply = await ask(tracker, m.Drop(txn=3, port=7000, host="10.0.0.1", files=[FID]), source=stranger)
+    assert reply.code == "forbidden" and reply.txn == 3 and reply.v == 4
+    assert await metric(tracker, "p2p_tracker_refused_datagrams_total", reason="foreign_host") == 1
+    # A holder at the stranger's own address that another address registered (only a member may do that).
+    await tracker.store.register(("10.0.0.2", 7000), [ENTRY], 0.0, sender=("10.0.0.1", 5555))
+    assert (await ask(tracker, m.Drop(port=7000, files=[FID]), source=stranger)).code == "forbidden"
+    assert await metric(tracker, "p2p_tracker_refused_datagrams_total", reason="not_registrant") == 1
+    assert sorted((await ask(tracker, m.Lookup(file_id=FID))).peers) == [("10.0.0.1", 7000), ("10.0.0.2", 7000)]
+    assert await metric(tracker, "p2p_tracker_files") == 2 and await metric(tracker, "p2p_tracker_drops_total") == 0
+    # Another socket of the registering address may (a restarted peer).
+    assert (await ask(tracker, m.Drop(port=7000, files=[FID]), source=("10.0.0.1", 5556))).type == "ack"
+    assert (await ask(tracker, m.Lookup(file_id=FID))).peers == [("10.0.0.2", 7000)]
+
+
+async def test_a_member_may_drop_for_an_advertised_host(make_store):
+    core = await sealed_core(make_store)
+    assert (await ask_sealed(core, m.Register(port=7000, host="peer-1", files=[ENTRY, OTHER]))).type == "ack"
+    assert (await ask_sealed(core, m.Drop(port=7000, host="peer-1", files=[FID]), source=("10.0.0.3", 1))).type == "ack"
+    assert (await ask_sealed(core, m.Lookup(file_id=OTHER.file_id))).peers == [("peer-1", 7000)]
+    assert (await ask_sealed(core, m.Lookup(file_id=FID))).peers == []
+
+
+async def test_version_3_clients_are_served_as_before_and_cannot_drop(tracker):
+    entry = ENTRY.model_dump_json().encode()
+    ack = await ask_raw(tracker, b'{"v":3,"txn":4,"type":"register","port":7000,"files":[%s]}' % entry)
+    assert ack == {"v": 3, "txn": 4, "type": "ack", "interval": 1.0}
+    assert await ask_raw(tracker, b'{"v":3,"txn":5,"type":"heartbeat","port":7000}') == {
+        "v": 3, "txn": 5, "type": "ack", "interval": 1.0
+    }
+    found = await ask_raw(tracker, b'{"v":3,"txn":6,"type":"lookup","file_id":"%s"}' % FID.encode())
+    assert found == {"v": 3, "txn": 6, "type": "peers", "file": ENTRY.model_dump(), "peers": [["10.0.0.1", 7000]], "partial": []}
+    listed = await ask_raw(tracker, b'{"v":3,"txn":7,"type":"list_files"}')
+    assert listed == {"v": 3, "txn": 7, "type": "files", "files": [{**ENTRY.model_dump(), "seeders": 1, "partial": 0}], "total": 1}
+    # A drop in version 3 is malformed: dropped without an answer, and nothing changes.
+    assert await ask_raw_or_none(tracker, b'{"v":3,"txn":8,"type":"drop","port":7000,"files":["%s"]}' % FID.encode()) is None
+    assert await metric(tracker, "p2p_tracker_malformed_datagrams_total", reason="invalid") == 1
+    assert (await ask(tracker, m.Lookup(file_id=FID))).peers == [("10.0.0.1", 7000)]
+    assert await ask_raw(tracker, b'{"v":3,"txn":9,"type":"unregister","port":7000}') == {
+        "v": 3, "txn": 9, "type": "ack", "interval": 1.0
+    }
+    assert await tracker.holders() == 0
+    # A version 4 drop is answered in version 4.
+    assert await ask_raw(tracker, b'{"v":4,"txn":10,"type":"drop","port":7000,"files":["%s"]}' % FID.encode()) == {
+        "v": 4, "txn": 10, "type": "error", "code": "unknown_seeder", "message": "register again"
+    }

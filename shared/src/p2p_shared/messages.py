@@ -5,12 +5,13 @@ answer echoes, so a client can match answers to retried requests. A datagram is 
 MAX_DATAGRAM bytes in either direction.
 
 Version 2 adds partial holders: `register.partial`, `lookup.port` and `lookup.host`,
-`peers.partial` and `files[].partial`. Version 3 (TRACKER_VERSION) adds a cursor through the file
-list (`list_files.after`, `files.next`) and the error codes `forbidden` and `unavailable` (the
+`peers.partial` and `files[].partial`. Version 3 adds a cursor through the file list
+(`list_files.after`, `files.next`) and the error codes `forbidden` and `unavailable` (the
 tracker's registry store did not answer; version 3 clients built before it drop it as invalid,
-so they retry as for a lost answer). The tracker answers a request in the version it was asked
-in; a message that carries a field of a later version than its own is malformed, and an answer
-never carries one (older clients refuse unknown keys).
+so they retry as for a lost answer). Version 4 (TRACKER_VERSION) adds `drop`: a holder stops
+holding some files and keeps its other registrations. The tracker answers a request in the
+version it was asked in; a message that carries a field (or is a type) of a later version than its
+own is malformed, and an answer never carries one (older clients refuse unknown keys).
 
 The tracker never answers an address that has not proven itself (see p2p_shared.auth) with
 more bytes than it sent, so clients pad short requests: `encode_request`.
@@ -65,7 +66,7 @@ ErrorCode = Literal[
     "malformed", "unsupported_version", "unknown_seeder", "not_found", "full", "connect_first", "forbidden",
     "unavailable",
 ]
-TRACKER_VERSIONS = (1, 2, TRACKER_VERSION)  # the versions the tracker answers
+TRACKER_VERSIONS = (1, 2, 3, TRACKER_VERSION)  # the versions the tracker answers
 
 
 class _Message(BaseModel):
@@ -140,6 +141,22 @@ class Unregister(ProvenRequest):
     host: Host | None = None
 
 
+class Drop(ProvenRequest):
+    """A holder no longer holds `files` (v4): evicted from a cache, say. Its other files stay
+    registered, and it stays a holder even with none left; unknown ids are ignored."""
+
+    type: Literal["drop"] = "drop"
+    port: Port
+    host: Host | None = None
+    files: list[FileId] = Field(min_length=1, max_length=MAX_FILES_PER_REGISTER)
+
+    @model_validator(mode="after")
+    def _v4(self) -> Drop:
+        if self.v < 4:
+            raise ValueError("drop needs protocol version 4")
+        return self
+
+
 class Lookup(ProvenRequest):
     """Which live holders have this file? Exactly one of `name` and `file_id`.
 
@@ -173,7 +190,7 @@ class ListFiles(ProvenRequest):
 
 
 class Ack(_Message):
-    """Answer to register, heartbeat and unregister; `interval` is the heartbeat period wanted."""
+    """Answer to register, heartbeat, unregister and drop; `interval` is the heartbeat period wanted."""
 
     type: Literal["ack"] = "ack"
     interval: float = Field(gt=0)
@@ -222,7 +239,7 @@ class ErrorReply(_Message):
         return self
 
 
-Request = Connect | Register | Heartbeat | Unregister | Lookup | ListFiles
+Request = Connect | Register | Heartbeat | Unregister | Drop | Lookup | ListFiles
 Reply = Connected | Ack | Peers | Files | ErrorReply
 Message = Request | Reply
 

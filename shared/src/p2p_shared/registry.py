@@ -23,10 +23,13 @@ smallest file id: one heap per name, updated as counts change, stale entries dro
 so a lookup does not scan every file of a crowded name. The file list is kept in file id order
 (a SortedList), so a page after a cursor costs O(log n + page).
 
+A holder may also drop some of its files and stay registered with the others (a cache evicting
+one): the same bookkeeping per file as when the holder leaves, its record kept.
+
 It also remembers, for a day, the files whose last complete holder went silent (expired, as
-opposed to unregistering or registering the file as partial on purpose), until a holder registers
-them complete again: partial holders alone may not make a whole copy, and an operator wants to
-hear about it (the `p2p_tracker_files_without_seeders` gauge and its alert).
+opposed to unregistering, dropping the file or registering it as partial on purpose), until a
+holder registers them complete again: partial holders alone may not make a whole copy, and an
+operator wants to hear about it (the `p2p_tracker_files_without_seeders` gauge and its alert).
 """
 
 from __future__ import annotations
@@ -386,6 +389,31 @@ class HolderRegistry:
         self._own(key, sender, member)
         return self._forget(key) is not None
 
+    def drop(
+        self, key: HolderKey, file_ids: list[str], now: float, sender: Sender | None = None, member: bool = False
+    ) -> bool:
+        """The holder no longer holds these files; False if it is unknown. It stays registered
+        with its other files (or none), and the drop counts as contact, as a heartbeat does. A
+        file it does not hold is ignored, and a file dropped this way is not lost (see expire)."""
+        record = self._own(key, sender, member)
+        if record is None:
+            return False
+        self._tally(record, -1)
+        share = self._share(record)
+        for file_id in file_ids:
+            held = record.files.pop(file_id, None)
+            if held is None:
+                continue
+            entry, held_in_part = held
+            record.partial_files -= held_in_part
+            self._holdings -= 1
+            share.files -= 1
+            self._let_go(key, file_id, entry, held_in_part)
+        self._tally(record, +1)
+        record.last_seen = now
+        self._records.move_to_end(key)
+        return True
+
     def _forget(self, key: HolderKey) -> list[str] | None:
         """Remove a holder; the file ids it leaves with no complete holder, or None if it was unknown."""
         record = self._records.pop(key, None)
@@ -394,22 +422,29 @@ class HolderRegistry:
         self._tally(record, -1)
         self._release(record)
         self._holdings -= len(record.files)
-        orphans = []
-        for file_id, (entry, held_in_part) in record.files.items():
-            file = self._files[file_id]
-            if held_in_part:
-                file.partial.discard(key)
-            else:
-                file.complete.discard(key)
-                if not file.complete:
-                    orphans.append(file_id)
-            self._drop_entry(file, entry)  # the last holder takes the last kept entry with it
-            if file.complete or file.partial:
-                self._ranked(file_id, file)
-            else:
-                del self._files[file_id]
-                self._order.remove(file_id)
-        return orphans
+        return [
+            file_id
+            for file_id, (entry, held_in_part) in record.files.items()
+            if self._let_go(key, file_id, entry, held_in_part)
+        ]
+
+    def _let_go(self, key: HolderKey, file_id: str, entry: FileEntry, held_in_part: bool) -> bool:
+        """Take one holding off the file's indexes (the holder's record and shares are the
+        caller's); whether it was the file's last complete holder."""
+        file = self._files[file_id]
+        orphaned = False
+        if held_in_part:
+            file.partial.discard(key)
+        else:
+            file.complete.discard(key)
+            orphaned = not file.complete
+        self._drop_entry(file, entry)  # the last holder takes the last kept entry with it
+        if file.complete or file.partial:
+            self._ranked(file_id, file)
+        else:
+            del self._files[file_id]
+            self._order.remove(file_id)
+        return orphaned
 
     def expire(self, now: float) -> list[HolderKey]:
         """Forget every holder not heard from for longer than the ttl."""

@@ -8,6 +8,10 @@ the store said into the datagram to send. Everything else is answered by `receiv
 Each request is answered in the protocol version it was asked in (messages.TRACKER_VERSIONS):
 a version 1 client never hears of partial holders, versions 1 and 2 never of `forbidden`.
 
+A `drop` (version 4) is refused like an unregister (`forbidden`: a holder another address
+registered), and answered `unknown_seeder` for a holder the tracker does not know (expired, or the
+tracker restarted): the sender's other files are not registered either, so it registers again.
+
 What the tracker believes: a sender that has not proven it receives at its source address
 (no valid connection id yet) gets no answer larger than what it sent. A proven sender speaks for
 its own address only: a holder at another host needs the swarm secret, which makes every sender
@@ -229,6 +233,14 @@ class TrackerCore:
                     methodcaller("unregister", key, sender=source, member=member),
                     lambda known: self._unregistered(key, known),
                 )
+            case messages.Drop(port=port, host=host, files=files):
+                key = self._holder(host, port, source)
+                if isinstance(key, messages.ErrorReply):
+                    return key
+                return _Call(
+                    methodcaller("drop", key, files, now, sender=source, member=member),
+                    lambda known: self._dropped(key, files, known),
+                )
             case messages.Lookup(v=v, name=name, file_id=file_id, port=port, host=host):
                 asker = None if port is None else (host or source[0], port)
                 lookup = methodcaller("lookup", name=name, file_id=file_id, limit=self.max_peers, exclude=asker)
@@ -271,6 +283,16 @@ class TrackerCore:
         if known:
             self.metrics.unregistrations.inc()
             log.info("holder unregistered", holder=f"{key[0]}:{key[1]}")
+        return messages.Ack(interval=self.interval)
+
+    def _dropped(self, key: HolderKey, files: list[str], known: Any) -> messages.Reply:
+        if isinstance(known, NotRegistrant):
+            return self._not_registrant(known)
+        if not known:
+            return messages.ErrorReply(code="unknown_seeder", message="register again")
+        dropped = len(set(files))
+        self.metrics.drops.inc(dropped)
+        log.info("holder dropped files", holder=f"{key[0]}:{key[1]}", files=dropped)
         return messages.Ack(interval=self.interval)
 
     def _found(self, v: int, found: Found) -> messages.Reply:

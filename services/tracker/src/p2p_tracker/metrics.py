@@ -32,6 +32,11 @@ class TrackerMetrics:
         self.unregistrations = Counter(
             "p2p_tracker_unregistrations_total", "Holders that unregistered on shutdown", registry=registry
         )
+        self.drops = Counter(
+            "p2p_tracker_drops_total",
+            "Files holders dropped while staying registered (file ids named in drops of known holders)",
+            registry=registry,
+        )
         self.expirations = Counter(
             "p2p_tracker_expirations_total", "Holders forgotten after missed heartbeats", registry=registry
         )
@@ -61,7 +66,7 @@ class TrackerMetrics:
         self.store_up.set(1)
         for reason in ("timeout", "connection"):
             self.store_errors.labels(reason)
-        for kind in ("connect", "register", "heartbeat", "unregister", "lookup", "list_files"):
+        for kind in ("connect", "register", "heartbeat", "unregister", "drop", "lookup", "list_files"):
             self.datagrams.labels(kind)
         for reason in ("invalid", "too_large", "unexpected", "unsupported_version"):
             self.malformed.labels(reason)

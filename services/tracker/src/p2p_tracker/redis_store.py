@@ -123,6 +123,26 @@ local function drop_entry(fid, entry)
   local name = name_of(entry)
   if not has_name(fid, name) then redis.call("ZREM", P .. "n:" .. name, fid) end
 end
+-- Take one holding (`value`, the holder's `f:FILE_ID` field) off the file's indexes; the holder's
+-- hash, counts and share are the caller's. Whether it was the file's last complete holder.
+local function let_go(key, fid, value)
+  local c, p = P .. "c:" .. fid, P .. "p:" .. fid
+  local orphaned = false
+  if string.sub(value, 2, 2) == "1" then
+    redis.call("SREM", p, key)
+  else
+    redis.call("SREM", c, key)
+    orphaned = redis.call("SCARD", c) == 0
+  end
+  if string.sub(value, 1, 1) == "1" then drop_entry(fid, string.sub(value, 3)) end
+  if redis.call("SCARD", c) + redis.call("SCARD", p) > 0 then
+    ranked(fid)
+  else
+    redis.call("ZREM", P .. "order", fid)
+    redis.call("DEL", P .. "e:" .. fid)
+  end
+  return orphaned
+end
 -- Remove a holder from every index; the file ids it leaves without a complete holder, or nil.
 local function forget(key)
   local hk = P .. "h:" .. key
@@ -143,22 +163,7 @@ local function forget(key)
   local orphans = {}
   for field, value in pairs(record) do
     local fid = string.match(field, "^f:(.*)$")
-    if fid then
-      local c, p = P .. "c:" .. fid, P .. "p:" .. fid
-      if string.sub(value, 2, 2) == "1" then
-        redis.call("SREM", p, key)
-      else
-        redis.call("SREM", c, key)
-        if redis.call("SCARD", c) == 0 then orphans[#orphans + 1] = fid end
-      end
-      if string.sub(value, 1, 1) == "1" then drop_entry(fid, string.sub(value, 3)) end
-      if redis.call("SCARD", c) + redis.call("SCARD", p) > 0 then
-        ranked(fid)
-      else
-        redis.call("ZREM", P .. "order", fid)
-        redis.call("DEL", P .. "e:" .. fid)
-      end
-    end
+    if fid and let_go(key, fid, value) then orphans[#orphans + 1] = fid end
   end
   return orphans
 end
@@ -271,6 +276,34 @@ _UNREGISTER = _COMMON + r"""
 local key, owner, member = ARGV[2], ARGV[3], ARGV[4] == "1"
 if not may_act(P .. "h:" .. key, key, owner, member) then return -1 end
 return forget(key) and 1 or 0
+"""
+
+_DROP = _COMMON + r"""
+local key, owner, member, now = ARGV[2], ARGV[3], ARGV[4] == "1", ARGV[5]
+local hk = P .. "h:" .. key
+if not may_act(hk, key, owner, member) then return -1 end
+if redis.call("EXISTS", hk) == 0 then return 0 end
+local n, np = num(redis.call("HGET", hk, "n")), num(redis.call("HGET", hk, "np"))
+tally(n, np, -1)
+local dropped = 0
+for i = 6, #ARGV do
+  local fid = ARGV[i]
+  local value = redis.call("HGET", hk, "f:" .. fid)
+  if value then  -- a file it does not hold (or a repeated id) is ignored
+    redis.call("HDEL", hk, "f:" .. fid)
+    if string.sub(value, 2, 2) == "1" then np = np - 1 end
+    n, dropped = n - 1, dropped + 1
+    let_go(key, fid, value)
+  end
+end
+redis.call("HSET", hk, "n", n, "np", np)
+tally(n, np, 1)
+if dropped > 0 then
+  share_add(address(redis.call("HGET", hk, "o"), key), 0, 0 - dropped)
+  redis.call("HINCRBY", stats, "holdings", 0 - dropped)
+end
+redis.call("ZADD", P .. "seen", now, key)
+return 1
 """
 
 _EXPIRE = _COMMON + r"""
@@ -389,6 +422,10 @@ class _Plans:
     def unregister(self, key, sender=None, member=False) -> _Plan:
         return _Plan("unregister", [_holder(key), _owner(sender), int(member)], _known(key))
 
+    def drop(self, key, file_ids, now, sender=None, member=False) -> _Plan:
+        args = [_holder(key), _owner(sender), int(member), repr(float(now)), *file_ids]
+        return _Plan("drop", args, _known(key))
+
     def lookup(self, name=None, file_id=None, limit=50, exclude=None) -> _Plan:
         by, target = ("id", file_id) if file_id is not None else ("name", name or "")
         pick = self.store._pick
@@ -435,8 +472,8 @@ class RedisStore:
         self._stats = Stats()
         self._plans = _Plans(self)
         self._sources = {
-            "register": _REGISTER, "heartbeat": _HEARTBEAT, "unregister": _UNREGISTER, "expire": _EXPIRE,
-            "lookup": _LOOKUP, "list": _LIST, "stats": _STATS,
+            "register": _REGISTER, "heartbeat": _HEARTBEAT, "unregister": _UNREGISTER, "drop": _DROP,
+            "expire": _EXPIRE, "lookup": _LOOKUP, "list": _LIST, "stats": _STATS,
         }
         self._sha = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._sources.items()}
 
@@ -527,6 +564,9 @@ class RedisStore:
 
     async def unregister(self, key, sender=None, member=False) -> bool:
         return await self._planned(self._plans.unregister(key, sender, member))
+
+    async def drop(self, key, file_ids, now, sender=None, member=False) -> bool:
+        return await self._planned(self._plans.drop(key, file_ids, now, sender, member))
 
     async def lookup(self, name=None, file_id=None, limit=50, exclude=None) -> Found:
         return await self._planned(self._plans.lookup(name, file_id, limit, exclude))

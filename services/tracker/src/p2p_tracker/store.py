@@ -83,6 +83,12 @@ class RegistryStore(Protocol):
     async def unregister(self, key: HolderKey, sender: Sender | None = None, member: bool = False) -> bool:
         """Remove a holder; False if unknown; NotRegistrant if another address registered it."""
 
+    async def drop(
+        self, key: HolderKey, file_ids: list[str], now: float, sender: Sender | None = None, member: bool = False
+    ) -> bool:
+        """The holder no longer holds these files (HolderRegistry.drop), and is refreshed; False if
+        unknown; NotRegistrant if another address registered it."""
+
     async def lookup(
         self, name: str | None = None, file_id: str | None = None, limit: int = 50, exclude: HolderKey | None = None
     ) -> Found:
@@ -135,6 +141,9 @@ class MemoryStore:
 
     async def unregister(self, key, sender=None, member=False):
         return self.registry.unregister(key, sender=sender, member=member)
+
+    async def drop(self, key, file_ids, now, sender=None, member=False):
+        return self.registry.drop(key, file_ids, now, sender=sender, member=member)
 
     async def lookup(self, name=None, file_id=None, limit=50, exclude=None):
         entry = self.registry.resolve(name=name, file_id=file_id)
