@@ -345,7 +345,8 @@ async def failover(url: str, work: Path, interval: float = 2.0, rounds: int = 3)
             addresses = [t.address for t in trackers]
             link_client = TrackerClient(addresses)
             metrics = LinkMetrics(CollectorRegistry(), "bench")
-            link = HolderLink(link_client, 7000, None, [tracker_load.FILE], metrics)
+            link = HolderLink(link_client, 7000, None, metrics)
+            link.add(tracker_load.FILE)
             stop = asyncio.Event()
             running = asyncio.create_task(link.run(stop))
             clients = []

@@ -12,9 +12,9 @@ import pytest
 
 from prometheus_client import CollectorRegistry
 
-from p2p_leecher.download import Download, DownloadOptions
-from p2p_leecher.metrics import LeecherMetrics
-from p2p_leecher.output import verified_chunks
+from p2p_shared.net.download import Download, DownloadMetrics
+from p2p_shared.settings import DownloadSettings
+from p2p_shared.storage import verified_chunks
 from p2p_shared import wire
 from p2p_shared.hashing import hash_chunks
 from p2p_shared.manifest import Manifest
@@ -95,9 +95,14 @@ def test_manifest_that_does_not_hash_to_the_file_id_is_refused(tmp_path, pushgat
             # The liar asked first, as a shuffled lookup may list it: refused, counted, and the
             # manifest taken from the next seeder.
             registry = CollectorRegistry()
-            download = Download(None, DownloadOptions(tmp_path / "unused"), LeecherMetrics(registry))  # type: ignore[arg-type]
             peers = [("127.0.0.1", liar.port), ("127.0.0.1", honest.port)]
-            manifest = asyncio.run(download.fetch_manifest(liar.file_id, peers))
+
+            async def first_valid_manifest():
+                metrics = DownloadMetrics(registry, "leecher")
+                download = Download(liar.file_id, DownloadSettings(), None, metrics, None, lambda m: tmp_path / m.name)  # type: ignore[arg-type]
+                return await download.fetch_manifest(liar.file_id, peers)
+
+            manifest = asyncio.run(first_valid_manifest())
             assert manifest.encode() == liar.announced
             assert registry.get_sample_value("p2p_leecher_bad_manifests_total") == 1
             assert liar.manifests_sent == 2

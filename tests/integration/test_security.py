@@ -69,7 +69,7 @@ def test_without_a_secret_each_service_warns_once(swarm, tmp_path):
 async def test_peer_handshake_needs_the_same_secret_on_both_sides(tmp_path):
     import pytest
 
-    from p2p_leecher.peer import open_peer
+    from p2p_shared.net.peer_client import open_peer
     from p2p_shared.errors import PeerRejected
 
     data = random_file(tmp_path / "seed" / "p.bin", 1000)

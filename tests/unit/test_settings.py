@@ -30,7 +30,7 @@ def test_flags_override_environment_which_overrides_defaults(monkeypatch):
     monkeypatch.setenv("P2P_TRACKER", "tr:1")
     monkeypatch.setenv("P2P_FILE", "a.bin,b.bin")
     s = build_settings(SeederSettings, seeder_parser(), ["-p", "7200"])
-    assert s.port == 7200 and s.tracker == "tr:1" and [p.name for p in s.file] == ["a.bin", "b.bin"]
+    assert s.port == 7200 and s.tracker == (("tr", 1),) and [p.name for p in s.file] == ["a.bin", "b.bin"]
     assert s.chunk_size == 512 * 1024
 
 

@@ -60,12 +60,26 @@ class TrackerUnreachable(TrackerUnavailable):
 
 
 class TrackerRejected(P2PError):
-    """The tracker answered with a typed error."""
+    """The tracker answered with a typed error (mapped from its reply in the tracker client only)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"tracker refused: {code}: {message}")
         self.code = code
+        self.reason = message
+
+
+class HolderUnknown(TrackerRejected):
+    """The tracker does not know this holder (it expired, or the tracker restarted): register again."""
 
 
 class DownloadError(P2PError):
     """A download cannot finish; the message says why."""
+
+
+class PeerBanned(PeerError):
+    """This peer sent bad data, broke the protocol, or does not have the file: not used again
+    for this download."""
+
+
+class FinalExists(DownloadError):
+    """The final name was taken while we downloaded (perhaps by another leecher of the same file)."""

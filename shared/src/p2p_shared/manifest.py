@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .errors import ManifestError
 from .limits import MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_FILE_SIZE
@@ -75,9 +76,14 @@ class Manifest:
         header = _HEADER.pack(MAGIC, MANIFEST_VERSION, self.size, self.chunk_size, len(name))
         return header + name + self.digests
 
+    @cached_property
+    def raw_id(self) -> bytes:
+        """The file id: SHA-256 of the encoded manifest (hex only at the edges: `file_id`)."""
+        return hashlib.sha256(self.encode()).digest()
+
     @property
     def file_id(self) -> str:
-        return file_id_of(self.encode())
+        return self.raw_id.hex()
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:

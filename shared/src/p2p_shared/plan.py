@@ -9,6 +9,10 @@ asked for chunks that a partial holder we know already has: its upload is spent 
 leecher holds yet. A failed chunk is not handed to a peer that already failed it while another
 peer that has not failed it remains. When no chunk is left unassigned, chunks in flight are
 handed out a second time (endgame) and the first verified copy wins.
+
+A reader that streams the file (the HTTP gateway) makes the chunks just ahead of its position
+urgent (`prioritize`): they go first to any peer that holds them, before rarity counts, as
+libtorrent's piece deadlines do; the rest of the file is still fetched rarest-first.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class ChunkPlan:
         self._partial_avail = [0] * num_chunks  # of them, peers that are not origins
         self._full_peers = 0
         self._picked = 0
+        self._urgent: list[int] = []  # chunks readers wait for, most urgent first
 
     @property
     def finished(self) -> bool:
@@ -84,6 +89,14 @@ class ChunkPlan:
     def missing_held(self) -> int:
         """Chunks not verified yet that at least one connected peer announced."""
         return sum(1 for i, n in enumerate(self._avail) if n and i not in self._done)
+
+    def prioritize(self, indices: Iterable[int]) -> None:
+        """Chunks to fetch before all others, in this order (replaces the previous list)."""
+        self._urgent = [i for i in indices if 0 <= i < self.num_chunks and i not in self._done]
+
+    @property
+    def urgent(self) -> list[int]:
+        return [i for i in self._urgent if i not in self._done]
 
     def add_peer(self, peer: Peer, have: Iterable[int] | None = None, origin: bool = False) -> None:
         """A peer and what it holds (None: every chunk). An origin is a complete holder."""
@@ -141,6 +154,11 @@ class ChunkPlan:
             return None
         have = self._have[peer]
         origin = peer in self._origins
+        for index in self._urgent:
+            if index in self._pending and (have is None or index in have) and self._eligible(index, peer):
+                del self._pending[index]
+                self._picked += 1
+                return self._assign(index, peer)
         rarity = self._picked >= self.random_first
         floor = max(1, self._full_peers)  # no chunk is rarer than this: stop at the first one
         best, best_key = None, None

@@ -12,10 +12,10 @@ import re
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogFormat = Literal["auto", "console", "json"]
 
@@ -70,6 +70,21 @@ def parse_trackers(text: str, default_port: int | None = None) -> list[tuple[str
     return trackers
 
 
+Endpoint = tuple[str, int]  # a host name or address, and a port
+
+
+def show_endpoints(endpoints) -> str:
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in endpoints)
+
+
+def _trackers(value):
+    return tuple(parse_trackers(value)) if isinstance(value, str) else value
+
+
+# The replicas of one tracker, parsed once from `a:6969,b:6969` (a flag or P2P_TRACKER).
+Trackers = Annotated[tuple[Endpoint, ...], NoDecode, BeforeValidator(_trackers)]
+
+
 class TlsSettings(CommonSettings):
     """The common settings and the TLS files of the chunk channel (seeder and leecher)."""
 
@@ -93,6 +108,40 @@ class ServingSettings(TlsSettings):
     max_connections_per_address: int = Field(64, ge=1)
     connection_timeout: float = Field(90.0, gt=0)
     handshake_timeout: float = Field(10.0, gt=0)
+
+
+class EngineSettings(ServingSettings):
+    """What a host's engine takes (p2p_shared.net.engine): the tracker, and its peer server's limits."""
+
+    tracker: Trackers = (("127.0.0.1", 6969),)
+
+
+class DownloadSettings(EngineSettings):
+    """What each download of an engine takes (p2p_shared.net.download)."""
+
+    min_seeders: int = Field(1, ge=1)
+    wait: float = Field(30.0, ge=0)
+    wait_for_file: bool = False
+    max_peers: int = Field(8, ge=1, le=50)
+    pipeline_depth: int = Field(4, ge=1, le=64)
+    chunk_timeout: float = Field(30.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
+    max_bad_chunks: int = Field(3, ge=1)
+    max_download_rate: float = Field(0, ge=0)
+    refresh_interval: float = Field(5.0, gt=0)  # seconds between lookups while downloading, at most
+
+
+def add_download_flags(group) -> None:
+    """The flags of DownloadSettings (the tracker's aside), on a parser or an argument group."""
+    group.add_argument("--min-seeders", type=int, help="seeders to wait for before starting (default 1)")
+    group.add_argument("--wait", type=float, help="seconds to wait for seeders at start, and without a verified chunk during the download, before giving up (default 30)")
+    group.add_argument("--wait-for-file", action="store_true", default=None, help="wait (--wait seconds) for a file the tracker does not know yet, instead of failing at once")
+    group.add_argument("--max-peers", type=int, help="seeders downloaded from at once (default 8)")
+    group.add_argument("--pipeline-depth", type=int, help="requests in flight per seeder (default 4)")
+    group.add_argument("--chunk-timeout", type=float, help="seconds a seeder may stay silent with requests pending (default 30)")
+    group.add_argument("--connect-timeout", type=float, help="seconds to connect and greet a seeder (default 5)")
+    group.add_argument("--max-bad-chunks", type=int, help="bad chunks before a seeder is dropped (default 3)")
+    group.add_argument("--max-download-rate", type=float, help="bytes/s from all seeders together; 0 (default) is unlimited")
 
 
 def add_serving_flags(group) -> None:
@@ -182,6 +231,8 @@ def _document(parser: argparse.ArgumentParser, model: type[BaseSettings]) -> Non
         default = field.get_default(call_default_factory=True)
         if isinstance(default, list):
             default = ",".join(str(d) for d in default)
+        elif isinstance(default, tuple):
+            default = show_endpoints(default)
         shown = {None: "unset", False: "off", True: "on"}.get(default, default)
         text = re.sub(r"\s*\(default [^()]*\)", "", action.help or "")
         text = re.sub(r"\s*\(env P2P_\w+\)", "", text)

@@ -42,7 +42,7 @@ class PartialSource:
     def __init__(self, manifest: Manifest, path: Path, verified: set[int]) -> None:
         self.manifest = manifest
         self.manifest_bytes = manifest.encode()
-        self._raw_id = bytes.fromhex(manifest.file_id)
+        self._raw_id = manifest.raw_id
         self._verified = set(verified)
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 

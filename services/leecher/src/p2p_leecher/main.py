@@ -6,55 +6,47 @@ import argparse
 import asyncio
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Literal
 
 import structlog
 from prometheus_client import CollectorRegistry, push_to_gateway
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from p2p_shared import messages
 from p2p_shared.errors import P2PError
 from p2p_shared.logs import configure_logging
+from p2p_shared.net.download import Download, DownloadResult, Watcher
+from p2p_shared.net.engine import Engine
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import client_context, server_context
 from p2p_shared.net.tracker_client import TrackerClient
-from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_trackers
+from p2p_shared.settings import (
+    DownloadSettings,
+    add_common_flags,
+    add_download_flags,
+    add_serving_flags,
+    build_settings,
+)
 
-from .download import Download, DownloadOptions, DownloadResult
 from .metrics import LeecherMetrics
-from .sharing import Sharing
+from .progress import Progress
 
 log = structlog.get_logger()
 
 
-class LeecherSettings(ServingSettings):
+class LeecherSettings(DownloadSettings):
     target: str | None = Field(None, min_length=1)
     list: bool = False
-    tracker: str = "127.0.0.1:6969"
     output_dir: Path = Path(".")
-    min_seeders: int = Field(1, ge=1)
-    wait: float = Field(30.0, ge=0)
-    wait_for_file: bool = False
-    max_peers: int = Field(8, ge=1, le=50)
-    pipeline_depth: int = Field(4, ge=1, le=64)
-    chunk_timeout: float = Field(30.0, gt=0)
-    connect_timeout: float = Field(5.0, gt=0)
-    max_bad_chunks: int = Field(3, ge=1)
     progress: Literal["auto", "bar", "log"] = "auto"
     pushgateway: str | None = None
-    max_download_rate: float = Field(0, ge=0)
     no_share: bool = False
     listen_host: str = "0.0.0.0"
     listen_port: int = Field(0, ge=0, le=65535)
     seed_time: float = 0.0
-
-    @field_validator("tracker")
-    @classmethod
-    def _tracker(cls, value: str) -> str:
-        parse_trackers(value)
-        return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,16 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", default=None, help="list the files on the network and exit")
     p.add_argument("--tracker", help="tracker HOST:PORT, or several replicas of one tracker: HOST:PORT,HOST:PORT (default 127.0.0.1:6969)")
     p.add_argument("-o", "--output-dir", type=Path, help="folder for the downloaded file (default .)")
-    p.add_argument("--min-seeders", type=int, help="seeders to wait for before starting (default 1)")
-    p.add_argument("--wait", type=float, help="seconds to wait for seeders at start, and without a verified chunk during the download, before giving up (default 30)")
-    p.add_argument("--wait-for-file", action="store_true", default=None, help="wait (--wait seconds) for a file the tracker does not know yet, instead of failing at once")
-    p.add_argument("--max-peers", type=int, help="seeders downloaded from at once (default 8)")
-    p.add_argument("--pipeline-depth", type=int, help="requests in flight per seeder (default 4)")
-    p.add_argument("--chunk-timeout", type=float, help="seconds a seeder may stay silent with requests pending (default 30)")
-    p.add_argument("--connect-timeout", type=float, help="seconds to connect and greet a seeder (default 5)")
-    p.add_argument("--max-bad-chunks", type=int, help="bad chunks before a seeder is dropped (default 3)")
+    add_download_flags(p)
     p.add_argument("--progress", choices=["auto", "bar", "log"], help="auto: a bar on a terminal, log lines otherwise")
-    p.add_argument("--max-download-rate", type=float, help="bytes/s from all seeders together; 0 (default) is unlimited")
     p.add_argument("--tls-ca", type=Path, help="talk TLS to seeders, accepting certificates signed by this CA")
     p.add_argument("--tls-cert", type=Path, help="client certificate for seeders that require one (with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="private key of --tls-cert")
@@ -121,7 +105,7 @@ LIST_PAGES = 64  # pages of 16 files `--list` asks for at most: the first 1024 f
 
 async def list_files(settings: LeecherSettings) -> int:
     """Print the files on the network, most seeded first, from the tracker's pages (by file id)."""
-    tracker = TrackerClient(parse_trackers(settings.tracker), secret=settings.secret_bytes())
+    tracker = TrackerClient(list(settings.tracker), secret=settings.secret_bytes())
     files: list[messages.FileSummary] = []
     after, total = None, 0
     try:
@@ -143,18 +127,55 @@ async def list_files(settings: LeecherSettings) -> int:
     return 0
 
 
-def sharing_for(settings: LeecherSettings, tracker: TrackerClient, metrics: LeecherMetrics) -> Sharing | None:
+def sharing_for(settings: LeecherSettings) -> tuple[tuple[str, int] | None, ssl.SSLContext | None]:
+    """Where to serve peers, and over what: None when the leecher does not share."""
     if settings.no_share:
-        return None
+        return None, None
     tls = None
     if settings.tls_ca:
         if not (settings.tls_cert and settings.tls_key):
             log.warning("not sharing: serving over TLS needs --tls-cert and --tls-key")
-            return None
+            return None, None
         tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
-    return Sharing(
-        tracker, settings, metrics, host=settings.listen_host, port=settings.listen_port, seed_time=settings.seed_time, tls=tls
-    )
+    return (settings.listen_host, settings.listen_port), tls
+
+
+class ShowProgress(Watcher):
+    """The download's progress: a bar on a terminal, log lines otherwise."""
+
+    def __init__(self, bar: bool) -> None:
+        self.bar = bar
+        self.progress: Progress | None = None
+
+    async def started(self, download: Download) -> None:
+        manifest = download.manifest
+        assert manifest is not None
+        done = sum(manifest.chunk_span(i)[1] for i in download.verified)
+        self.progress = Progress(manifest.name, manifest.size, done, self.bar)
+        self.progress.set_peers(download.peer_count)
+
+    def delivered(self, download: Download, index: int, length: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(length)
+
+    def peers(self, download: Download, count: int) -> None:
+        if self.progress is not None:
+            self.progress.set_peers(count)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+
+async def seed(seconds: float, port: int | None, stop: asyncio.Event) -> None:
+    """Serve the complete file for `seconds` (negative: until SIGTERM/SIGINT), or until `stop`."""
+    if port is None or seconds == 0:
+        return
+    log.info("seeding", seconds=None if seconds < 0 else seconds, port=port)
+    try:
+        await asyncio.wait_for(stop.wait(), None if seconds < 0 else seconds)
+    except TimeoutError:
+        pass
 
 
 async def fetch(settings: LeecherSettings) -> int:
@@ -162,45 +183,37 @@ async def fetch(settings: LeecherSettings) -> int:
     metrics = LeecherMetrics(registry)
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
     bar = settings.progress == "bar" or (settings.progress == "auto" and sys.stderr.isatty())
-    options = DownloadOptions(
-        output_dir=settings.output_dir,
-        min_seeders=settings.min_seeders,
-        wait=settings.wait,
-        wait_for_file=settings.wait_for_file,
-        max_peers=settings.max_peers,
-        depth=settings.pipeline_depth,
-        chunk_timeout=settings.chunk_timeout,
-        connect_timeout=settings.connect_timeout,
-        max_bad_chunks=settings.max_bad_chunks,
-        progress_bar=bar,
-        max_download_rate=settings.max_download_rate,
-        secret=settings.secret_bytes(),
-        tls=client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls_ca else None,
-    )
     settings.warn_if_open(log, "leecher")
-    tracker = TrackerClient(parse_trackers(settings.tracker), secret=settings.secret_bytes())
-    sharing = sharing_for(settings, tracker, metrics)
+    listen, server_tls = sharing_for(settings)
+    client_tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls_ca else None
+    engine = Engine(settings, metrics.engine, listen=listen, server_tls=server_tls, client_tls=client_tls)
     ended = asyncio.Event()  # the health file is kept fresh until the run ends
     health = asyncio.create_task(keep_healthy(settings.health_file, ended))
+    progress = ShowProgress(bar)
     try:
+        await engine.start()
         try:
             assert settings.target is not None
-            result = await Download(tracker, options, metrics, sharing).run(settings.target)
+            download = engine.fetch(settings.target, settings, place=lambda manifest: settings.output_dir / manifest.name)
+            download.watchers.append(progress)
+            assert download.task is not None
+            try:
+                result = await download.task
+            finally:
+                progress.close()
         except BaseException:
             metrics.downloads.labels("failed").inc()
             await push_metrics(settings.pushgateway, registry)
             raise
         report(result, metrics)
         await push_metrics(settings.pushgateway, registry)
-        if sharing is not None:
-            await sharing.completed()
-            await sharing.seed(stop_event())  # SIGTERM/SIGINT end the seeding, not the process
+        if engine.link is not None and not await engine.link.settled(10.0):
+            log.warning("tracker not told of the completed file yet")
+        await seed(settings.seed_time, engine.port, stop_event())  # SIGTERM/SIGINT end the seeding, not the process
     finally:
         ended.set()
         await health
-        if sharing is not None:
-            await sharing.close()
-        tracker.close()
+        await engine.close()
     return 0
 
 

@@ -17,14 +17,11 @@ from pydantic_settings import NoDecode
 from p2p_shared.errors import P2PError
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from p2p_shared.logs import configure_logging
-from p2p_shared.net.holder_link import HolderLink
-from p2p_shared.net.peer_server import PeerServer
+from p2p_shared.catalog import ManifestCache, load_file
+from p2p_shared.net.engine import Engine
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import server_context
-from p2p_shared.net.tracker_client import TrackerClient
-from p2p_shared.settings import ServingSettings, add_common_flags, add_serving_flags, build_settings, parse_trackers
-
-from .catalog import ManifestCache, load_file
+from p2p_shared.settings import EngineSettings, add_common_flags, add_serving_flags, build_settings
 from .metrics import SeederMetrics
 
 log = structlog.get_logger()
@@ -35,11 +32,10 @@ def _default_cache_dir() -> Path:
     return Path(base) / "p2p-seeder"
 
 
-class SeederSettings(ServingSettings):
+class SeederSettings(EngineSettings):
     file: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("large_text_file.txt")])
     host: str = "0.0.0.0"
     port: int = Field(7000, ge=1, le=65535)
-    tracker: str = "127.0.0.1:6969"
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_SIZE)
     metrics_port: int = Field(9102, ge=0, le=65535)
     cache_dir: Path | None = Field(default_factory=_default_cache_dir)
@@ -50,12 +46,6 @@ class SeederSettings(ServingSettings):
     @classmethod
     def _split(cls, value):
         return [p for p in value.split(",") if p] if isinstance(value, str) else value
-
-    @field_validator("tracker")
-    @classmethod
-    def _tracker(cls, value: str) -> str:
-        parse_trackers(value)
-        return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -121,34 +111,32 @@ async def serve(settings: SeederSettings) -> int:
     metrics.hash_seconds.set(hashing)
     metrics.files.set(len(files))
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
-    peers = PeerServer.configured(files, metrics.serving, settings, super_seed=not settings.no_super_seed)
     tls = None
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):
             raise P2PError("TLS needs both --tls-cert and --tls-key")
         tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
-    server = await peers.listen(settings.host, settings.port, tls)
-    log.info(
-        "seeder listening", host=settings.host, port=settings.port, files=len(files),
-        tls="mutual" if tls and settings.tls_ca else bool(tls),
-    )
-    client = TrackerClient(parse_trackers(settings.tracker), secret=settings.secret_bytes())
-    link = HolderLink(client, settings.port, settings.advertise_host, [f.entry() for f in files], metrics.link)
-
-    async def healthy_once_registered() -> None:  # serving and known to the tracker
-        await link.registered_once.wait()
-        await keep_healthy(settings.health_file, stop)
-
-    health = asyncio.create_task(healthy_once_registered())
-    offering = asyncio.create_task(peers.keep_offering(stop))
+    engine = Engine(settings, metrics.engine, listen=(settings.host, settings.port), server_tls=tls)
+    for seeded in files:
+        engine.serve(seeded, super_seed=not settings.no_super_seed)
     try:
-        await link.run(stop)
-    finally:
+        await engine.start()
+        log.info(
+            "seeder listening", host=settings.host, port=settings.port, files=len(files),
+            tls="mutual" if tls and settings.tls_ca else bool(tls),
+        )
+        link = engine.link
+        assert link is not None
+
+        async def healthy_once_registered() -> None:  # serving and known to the tracker
+            await link.registered_once.wait()
+            await keep_healthy(settings.health_file, stop)
+
+        health = asyncio.create_task(healthy_once_registered())
+        await stop.wait()
         health.cancel()
-        offering.cancel()
-        server.close()
-        await link.unregister()
-        client.close()
+    finally:
+        await engine.close()
     log.info("seeder stopped")
     return 0
 

@@ -1,5 +1,6 @@
-"""Serving peers over TCP, for seeders and sharing leechers alike: one coroutine per connection,
-requests answered in order, from any ChunkSource (a complete file, or a part file).
+"""Serving peers over TCP, for every holder alike: one coroutine per connection, requests
+answered in order, from the ChunkSources of the moment (complete files, part files), which come
+and go while the server runs. What to answer is decided in p2p_shared.serving; this is its I/O.
 
 A connection reads a batch of pipelined requests, then answers each: the CHUNK header with
 `write`, the payload with `sendfile` (chunk bytes never enter Python), a manifest in blocks.
@@ -9,10 +10,8 @@ kernel's socket buffer, and a peer that reads nothing holds a few hundred KiB of
 Caps on connections, in all and per address, apply as the TCP connection arrives, before any
 TLS handshake; refusals are counted, and logged at most once every REFUSAL_LOG_EVERY seconds.
 
-Peers that said they understand ANNOUNCE (a HELLO flag) hear of chunks as they become
-available: a leecher's newly verified chunks, or an origin's next offers (p2p_shared.offers).
-Announcements are written only between frames: one queued while a payload is in flight is
-sent right after it.
+Announcements (a download's newly verified chunks, an origin's next offers) are written only
+between frames: one queued while a payload is in flight is sent right after it.
 """
 
 from __future__ import annotations
@@ -30,9 +29,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .. import wire
 from ..errors import P2PError, RemoteProtocolError
-from ..handshake import HandshakeRefused, ServerHandshake
-from ..offers import OfferBook
 from ..ratelimit import TokenBucket
+from ..serving import Action, PeerState, Refuse, Send, SendChunk, SendManifest, ServingCore
 from ..source import ChunkSource
 
 if TYPE_CHECKING:
@@ -120,46 +118,37 @@ class Listener:
         self.sockets[0].close()
 
 
-class _Refuse(Exception):
-    def __init__(self, error: wire.Error, close: bool = False) -> None:
-        self.error, self.close = error, close
-
-
 class _Connection:
-    """One peer connection's state: what it subscribed to, and announcements waiting for a
-    frame boundary."""
+    """The shell's side of one connection: its writer, and the files it opened to send from."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    __slots__ = ("writer", "state", "opened", "sending")
+
+    def __init__(self, writer: asyncio.StreamWriter, state: PeerState) -> None:
         self.writer = writer
-        self.announces = False  # the peer understands ANNOUNCE
-        self.shares = False  # the peer serves what it downloads: an origin hands it offers
-        self.subscribed: set[bytes] = set()  # file ids it asked the have-set of
-        self.in_payload = False
-        self.queued: dict[bytes, list[int]] = {}
+        self.state = state
         self.opened: dict[bytes, BinaryIO] = {}
-        self.early_holds: dict[bytes, set[int]] = {}  # a HAVE sent before its GET_HAVE
-
-    def announce(self, file_id: bytes, indices: list[int]) -> None:
-        if not indices or not self.announces or file_id not in self.subscribed or self.writer.is_closing():
-            return
-        self.queued.setdefault(file_id, []).extend(indices)
-        if not self.in_payload:
-            self.flush()
+        self.sending: bytes | None = None  # the file whose payload is in flight
+        state.shell = self
 
     def flush(self) -> None:
-        for file_id, indices in self.queued.items():
-            for start in range(0, len(indices), wire.MAX_ANNOUNCED):
-                self.writer.write(wire.encode(wire.Announce(file_id, tuple(indices[start : start + wire.MAX_ANNOUNCED]))))
-        self.queued.clear()
+        """Announcements queued while a payload was in flight, or since the last frame."""
+        if self.state.in_payload or self.writer.is_closing():
+            return
+        for frame in self.state.take_queued():
+            self.writer.write(wire.encode(frame))
+
+    def forget(self, file_id: bytes) -> None:
+        """The file is served no more: close our handle now, or after the payload in flight."""
+        if self.sending != file_id and (handle := self.opened.pop(file_id, None)) is not None:
+            handle.close()
 
 
 class PeerServer:
-    """`super_seed`: offer each announce-capable downloader only a few chunks at a time
-    (p2p_shared.offers), for an origin whose upload must not be spent twice on one chunk."""
+    """The I/O of a peer server: accept within the caps, then read frames and carry out what
+    the serving core answers (p2p_shared.serving). Sources come and go while it runs."""
 
     def __init__(
         self,
-        sources: list[ChunkSource],
         metrics: ServingMetrics,
         idle_timeout: float,
         max_connections: int,
@@ -167,35 +156,58 @@ class PeerServer:
         max_per_address: int = 64,
         handshake_timeout: float = 10.0,
         secret: bytes | None = None,
-        super_seed: bool = False,
     ) -> None:
-        self.sources = {s.raw_id: s for s in sources}
+        self.core = ServingCore(secret)
         self.metrics = metrics
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.upload_limit = upload_limit  # shared by every connection
         self.max_per_address = max_per_address
         self.handshake_timeout = handshake_timeout
-        self.secret = secret
         self._refusals = 0  # connections refused since the last log line about them
         self._refusal_logged = -REFUSAL_LOG_EVERY
-        self._offers = {s.raw_id: OfferBook(s.manifest.num_chunks, order_key=s.raw_id) for s in sources} if super_seed else {}
         self._stale: set[bytes] = set()
         self._active = 0
         self._by_address: dict[str, int] = {}
-        self._connections: set[_Connection] = set()
 
     @classmethod
-    def configured(
-        cls, sources: list[ChunkSource], metrics: ServingMetrics, settings: ServingSettings, super_seed: bool = False
-    ) -> PeerServer:
+    def configured(cls, metrics: ServingMetrics, settings: ServingSettings) -> PeerServer:
         """A server with a seeder's or a sharing leecher's limits, from its settings."""
         limit = TokenBucket(settings.max_upload_rate, _now()) if settings.max_upload_rate else None
         return cls(
-            sources, metrics, settings.connection_timeout, settings.max_connections, limit,
+            metrics, settings.connection_timeout, settings.max_connections, limit,
             max_per_address=settings.max_connections_per_address, handshake_timeout=settings.handshake_timeout,
-            secret=settings.secret_bytes(), super_seed=super_seed,
+            secret=settings.secret_bytes(),
         )
+
+    # -- the files served ----------------------------------------------------------------------
+
+    def add(self, source: ChunkSource, super_seed: bool = False) -> None:
+        self.core.add(source, super_seed)
+        self._stale.discard(source.raw_id)
+
+    def remove(self, file_id: bytes) -> None:
+        """Serve the file no more; the handles our connections hold on it are closed (now, or
+        after the payload in flight), so an evicted file's space comes back."""
+        self.core.remove(file_id)
+        for state in self.core.connections:
+            state.shell.forget(file_id)  # type: ignore[union-attr]
+
+    def announce(self, file_id: bytes, index: int) -> None:
+        """A chunk of `file_id` became available here: tell the peers that follow it."""
+        for state in self.core.announce(file_id, index):
+            state.shell.flush()  # type: ignore[union-attr]
+
+    async def keep_offering(self, stop: asyncio.Event, every: float = 2.0) -> None:
+        """An origin's offers held by downloaders that stopped taking chunks go stale with time,
+        not with traffic: look for room every few seconds."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            for state in self.core.top_up_offers(_now()):
+                state.shell.flush()  # type: ignore[union-attr]
+
+    # -- connections ---------------------------------------------------------------------------
 
     async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> Listener:
         """Accept peers on `host:port` (port 0: any free one), within TLS when given. The caps
@@ -256,30 +268,16 @@ class PeerServer:
                 del self._by_address[address]
             self.metrics.connections_active.dec()
 
-    def announce(self, file_id: bytes, index: int) -> None:
-        """A chunk of `file_id` became available here: tell the peers that follow it."""
-        for conn in self._connections:
-            conn.announce(file_id, [index])
-
-    async def keep_offering(self, stop: asyncio.Event, every: float = 2.0) -> None:
-        """An origin's offers held by downloaders that stopped taking chunks go stale with time,
-        not with traffic: look for room every few seconds."""
-        while self._offers and not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every)
-            for file_id, book in self._offers.items():
-                for conn, new in book.top_up_all(_now()).items():
-                    conn.announce(file_id, new)
-
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str) -> None:
         """One admitted connection (within the caps, past TLS), until it ends."""
-        conn = _Connection(writer)
+        core = self.core
+        conn = _Connection(writer, core.connect())
+        state = conn.state
         frames = wire.FrameReader(max_payload=0, accept=wire.SERVER_HANDSHAKE)
-        handshake = ServerHandshake(self.secret)
         try:
             while True:
                 # A peer that never completes its HELLO is dropped sooner than an idle one.
-                timeout = self.idle_timeout if handshake.done else min(self.idle_timeout, self.handshake_timeout)
+                timeout = self.idle_timeout if state.ready else min(self.idle_timeout, self.handshake_timeout)
                 data = await asyncio.wait_for(reader.read(65536), timeout)
                 if not data:
                     break
@@ -288,23 +286,19 @@ class PeerServer:
                     pending = pending[frames.receive_frame(pending) :]
                     if (event := frames.next_event()) is None:
                         break
-                    try:
-                        if not handshake.done:
-                            for frame in handshake.receive(event):
-                                writer.write(wire.encode(frame))
-                            if handshake.done:
-                                frames.accept = wire.SERVER_RECEIVES
-                                conn.announces = bool(handshake.peer_flags & wire.FLAG_ANNOUNCE)
-                                conn.shares = conn.announces and bool(handshake.peer_flags & wire.FLAG_SHARES)
-                                self._connections.add(conn)
-                        else:  # a peer that stops reading is dropped like an idle one
-                            await asyncio.wait_for(self._answer(event, conn), self.idle_timeout)
-                    except (_Refuse, HandshakeRefused) as refusal:
-                        self.metrics.refused.labels(refusal.error.code.name.lower()).inc()
-                        writer.write(wire.encode(refusal.error))
-                        if isinstance(refusal, HandshakeRefused) or refusal.close:
-                            await writer.drain()
+                    answering = state.ready
+                    actions = core.receive(state, event, _now())
+                    if state.ready:
+                        frames.accept = wire.SERVER_RECEIVES
+                    if not answering:  # the handshake
+                        if await self._carry_out(conn, actions):
                             return
+                        continue
+                    # A peer that stops reading is dropped like an idle one.
+                    if await asyncio.wait_for(self._carry_out(conn, actions), self.idle_timeout):
+                        return
+                    conn.flush()
+                    await asyncio.wait_for(writer.drain(), self.idle_timeout)  # one answer at a time in our memory
                 await asyncio.wait_for(writer.drain(), self.idle_timeout)
         except TimeoutError:  # idle, or not reading what we send: what is queued is dropped with it
             log.debug("idle connection closed", peer=label)
@@ -316,12 +310,37 @@ class PeerServer:
         except (ConnectionError, OSError) as exc:
             log.debug("connection lost", peer=label, error=str(exc))
         finally:
-            self._connections.discard(conn)
-            for book in self._offers.values():
-                book.leave(conn)
-            for f in conn.opened.values():
-                f.close()
+            core.disconnect(state)
+            for handle in conn.opened.values():
+                handle.close()
             writer.close()
+
+    async def _carry_out(self, conn: _Connection, actions: list[Action]) -> bool:
+        """Write what the core answered; True if the connection is to close."""
+        writer = conn.writer
+        for action in actions:
+            match action:
+                case Send(frame=frame):
+                    writer.write(wire.encode(frame))
+                case SendChunk():
+                    refusal = await self._serve_chunk(conn, action)
+                    if refusal is not None:
+                        action = refusal
+                    else:
+                        continue
+                case SendManifest(file_id=file_id, body=body):
+                    view = memoryview(body)  # written from the one copy we keep
+                    writer.write(wire.manifest_header(file_id, len(view)))
+                    for start in range(0, len(view), COPY_BLOCK):
+                        writer.write(view[start : start + COPY_BLOCK])
+                        await writer.drain()
+            if isinstance(action, Refuse):
+                self.metrics.refused.labels(action.error.code.name.lower()).inc()
+                writer.write(wire.encode(action.error))
+                if action.close:
+                    await writer.drain()
+                    return True
+        return False
 
     def _refuse_connection(self, label: str) -> None:
         self.metrics.refused.labels("too_many_connections").inc()
@@ -331,101 +350,41 @@ class PeerServer:
             log.warning("connections refused: too many connections", last_peer=label, refused=self._refusals)
             self._refusals, self._refusal_logged = 0, now
 
-    def _source(self, file_id: bytes, index: int = 0) -> ChunkSource:
-        source = self.sources.get(file_id)
-        if source is None:
-            raise _Refuse(wire.Error(wire.ErrorCode.UNKNOWN_FILE, "no such file here", file_id, index))
-        return source
 
-    def _downloader_holds(self, conn: _Connection, file_id: bytes, indices) -> None:
-        """What a downloader holds (its HAVE, then ANNOUNCEs): an origin offers it other chunks."""
-        book = self._offers.get(file_id)
-        if book is None or not conn.shares:
-            return
-        if book.joined(conn):
-            conn.announce(file_id, book.holds(conn, indices, _now()))
-        else:
-            conn.early_holds.setdefault(file_id, set()).update(indices)
-
-    def _check_indices(self, source: ChunkSource, indices) -> None:
-        if any(not 0 <= i < source.manifest.num_chunks for i in indices):
-            raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, "chunk index out of range", source.raw_id), close=True)
-
-    async def _answer(self, event: wire.Event, conn: _Connection) -> None:
-        writer = conn.writer
-        match event:
-            case wire.Request(file_id, index):
-                await self._serve_chunk(conn, file_id, index)
-            case wire.GetManifest(file_id):
-                body = memoryview(self._source(file_id).manifest_bytes)  # written from the one copy we keep
-                writer.write(wire.manifest_header(file_id, len(body)))
-                for start in range(0, len(body), COPY_BLOCK):
-                    writer.write(body[start : start + COPY_BLOCK])
-                    await writer.drain()
-            case wire.GetHave(file_id):
-                source = self._source(file_id)
-                conn.subscribed.add(file_id)
-                book = self._offers.get(file_id)
-                num = source.manifest.num_chunks
-                if book is not None and conn.shares:
-                    have = wire.Have.of(file_id, num, book.join(conn, _now(), conn.early_holds.pop(file_id, ())))
-                elif (held := source.held()) is None:
-                    have = wire.Have.full(file_id, num)
-                else:
-                    have = wire.Have.of(file_id, num, held)
-                writer.write(wire.encode(have))
-            case wire.Have(file_id, num_chunks):
-                source = self._source(file_id)
-                if num_chunks != source.manifest.num_chunks:
-                    raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, "HAVE of the wrong length", file_id), close=True)
-                self._downloader_holds(conn, file_id, event.indices())
-            case wire.Announce(file_id, indices):
-                self._check_indices(self._source(file_id), indices)
-                self._downloader_holds(conn, file_id, indices)
-            case wire.Decline(file_id, indices):
-                self._check_indices(self._source(file_id), indices)
-                book = self._offers.get(file_id)
-                if book is not None and conn.shares:
-                    conn.announce(file_id, book.decline(conn, indices, _now()))
-            case _:
-                raise _Refuse(wire.Error(wire.ErrorCode.BAD_REQUEST, f"unexpected {type(event).__name__} frame"))
-        await writer.drain()  # one answer at a time in our memory: the peer must take it first
-
-    async def _serve_chunk(self, conn: _Connection, file_id: bytes, index: int) -> None:
+    async def _serve_chunk(self, conn: _Connection, chunk: SendChunk) -> Refuse | None:
+        """Send one chunk: the header, then the payload with sendfile. A file that cannot be
+        read, or changed since it was hashed, is refused instead."""
         started = time.perf_counter()
-        source = self._source(file_id, index)
-        if not 0 <= index < source.manifest.num_chunks:
-            raise _Refuse(wire.Error(wire.ErrorCode.BAD_INDEX, "chunk index out of range", file_id, index))
-        if not source.has(index):
-            raise _Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "chunk not held here", file_id, index))
-        offset, length = source.manifest.chunk_span(index)
+        source, index, length = chunk.source, chunk.index, chunk.length
+        file_id = source.raw_id
         handle = conn.opened.get(file_id)
         if handle is None:
             try:
                 handle = conn.opened[file_id] = source.open()
             except OSError as exc:
                 log.error("cannot open a served file", file=source.manifest.name, error=exc.strerror)
-                raise _Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "file unreadable", file_id, index)) from None
+                return Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "file unreadable", file_id, index))
         if not source.servable(handle):
             if file_id not in self._stale:
                 self._stale.add(file_id)
                 log.warning("file changed on disk since it was hashed; not serving it", file=source.manifest.name)
-            raise _Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "file changed since hashed", file_id, index))
+            return Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "file changed since hashed", file_id, index))
         if self.upload_limit is not None:
             await asyncio.sleep(self.upload_limit.reserve(length, asyncio.get_running_loop().time()))
         conn.writer.write(wire.chunk_header(file_id, index, length))
-        conn.in_payload = True
+        conn.state.in_payload, conn.sending = True, file_id
         try:
-            if length and await _send_payload(conn.writer, handle, offset, length) < length:
+            if length and await _send_payload(conn.writer, handle, chunk.offset, length) < length:
                 # The file shrank under us: the frame is cut short, so the stream is unusable.
                 log.warning("file shrank while being served", file=source.manifest.name)
                 raise ConnectionAbortedError("short file")
         finally:
-            conn.in_payload = False
+            conn.state.in_payload, conn.sending = False, None
+            if file_id not in self.core.sources:  # removed while we sent
+                conn.forget(file_id)
+        self.core.chunk_sent(conn.state, file_id, index, _now())
         conn.flush()
-        book = self._offers.get(file_id)
-        if book is not None and conn.shares:
-            conn.announce(file_id, book.sent(conn, index, _now()))
         self.metrics.chunks_served.inc()
         self.metrics.bytes_served.inc(length)
         self.metrics.serve_seconds.observe(time.perf_counter() - started)
+        return None

@@ -18,7 +18,7 @@ import structlog
 
 from .. import messages
 from ..auth import Sealer
-from ..errors import RemoteProtocolError, TrackerRejected, TrackerUnavailable, TrackerUnreachable
+from ..errors import HolderUnknown, RemoteProtocolError, TrackerRejected, TrackerUnavailable, TrackerUnreachable
 from ..retry import backoff_delays, fit_budget
 
 log = structlog.get_logger()
@@ -28,8 +28,9 @@ Address = tuple[int, tuple]  # one resolved address: (socket family, socket addr
 
 
 class _ClientProtocol(asyncio.DatagramProtocol):
-    def __init__(self, client: TrackerClient) -> None:
+    def __init__(self, client: TrackerClient, address: Address) -> None:
         self._client = client
+        self._address = address
 
     def datagram_received(self, data: bytes, addr) -> None:
         self._client._on_datagram(data, addr)
@@ -37,7 +38,7 @@ class _ClientProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # The socket is connected, so an ICMP "port unreachable" comes back as this error.
         if isinstance(exc, ConnectionRefusedError):
-            self._client._on_refused()
+            self._client._on_refused(self._address)
 
 
 class TrackerClient:
@@ -59,6 +60,8 @@ class TrackerClient:
         self._transport: asyncio.DatagramTransport | None = None
         self._address: Address | None = None  # the one in use
         self._waiting: dict[int, asyncio.Future] = {}
+        self._sent_to: dict[int, Address] = {}  # where each waiting request went
+        self._switching = asyncio.Lock()  # one change of address at a time, whoever asks
         self._rng = rng or random.Random()
 
     @property
@@ -90,7 +93,12 @@ class TrackerClient:
 
     async def _use(self, avoid: list[Address]) -> Address:
         """The address to send to: the one in use unless it failed in this exchange, else the
-        next one that did not (a random one at first)."""
+        next one that did not (a random one at first). Requests under way at once (a holder's
+        heartbeat, a download's lookup) share the socket, so they switch one at a time."""
+        async with self._switching:
+            return await self._choose(avoid)
+
+    async def _choose(self, avoid: list[Address]) -> Address:
         addresses = await self._resolve()
         if self._address in addresses and self._address not in avoid:
             return self._address
@@ -111,15 +119,16 @@ class TrackerClient:
         self.close()
         family, sockaddr = address
         self._transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _ClientProtocol(self), family=family, remote_addr=sockaddr
+            lambda: _ClientProtocol(self, address), family=family, remote_addr=sockaddr
         )
         self._address = address
 
-    def _on_refused(self) -> None:
-        address = "" if self._address is None else _show(self._address)
+    def _on_refused(self, refused: Address) -> None:
+        """Nothing listens at `refused`: the requests sent there fail now, not after a timeout."""
+        address = _show(refused)
         error = TrackerUnreachable(f"tracker {address} refused: nothing listens on udp port {address.rpartition(':')[2]}")
-        for waiter in self._waiting.values():
-            if not waiter.done():
+        for txn, waiter in self._waiting.items():
+            if self._sent_to.get(txn) == refused and not waiter.done():
                 waiter.set_exception(error)
 
     def _on_datagram(self, data: bytes, addr) -> None:
@@ -136,7 +145,8 @@ class TrackerClient:
             waiter.set_result(reply)
 
     async def request(self, message: messages.Request, budget: float | None = None) -> messages.Reply:
-        """Send until answered; TrackerUnavailable after the last attempt times out.
+        """Send until answered; TrackerUnavailable after the last attempt times out. A typed
+        error answer raises TrackerRejected (HolderUnknown for a holder the tracker forgot).
 
         Requests other than `connect` carry a connection id, fetched (and renewed when the
         tracker asks) here. `budget` caps the time of each exchange, for periodic messages whose
@@ -149,6 +159,9 @@ class TrackerClient:
             if not (isinstance(reply, messages.ErrorReply) and reply.code == "connect_first"):
                 break
             self._connection = None  # expired, or a restarted tracker: connect again
+        if isinstance(reply, messages.ErrorReply):
+            error = HolderUnknown if reply.code == "unknown_seeder" else TrackerRejected
+            raise error(reply.code, reply.message)
         return reply
 
     async def _connection_id(self, budget: float | None) -> int:
@@ -173,7 +186,7 @@ class TrackerClient:
                 started = loop.time()
                 waiter = self._waiting[txn] = loop.create_future()
                 try:
-                    address = await self._use(failed)
+                    address = self._sent_to[txn] = await self._use(failed)
                     assert self._transport is not None
                     # Sealed again on every attempt: the tracker refuses a repeated nonce.
                     data = payload if self._sealer is None else self._sealer.seal(payload, time.time())
@@ -200,6 +213,7 @@ class TrackerClient:
                     continue
                 return reply
         finally:
+            self._sent_to.pop(txn, None)
             waiter = self._waiting.pop(txn, None)
             if waiter is not None:
                 waiter.cancel()

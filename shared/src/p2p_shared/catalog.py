@@ -19,10 +19,10 @@ from typing import BinaryIO
 
 import structlog
 
-from p2p_shared.errors import ManifestError, P2PError
-from p2p_shared.hashing import digest_chunks
-from p2p_shared.manifest import Manifest, chunk_count
-from p2p_shared.messages import FileEntry
+from .errors import ManifestError, P2PError
+from .hashing import digest_chunks
+from .manifest import Manifest, chunk_count
+from .messages import FileEntry
 
 log = structlog.get_logger()
 
@@ -34,7 +34,6 @@ class SeededFile:
     path: Path
     manifest: Manifest
     manifest_bytes: bytes
-    file_id: str
     signature: tuple[int, ...]  # its identity when hashed (`identity`): a changed file is not served
 
     complete = True
@@ -44,7 +43,11 @@ class SeededFile:
 
     @property
     def raw_id(self) -> bytes:
-        return bytes.fromhex(self.file_id)
+        return self.manifest.raw_id
+
+    @property
+    def file_id(self) -> str:
+        return self.manifest.file_id
 
     def has(self, index: int) -> bool:
         return 0 <= index < self.manifest.num_chunks
@@ -59,8 +62,12 @@ class SeededFile:
         return not self.changed(os.fstat(handle.fileno()))
 
     def entry(self) -> FileEntry:
-        m = self.manifest
-        return FileEntry(file_id=self.file_id, name=m.name, size=m.size, chunk_size=m.chunk_size)
+        return file_entry(self.manifest)
+
+
+def file_entry(manifest: Manifest) -> FileEntry:
+    """What the tracker keeps of a file."""
+    return FileEntry(file_id=manifest.file_id, name=manifest.name, size=manifest.size, chunk_size=manifest.chunk_size)
 
 
 def identity(st: os.stat_result) -> tuple[int, ...]:
@@ -133,4 +140,4 @@ def load_file(
     finally:
         os.close(fd)
     data = manifest.encode()
-    return SeededFile(path, manifest, data, manifest.file_id, identity(st)), hash_seconds
+    return SeededFile(path, manifest, data, identity(st)), hash_seconds

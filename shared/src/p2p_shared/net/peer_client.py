@@ -3,7 +3,7 @@
 The kernel copies each payload straight into a buffer from this connection's small pool
 (`recv_into` through `get_buffer`), and the pool refuses any payload beyond the requests in
 flight, so a peer cannot make us allocate more than `depth` chunk buffers. Frames become
-events on a queue that the download's worker for this peer consumes.
+events on a queue that the download's worker for this peer consumes (net/worker.py).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from p2p_shared import wire
-from p2p_shared.errors import PeerClosed, PeerConnectError, PeerRejected, PeerTimeout, RemoteProtocolError
-from p2p_shared.handshake import ClientHandshake
+from .. import wire
+from ..errors import PeerClosed, PeerConnectError, PeerRejected, PeerTimeout, RemoteProtocolError
+from ..handshake import ClientHandshake
 
 MAX_QUEUED_EVENTS = 1024
 

@@ -8,8 +8,8 @@ import socket
 import pytest
 import structlog
 
-from p2p_leecher import output
-from p2p_leecher.output import PartFile, verified_chunks
+from p2p_shared import storage as output
+from p2p_shared.storage import PartFile, verified_chunks
 from p2p_shared.errors import DownloadError
 from p2p_shared.manifest import Manifest
 
@@ -103,7 +103,7 @@ def test_the_aside_part_file_is_refused_as_well_when_it_is_a_link(tmp_path):
     first = PartFile(final, 4)  # holds the lock: a second writer goes aside
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"precious")
-    final.with_name(f"f.bin.{socket.gethostname()}-{os.getpid()}.part").symlink_to(outside)
+    final.with_name(f"f.bin.{os.uname().nodename}-{os.getpid()}.part").symlink_to(outside)
     with pytest.raises(DownloadError, match="symbolic link"):
         PartFile(final, 4)
     first.close()

@@ -18,7 +18,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import socket
 import stat
 import threading
 import time
@@ -26,18 +25,14 @@ from pathlib import Path
 
 import structlog
 
-from p2p_shared.errors import DownloadError
-from p2p_shared.hashing import digest_chunks
-from p2p_shared.manifest import Manifest
+from .errors import DownloadError, FinalExists
+from .hashing import digest_chunks
+from .manifest import Manifest
 
 log = structlog.get_logger()
 
 MIB = 1 << 20
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-class FinalExists(DownloadError):
-    """The final name was taken while we downloaded (perhaps by another leecher of the same file)."""
 
 
 def verified_chunks(path: Path, manifest: Manifest) -> set[int]:
@@ -146,7 +141,7 @@ class PartFile:
         self._no_space = False
         self.fd = self._open_locked(self.path)
         if self.fd < 0:
-            aside = final.with_name(f"{final.name}.{socket.gethostname()}-{os.getpid()}.part")
+            aside = final.with_name(f"{final.name}.{os.uname().nodename}-{os.getpid()}.part")
             log.info("another leecher is writing this file here; downloading aside", part=str(self.path), aside=str(aside))
             self.path = aside
             self.fd = self._open_locked(aside)

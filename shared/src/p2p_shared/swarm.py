@@ -1,0 +1,332 @@
+"""One download's conversations with its peers, without I/O: what to send, what each frame means.
+
+A `Swarm` holds the chunk plan of one file and a `PeerSession` per connected peer. The I/O shell
+feeds it what happened, `receive(peer, event, now)`: a frame from the peer, or `Checked`, the
+verdict on a chunk the shell hashed and wrote. It answers with effects for the shell to carry
+out (hash this payload, give this buffer back, a chunk is verified, end this peer), and leaves
+the frames to send in each session's outbox: one event may queue frames for several peers (an
+ANNOUNCE of a verified chunk to all of them, a DECLINE to an origin that offered a chunk another
+peer is sending). Time is passed in: a request paced by the download rate limit waits in its
+session until `ready_at`, and a peer silent with requests outstanding times out at `deadline`;
+the shell waits for those moments, as a simulator would advance its clock to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from random import Random
+
+import structlog
+
+from . import wire
+from .errors import PeerBanned, PeerError, PeerTimeout, RemoteProtocolError
+from .manifest import Manifest
+from .peers import RequestWindow
+from .plan import ChunkPlan
+from .ratelimit import TokenBucket
+
+log = structlog.get_logger()
+Peer = Hashable
+
+
+# -- what the shell tells the swarm, besides frames ------------------------------------------
+
+
+@dataclass(slots=True)
+class Checked:
+    """The shell hashed (and, if it matched, wrote) chunk `index`; `buffer` held its bytes."""
+
+    index: int
+    ok: bool
+    buffer: object = None
+
+
+# -- what the swarm asks of the shell ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Verify:
+    """Hash this payload against the manifest and write it if it matches; answer `Checked`."""
+
+    index: int
+    data: memoryview
+    buffer: object
+
+
+@dataclass(slots=True)
+class Release:
+    """A chunk buffer no longer needed (an endgame copy that lost the race)."""
+
+    buffer: object
+
+
+@dataclass(slots=True)
+class Delivered:
+    """The first valid copy of a chunk: verified and written."""
+
+    index: int
+    length: int
+    origin: bool
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A chunk that failed verification; it goes back to the plan."""
+
+    index: int
+
+
+@dataclass(slots=True)
+class Returned:
+    """Chunks put back in the plan, and why (the retries metric's reason)."""
+
+    count: int
+    reason: str
+
+
+@dataclass(slots=True)
+class End:
+    """This peer is done for this download (after the effects before it)."""
+
+    error: PeerError | RemoteProtocolError
+
+
+Effect = Verify | Release | Delivered | Rejected | Returned | End
+
+
+class PeerSession:
+    """One peer's conversation about one file: its request window and the frames waiting to go."""
+
+    __slots__ = ("peer", "label", "origin", "announces", "window", "outbox", "ready", "held", "heard_at")
+
+    def __init__(self, peer: Peer, label: str, origin: bool, announces: bool, depth: int, max_bad: int, now: float):
+        self.peer = peer
+        self.label = label
+        self.origin = origin  # a complete holder named by the tracker
+        self.announces = announces  # it sends and understands ANNOUNCE (and DECLINE)
+        self.window = RequestWindow(depth, max_bad)
+        self.outbox: list[wire.Event] = []
+        self.ready = False  # its have-set arrived: it is in the plan
+        self.held: tuple[float, int] | None = None  # a request paced by the rate limit: (send at, index)
+        self.heard_at = now  # the last frame from it, or the first request sent into its silence
+
+    @property
+    def in_air(self) -> bool:
+        """Requests sent and not answered yet."""
+        outstanding = len(self.window.outstanding)
+        return outstanding > (self.held is not None)
+
+    def take_outbox(self) -> list[wire.Event]:
+        frames, self.outbox = self.outbox, []
+        return frames
+
+
+class Swarm:
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        depth: int,
+        max_bad: int,
+        chunk_timeout: float,
+        shares: bool,
+        limit: TokenBucket | None = None,
+        done: Iterable[int] = (),
+        rng: Random | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.raw_id = manifest.raw_id
+        self.depth, self.max_bad, self.chunk_timeout = depth, max_bad, chunk_timeout
+        self.shares = shares  # we serve what we verify: peers hear of it
+        self.limit = limit
+        self.verified: set[int] = set(done)
+        # Under a download cap, endgame copies would spend the user's bandwidth on duplicates.
+        self.plan = ChunkPlan(manifest.num_chunks, done=self.verified, endgame_copies=1 if limit else 2, rng=rng)
+        self.sessions: dict[Peer, PeerSession] = {}
+        self._endgame = False
+        self._wake = False  # the plan changed so that every session may have work
+
+    @property
+    def finished(self) -> bool:
+        return self.plan.finished
+
+    # -- a peer comes and goes ---------------------------------------------------------------
+
+    def open(self, peer: Peer, label: str, origin: bool, announces: bool, now: float) -> PeerSession:
+        """A connection is up: tell the peer what we hold (so an origin offers us other chunks),
+        and ask for its have-set."""
+        session = PeerSession(peer, label, origin, announces, self.depth, self.max_bad, now)
+        if announces and self.shares:
+            session.outbox.append(wire.Have.of(self.raw_id, self.manifest.num_chunks, self.verified))
+        session.outbox.append(wire.GetHave(self.raw_id))
+        self.sessions[peer] = session
+        return session
+
+    def close(self, peer: Peer, now: float) -> int:
+        """The peer's connection ended: its chunks go back to the plan. Returns how many."""
+        self.sessions.pop(peer, None)
+        returned = len(self.plan.remove_peer(peer))
+        if returned:
+            self._fill_all(now)
+        return returned
+
+    # -- time --------------------------------------------------------------------------------
+
+    def deadline(self, peer: Peer) -> float | None:
+        """When this peer will have been silent too long, with requests outstanding."""
+        session = self.sessions[peer]
+        return session.heard_at + self.chunk_timeout if session.in_air else None
+
+    def ready_at(self, peer: Peer) -> float | None:
+        """When a request paced by the rate limit may go."""
+        held = self.sessions[peer].held
+        return None if held is None else held[0]
+
+    def tick(self, peer: Peer, now: float) -> list[Effect]:
+        """Time passed for this peer: a paced request may go, or the peer timed out."""
+        session = self.sessions[peer]
+        deadline = self.deadline(peer)
+        if deadline is not None and now >= deadline:
+            return [End(PeerTimeout(f"{session.label} sent nothing for {self.chunk_timeout:g}s"))]
+        self._fill(session, now)
+        return []
+
+    # -- what the peer said ------------------------------------------------------------------
+
+    def receive(self, peer: Peer, event: object, now: float) -> list[Effect]:
+        session = self.sessions[peer]
+        effects: list[Effect] = []
+        if not isinstance(event, Checked):
+            session.heard_at = now
+        match event:
+            case wire.Chunk(file_id=fid, index=index, data=data, buffer=buffer):
+                if fid != self.raw_id or not session.window.arrived(index):
+                    return [End(PeerBanned(f"{session.label} sent chunk {index}, which we did not ask for"))]
+                if self.plan.is_done(index):  # endgame: another peer was faster
+                    self.plan.complete(index, peer)
+                    effects.append(Release(buffer))
+                else:
+                    session.window.verifying += 1
+                    effects.append(Verify(index, data, buffer))
+            case Checked(index=index, ok=ok, buffer=buffer):
+                session.window.verifying -= 1
+                effects.append(Release(buffer))
+                if ok:
+                    self._delivered(session, index, effects)
+                else:
+                    log.warning("chunk failed verification", peer=session.label, chunk=index)
+                    effects.append(Rejected(index))
+                    self.plan.fail(index, peer)
+                    self._wake = True
+                    if session.window.strike():
+                        effects.append(End(PeerBanned(f"{session.label} sent {session.window.bad} chunks that failed verification")))
+            case wire.Have(file_id=fid, num_chunks=num_chunks) if not session.ready:
+                num = self.manifest.num_chunks
+                if fid != self.raw_id or num_chunks != num:
+                    return [End(PeerBanned(f"{session.label} announced {num_chunks} chunks, the manifest has {num}"))]
+                indices = event.indices()
+                self.plan.add_peer(peer, None if len(indices) == num else indices, origin=session.origin)
+                session.ready = True
+            case wire.Announce(file_id=fid, indices=indices) if session.ready:
+                if fid != self.raw_id:
+                    return [End(PeerBanned(f"{session.label} announced chunks of another file"))]
+                if max(indices) >= self.manifest.num_chunks:
+                    return [End(PeerBanned(f"{session.label} announced chunk {max(indices)} of a {self.manifest.num_chunks}-chunk file"))]
+                self.plan.peer_has(peer, indices)
+                if session.origin:  # offers of chunks we are getting anyway
+                    self._decline(session, [i for i in indices if self.plan.taken_elsewhere(i, peer)])
+            case wire.Error(code=code, message=message, index=index):
+                if not session.ready:
+                    return [End(PeerBanned(f"{session.label} does not serve this file ({code.name.lower()}: {message})"))]
+                if session.window.refused(index):
+                    self.plan.fail(index, peer)
+                    effects.append(Returned(1, "peer_error"))
+                    self._wake = True
+                if code == wire.ErrorCode.UNKNOWN_FILE:
+                    effects.append(End(PeerBanned(f"{session.label} does not serve this file")))
+                    return effects
+                log.warning("peer refused a chunk", peer=session.label, chunk=index, code=code.name, error=message)
+                if session.window.strike():
+                    effects.append(End(PeerBanned(f"{session.label} refused {session.window.bad} requests")))
+            case _:
+                return [End(RemoteProtocolError(f"{session.label} sent an unexpected {type(event).__name__}"))]
+        if not any(isinstance(e, End) for e in effects):
+            self._fill(session, now)
+        if self._wake:
+            self._fill_all(now)
+        return effects
+
+    def _delivered(self, session: PeerSession, index: int, effects: list[Effect]) -> None:
+        if not self.plan.complete(index, session.peer):
+            return  # an endgame copy that lost the race
+        self.verified.add(index)
+        effects.append(Delivered(index, self.manifest.chunk_span(index)[1], session.origin))
+        if self.shares:
+            for other in self.sessions.values():
+                if other.announces:
+                    _append_announce(other.outbox, self.raw_id, index)
+
+    # -- what to ask for ---------------------------------------------------------------------
+
+    def prioritize(self, indices: Iterable[int], now: float) -> None:
+        """Readers wait for these chunks, in this order: ask for them first."""
+        self.plan.prioritize(indices)
+        self._fill_all(now)
+
+    def _fill_all(self, now: float) -> None:
+        self._wake = False
+        for session in self.sessions.values():
+            self._fill(session, now)
+
+    def _fill(self, session: PeerSession, now: float) -> None:
+        """Keep the session's request window full, with chunks the plan picks for this peer."""
+        plan = self.plan
+        if not session.ready or plan.finished:
+            return
+        if session.held is not None:
+            at, index = session.held
+            if at > now:
+                return
+            session.held = None
+            self._send_request(session, index, now)
+        while session.window.room > 0:
+            index = plan.next_chunk(session.peer)
+            if index is None:
+                return
+            self._assigned(session, index)
+            session.window.asked(index)
+            if self.limit is not None:  # pace requests: the bytes follow them
+                delay = self.limit.reserve(self.manifest.chunk_span(index)[1], now)
+                if delay > 0:
+                    session.held = (now + delay, index)
+                    return
+            self._send_request(session, index, now)
+
+    def _send_request(self, session: PeerSession, index: int, now: float) -> None:
+        if not session.in_air:
+            session.heard_at = now  # its silence counts from now
+        session.outbox.append(wire.Request(self.raw_id, index))
+
+    def _assigned(self, session: PeerSession, index: int) -> None:
+        """A chunk asked of this peer: the origins that offered it too may offer us others
+        instead. Once none is left unassigned, idle sessions may start endgame copies."""
+        for other in self.sessions.values():
+            if other is not session and other.origin and other.ready and self.plan.holds(other.peer, index):
+                self._decline(other, [index])
+        if not self._endgame and not self.plan.unassigned_count:
+            self._endgame = True
+            self._wake = True
+
+    def _decline(self, session: PeerSession, indices: list[int]) -> None:
+        if indices and session.origin and session.announces:
+            session.outbox.append(wire.Decline(self.raw_id, tuple(indices)))
+
+
+def _append_announce(outbox: list[wire.Event], file_id: bytes, index: int) -> None:
+    """One ANNOUNCE for the chunks verified between two flushes."""
+    last = outbox[-1] if outbox else None
+    if isinstance(last, wire.Announce) and last.file_id == file_id and len(last.indices) < wire.MAX_ANNOUNCED:
+        outbox[-1] = wire.Announce(file_id, (*last.indices, index))
+    else:
+        outbox.append(wire.Announce(file_id, (index,)))
