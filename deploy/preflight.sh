@@ -68,6 +68,9 @@ if [ "$purpose" = test ]; then
   # Full-disk tests mount small ext4 images on loop devices (tmpfs hides what ext4 does).
   need mkfs.ext4 e2fsprogs "full-disk tests on ext4" || true
   need mount mount "full-disk tests on ext4" || true
+  # The per-host peer's gateway is tested with real HTTP clients.
+  need curl curl "HTTP gateway tests" || true
+  need aria2c aria2 "HTTP gateway tests: several connections from two gateways" || true
   # The Kubernetes manifests are rendered with `kubectl kustomize` (no cluster is contacted).
   need kubectl kubernetes-client "Kubernetes manifest renders" && say "kubectl: $(kubectl version --client 2>/dev/null | grep -o 'v[0-9][0-9.]*' | head -1)"
 fi

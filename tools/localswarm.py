@@ -365,6 +365,27 @@ class LocalSwarm:
         self.seeders.append(seeder)
         return seeder
 
+    def add_peer(self, cache_dir: Path, *args: str, ports: tuple[int, int, int] | None = None) -> Service:
+        """A per-host peer (p2p-peer), registered: its peer port `.port`, its gateway at `.url`
+        (`.http_port`), its metrics on `.metrics_port`. `ports` starts it again where it was."""
+        port = http_port = metrics_port = 0
+
+        def argv() -> list[str]:
+            nonlocal port, http_port, metrics_port
+            port, http_port, metrics_port = ports or (free_port(), free_port(), free_port())
+            return service_argv(
+                "peer", "-p", str(port), "--host", "127.0.0.1", "--tracker", self.tracker_addr,
+                "--cache-dir", str(cache_dir), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+                "--metrics-host", "127.0.0.1", *args,
+            )
+
+        peer = start_listening("peer", argv, "registered with tracker", self.env, timeout=120)
+        peer.port, peer.http_port, peer.metrics_port = port, http_port, metrics_port  # type: ignore[attr-defined]
+        peer.url = f"http://127.0.0.1:{http_port}"  # type: ignore[attr-defined]
+        peer.ports = (port, http_port, metrics_port)  # type: ignore[attr-defined]
+        self.others.append(peer)
+        return peer
+
     def leecher(self, target: str, output: Path, *args: str, env: dict[str, str] | None = None) -> Service:
         argv = service_argv("leecher", target, "--tracker", self.tracker_addr, "-o", str(output), *args)
         if "--metrics-port" not in args:

@@ -70,6 +70,18 @@ class Swarm:
             "--min-seeders", str(min_seeders), "--progress", "log", "--metrics-port", "0", *args,
         ], self.env)
 
+    def peer(self, host: Host, *args: str, http_port: int = 7080, wait: bool = True) -> Service:
+        """A per-host peer (p2p-peer), its cache in the run's folder, its gateway on the host's
+        address (`--http-host`) or on loopback."""
+        peer = self.bed.start(host, [
+            command("p2p-peer"), "-p", str(SEEDER_PORT), "--tracker", self.tracker_addr,
+            "--cache-dir", str(self.bed.workdir / f"peer-{host.name}"), "--http-port", str(http_port),
+            "--metrics-port", "0", *args,
+        ], self.env)
+        if wait:
+            peer.wait_for("registered with tracker", timeout=60)
+        return peer
+
     def output(self, host: Host) -> Path:
         return self.bed.workdir / f"out-{host.name}"
 

@@ -16,7 +16,7 @@ import hmac
 import os
 import struct
 
-from .errors import RemoteProtocolError
+from .errors import AuthError, RemoteProtocolError  # noqa: F401 (AuthError: raised here, imported from here)
 
 
 class ConnectionIds:
@@ -40,14 +40,6 @@ class ConnectionIds:
         return any(
             hmac.compare_digest(self._for(address, b).to_bytes(8, "big"), given) for b in (bucket, bucket - 1)
         )
-
-
-class AuthError(RemoteProtocolError):
-    """A message that fails the swarm secret: wrong mac, stale, or replayed."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"not authenticated: {reason}")
-        self.reason = reason
 
 
 _TRAILER = struct.Struct("!qQ32s")  # timestamp (ms), nonce, mac

@@ -141,3 +141,24 @@ def load_file(
         os.close(fd)
     data = manifest.encode()
     return SeededFile(path, manifest, data, identity(st)), hash_seconds
+
+
+def expand_paths(paths: list[Path]) -> list[tuple[Path, bool]]:
+    """Files as given, each with whether a link may be followed to it. A folder stands for the
+    regular files directly inside it: a symbolic link there may point anywhere (a private key
+    outside the folder), so links, like subfolders, are left out and said."""
+    expanded = []
+    for path in paths:
+        if path.is_dir():
+            inside = []
+            for entry in sorted(p for p in path.iterdir() if not p.name.startswith(".")):
+                if stat.S_ISREG(entry.lstat().st_mode):
+                    inside.append((entry, False))
+                else:
+                    log.warning("not seeding what is not a regular file in a seeded folder", path=str(entry))
+            if not inside:
+                raise P2PError(f"cannot seed {path}: the folder holds no files")
+            expanded += inside
+        else:
+            expanded.append((path, True))  # named by the operator: a link is theirs to follow
+    return expanded

@@ -1,4 +1,4 @@
-"""One exception hierarchy for the whole system.
+"""One exception hierarchy for the whole system: every error class of the library and the services.
 
 Local errors mean we misused an API (a bug on our side); remote errors mean a peer or the
 tracker sent bytes we refuse. OS-level failures are mapped once, at the I/O edge, to the
@@ -83,3 +83,66 @@ class PeerBanned(PeerError):
 
 class FinalExists(DownloadError):
     """The final name was taken while we downloaded (perhaps by another leecher of the same file)."""
+
+
+class FileNotFound(DownloadError):
+    """The tracker knows no live holder of this file (one lookup said so)."""
+
+
+class NoHolder(DownloadError):
+    """The file is known, but no holder could be reached, or none sent a valid manifest, in time."""
+
+
+class CacheFull(DownloadError):
+    """A file does not fit in the cache, even after evicting every file not in use."""
+
+
+# -- the swarm secret and the peer handshake ----------------------------------------------------
+
+
+class AuthError(RemoteProtocolError):
+    """A message that fails the swarm secret: wrong mac, stale, or replayed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not authenticated: {reason}")
+        self.reason = reason
+
+
+class HandshakeRefused(RemoteProtocolError):
+    """The client failed the handshake; `error` is the frame to send before closing."""
+
+    def __init__(self, code, message: str) -> None:  # code: a wire.ErrorCode
+        from .wire import Error
+
+        super().__init__(message)
+        self.error = Error(code, message)
+
+
+# -- the tracker's registry and its store ---------------------------------------------------------
+
+
+class Refused(Exception):
+    """A registry operation turned down; `reason` is its metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RegistryFull(Refused):
+    """A cap is reached: `holders`, `holders_per_address`, `files`, `files_per_address`, `files_per_holder`."""
+
+
+class NotRegistrant(Refused):
+    """Another sender registered this holder."""
+
+    def __init__(self, key: tuple[str, int]) -> None:
+        super().__init__("not_registrant", f"{key[0]}:{key[1]} was registered by another sender")
+
+
+class StoreUnavailable(P2PError):
+    """The store did not answer in time, or not at all; `reason` is its metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:  # reason: "timeout" or "connection"
+        super().__init__(message)
+        self.reason = reason

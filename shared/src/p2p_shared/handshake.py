@@ -14,17 +14,9 @@ import os
 
 from . import PEER_VERSION, wire
 from .auth import peer_proof
-from .errors import PeerError, PeerRejected, RemoteProtocolError
+from .errors import HandshakeRefused, PeerError, PeerRejected, RemoteProtocolError
 
 OUR_FLAGS = wire.FLAG_ANNOUNCE
-
-
-class HandshakeRefused(RemoteProtocolError):
-    """The client failed the handshake; `error` is the frame to send before closing."""
-
-    def __init__(self, code: wire.ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.error = wire.Error(code, message)
 
 
 class ServerHandshake:

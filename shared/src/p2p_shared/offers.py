@@ -56,6 +56,7 @@ class OfferBook:
         self._holds: dict[Conn, set[int]] = {}
         self._declined: dict[Conn, set[int]] = {}
         self._active_at: dict[Conn, float] = {}  # when each last joined or took a chunk
+        self._ever_offered: dict[Conn, set[int]] = {}  # it may still ask for these (declined ones too)
 
     def _begin(self) -> None:
         """A walk of the shared order from a random start, with nothing handed out yet."""
@@ -75,6 +76,7 @@ class OfferBook:
         self._offered[conn] = set()
         self._holds[conn] = set()
         self._declined[conn] = set()
+        self._ever_offered[conn] = set()
         self._active_at[conn] = now
         for index in holds:
             self._note(conn, index)
@@ -89,6 +91,7 @@ class OfferBook:
         for index in self._holds.pop(conn, ()):
             self._holders_now[index] -= 1
         self._declined.pop(conn, None)
+        self._ever_offered.pop(conn, None)
         self._active_at.pop(conn, None)
         if not self._offered:  # the swarm is gone: the next one starts a new walk
             self._begin()
@@ -101,6 +104,20 @@ class OfferBook:
         self._withdraw(conn, index)
         self._note(conn, index)
         return self._top_up(conn, now)
+
+    def claim(self, conn: Conn, index: int) -> bool:
+        """`conn` asks for `index`: whether we send it. A chunk ever offered to it, yes; one no
+        other downloader got or was offered yet (a streaming reader wants it now), yes, and it is
+        taken out of the walk; else no: the peers that hold it are where to get it."""
+        if conn not in self._offered or index in self._offered[conn] or index in self._ever_offered.get(conn, ()):
+            return True
+        if self._spread[index] or self._offered_to.get(index):
+            return False
+        with_index = [i for i in self._fresh if i != index]
+        if len(with_index) != len(self._fresh):
+            self._fresh = deque(with_index)
+        self._note(conn, index)
+        return True
 
     def holds(self, conn: Conn, indices: Iterable[int], now: float) -> list[int]:
         """`conn` says it holds these chunks (from anyone): new offers for it."""
@@ -158,6 +175,7 @@ class OfferBook:
         new = []
         while len(offers) < self.window and (index := self._next_for(conn, now)) is not None:
             offers.add(index)
+            self._ever_offered[conn].add(index)
             self._offered_to.setdefault(index, set()).add(conn)
             new.append(index)
         return new

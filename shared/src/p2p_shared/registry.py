@@ -42,6 +42,7 @@ from typing import Literal
 
 from sortedcontainers import SortedList
 
+from .errors import NotRegistrant, Refused, RegistryFull  # noqa: F401 (raised here, imported from here)
 from .messages import FileEntry
 
 HolderKey = tuple[str, int]  # (host, port) that peers connect to
@@ -51,25 +52,6 @@ HolderKind = Literal["complete", "partial"]
 LOST_FILE_MEMORY = 24 * 3600.0  # seconds a file whose complete holders all expired is remembered
 MAX_LOST_FILES = 10_000
 MAX_NAMES_PER_FILE = 8  # entries (name, size, chunk size) kept per file id
-
-
-class Refused(Exception):
-    """A registry operation turned down; `reason` is its metric label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class RegistryFull(Refused):
-    """A cap is reached: `holders`, `holders_per_address`, `files`, `files_per_address`, `files_per_holder`."""
-
-
-class NotRegistrant(Refused):
-    """Another sender registered this holder."""
-
-    def __init__(self, key: HolderKey) -> None:
-        super().__init__("not_registrant", f"{key[0]}:{key[1]} was registered by another sender")
 
 
 class _KeySet:

@@ -70,6 +70,24 @@ def parse_trackers(text: str, default_port: int | None = None) -> list[tuple[str
     return trackers
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_size(value) -> int:
+    """Bytes, or a number with a unit: `500MiB`, `20GiB`, `1.5GB` (KiB, MiB, GiB, TiB are powers
+    of 1024; KB, MB, GB, TB and K, M, G, T of 1000)."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"{value!r} is not a size: bytes, or a number with a unit such as 500MiB or 20GiB")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+
 Endpoint = tuple[str, int]  # a host name or address, and a port
 
 

@@ -49,6 +49,7 @@ class ErrorCode(IntEnum):
     UNSUPPORTED_VERSION = 4
     UNAVAILABLE = 5  # the seeder cannot read the file right now
     UNAUTHORIZED = 6  # no proof of the swarm secret
+    ELSEWHERE = 7  # an origin's answer to a chunk it did not offer and another peer already has: ask the peers
 
 
 FLAG_AUTH = 1  # HELLO flag: the sender holds the swarm secret; its 16-byte nonce follows

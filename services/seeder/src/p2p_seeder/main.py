@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import stat
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,7 @@ from pydantic_settings import NoDecode
 from p2p_shared.errors import P2PError
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from p2p_shared.logs import configure_logging
-from p2p_shared.catalog import ManifestCache, load_file
+from p2p_shared.catalog import ManifestCache, expand_paths, load_file
 from p2p_shared.net.engine import Engine
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
 from p2p_shared.net.tls import server_context
@@ -64,27 +63,6 @@ def parser() -> argparse.ArgumentParser:
     add_serving_flags(p)
     add_common_flags(p)
     return p
-
-
-def expand_paths(paths: list[Path]) -> list[tuple[Path, bool]]:
-    """Files as given, each with whether a link may be followed to it. A folder stands for the
-    regular files directly inside it: a symbolic link there may point anywhere (a private key
-    outside the folder), so links, like subfolders, are left out and said."""
-    expanded = []
-    for path in paths:
-        if path.is_dir():
-            inside = []
-            for entry in sorted(p for p in path.iterdir() if not p.name.startswith(".")):
-                if stat.S_ISREG(entry.lstat().st_mode):
-                    inside.append((entry, False))
-                else:
-                    log.warning("not seeding what is not a regular file in a seeded folder", path=str(entry))
-            if not inside:
-                raise P2PError(f"cannot seed {path}: the folder holds no files")
-            expanded += inside
-        else:
-            expanded.append((path, True))  # named by the operator: a link is theirs to follow
-    return expanded
 
 
 async def serve(settings: SeederSettings) -> int:

@@ -16,19 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
-from p2p_shared.errors import P2PError
+from p2p_shared.errors import StoreUnavailable  # noqa: F401 (raised by the stores, imported from here)
 from p2p_shared.messages import FileEntry
 from p2p_shared.registry import HolderKey, HolderRegistry, Refused, Sender
 
 FileRow = tuple[FileEntry, int, int]  # a file's entry, its complete and its partial holders
-
-
-class StoreUnavailable(P2PError):
-    """The store did not answer in time, or not at all; `reason` is its metric label."""
-
-    def __init__(self, reason: Literal["timeout", "connection"], message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

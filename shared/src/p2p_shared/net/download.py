@@ -25,8 +25,10 @@ from .. import messages, wire
 from ..errors import (
     DownloadError,
     P2PError,
+    FileNotFound,
     FinalExists,
     ManifestError,
+    NoHolder,
     PeerError,
     RemoteProtocolError,
     TrackerRejected,
@@ -123,6 +125,7 @@ class Download:
         *,
         me: tuple[str | None, int] | None = None,  # (advertised host, port) we serve on, if we share
         tls: ssl.SSLContext | None = None,
+        known: Callable[[str], Manifest | None] | None = None,  # manifests this host holds, by file id
     ) -> None:
         self.target = target
         self.settings = settings
@@ -133,8 +136,10 @@ class Download:
         self.me = me
         self.shares = me is not None
         self.tls = tls
+        self.known = known or (lambda file_id: None)
         self.watchers: list[Watcher] = []
         self.task: asyncio.Task[DownloadResult] | None = None  # the engine's task running it
+        self.whole = False  # someone wants the whole file, not only what readers read (prefetch)
         self.manifest: Manifest | None = None
         self.path: Path | None = None  # the final path
         self.part_path: Path | None = None  # where the bytes are while downloading
@@ -143,12 +148,13 @@ class Download:
         self.fetched_bytes = 0
         self.from_seeders = 0
         self.peer_count = 0
-        self._supervisor: Supervisor | None = None
+        self._seeders = self._peers = 0
+        loop = asyncio.get_running_loop()
+        self._supervisor = Supervisor(settings.wait, settings.max_peers, settings.refresh_interval, loop.time())
         self._part: PartFile | None = None
         self._writes: set[Future] = set()
         self._workers: dict[PeerKey, PeerWorker] = {}
         self._finished = asyncio.Event()
-        loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[None] = loop.create_future()  # the manifest known, the part file open
         self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if no one waits
         self._chunk_waiters: dict[int, list[asyncio.Future[None]]] = {}
@@ -167,7 +173,6 @@ class Download:
     def _meet(self, reply: messages.Peers) -> tuple[list[PeerKey], list[PeerKey]]:
         complete = [tuple(p) for p in reply.peers]
         partial = [tuple(p) for p in reply.partial or ()]
-        assert self._supervisor is not None
         self._supervisor.meet(complete, partial)
         return complete, partial  # type: ignore[return-value]
 
@@ -186,10 +191,10 @@ class Download:
                 reply = await self._lookup(target)
                 complete, partial = self._meet(reply)
                 found = len(complete) + len(partial)
-                if reply.file is not None and found >= opts.min_seeders:
+                if reply.file is not None and (found >= opts.min_seeders or self.known(reply.file.file_id)):
                     return reply.file, complete, partial
                 if reply.file is None and not opts.wait_for_file:
-                    raise DownloadError(
+                    raise FileNotFound(
                         f"{target} is not on the network: tracker {self.tracker.label} knows no live holder of it"
                         " (`p2p-leecher --list` shows the files it knows; --wait-for-file waits for it)"
                     )
@@ -200,8 +205,8 @@ class Download:
                     raise
             if loop.time() >= deadline:
                 if found == 0:
-                    raise DownloadError(f"no seeder holds {target} (waited {opts.wait:g}s)")
-                raise DownloadError(f"only {found} of {opts.min_seeders} seeders hold {target} (waited {opts.wait:g}s)")
+                    raise NoHolder(f"no seeder holds {target} (waited {opts.wait:g}s)")
+                raise NoHolder(f"only {found} of {opts.min_seeders} seeders hold {target} (waited {opts.wait:g}s)")
             if not said:
                 log.info("waiting for seeders", target=target, found=found, wanted=opts.min_seeders)
                 said = True
@@ -228,7 +233,19 @@ class Download:
                 if isinstance(exc, ManifestError):
                     self.metrics.bad_manifests.inc()
                 log.warning("manifest refused", peer=f"{host}:{port}", error=last)
-        raise DownloadError(f"no seeder sent a valid manifest for {file_id[:16]}: {last}")
+        raise NoHolder(f"no seeder sent a valid manifest for {file_id[:16]}: {last}")
+
+    async def describe(self) -> Manifest:
+        """The file's manifest: found through the tracker, then taken from this host if it holds
+        the file, else from the first holder whose copy hashes to the file id."""
+        entry, complete, partial = await self.find_holders()
+        self._seeders, self._peers = len(complete), len(partial)
+        manifest = self.known(entry.file_id)
+        if manifest is None:
+            # Complete holders first: partial ones may be leechers that have nothing yet.
+            manifest = await self.fetch_manifest(entry.file_id, complete + partial)
+        self.manifest = manifest
+        return manifest
 
     # -- the download -----------------------------------------------------------------------
 
@@ -236,15 +253,12 @@ class Download:
         loop = asyncio.get_running_loop()
         started = loop.time()
         opts = self.settings
-        self._supervisor = Supervisor(opts.wait, opts.max_peers, opts.refresh_interval, started)
-        entry, complete, partial = await self.find_holders()
-        # Complete holders first: partial ones may be leechers that have nothing yet.
-        manifest = self.manifest = await self.fetch_manifest(entry.file_id, complete + partial)
+        manifest = await self.describe()
+        final = self.path = self.place(manifest)
         log.info(
             "downloading", file=manifest.name, size=manifest.size, chunks=manifest.num_chunks, file_id=manifest.file_id,
-            seeders=len(complete), peers=len(partial),
+            seeders=self._seeders, peers=self._peers,
         )
-        final = self.path = self.place(manifest)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -320,6 +334,10 @@ class Download:
             self._readers[reader] = index
         self._prioritize(ahead)
 
+    @property
+    def readers(self) -> int:
+        return len(self._readers)
+
     def _prioritize(self, ahead: int = 4) -> None:
         if self.swarm is None:
             return
@@ -368,7 +386,7 @@ class Download:
                 self.from_seeders += length if origin else 0
                 self.metrics.chunks.inc()
                 self.metrics.bytes.labels("seeder" if origin else "peer").inc(length)
-                assert self._supervisor is not None and self.swarm is not None
+                assert self.swarm is not None
                 self._supervisor.delivered(peer, asyncio.get_running_loop().time())
                 for watcher in self.watchers:
                     watcher.delivered(self, index, length)
@@ -397,7 +415,7 @@ class Download:
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
         swarm, supervisor, part = self.swarm, self._supervisor, self._part
-        assert swarm is not None and supervisor is not None and part is not None
+        assert swarm is not None and part is not None
         file_id = swarm.manifest.file_id
         tasks: dict[asyncio.Task, PeerKey] = {}
         supervisor.progress_at = loop.time()
@@ -444,7 +462,7 @@ class Download:
 
     def _worker_ended(self, peer: PeerKey, task: asyncio.Task) -> None:
         swarm, supervisor = self.swarm, self._supervisor
-        assert swarm is not None and supervisor is not None
+        assert swarm is not None
         now = asyncio.get_running_loop().time()
         worker = self._workers.pop(peer)
         returned = swarm.close(peer, now)

@@ -108,17 +108,29 @@ class Engine(Watcher):
 
     # -- downloading ---------------------------------------------------------------------------
 
-    def fetch(self, target: str, settings: DownloadSettings, place: Callable[[Manifest], Path]) -> Download:
+    def download(
+        self, target: str, settings: DownloadSettings, place: Callable[[Manifest], Path],
+        known: Callable[[str], Manifest | None] | None = None,
+    ) -> Download:
+        """A download of `target` that is not started: for `describe`, or for `fetch` to run."""
+        assert self.metrics.downloads is not None, "this engine does not download"
+        me = (self.settings.advertise_host, self.port) if self.shares and self.port else None
+        return Download(
+            target, settings, self.tracker, self.metrics.downloads, self.pool, place, me=me, tls=self.client_tls,
+            known=known,
+        )
+
+    def fetch(
+        self, target: str, settings: DownloadSettings, place: Callable[[Manifest], Path],
+        known: Callable[[str], Manifest | None] | None = None,
+    ) -> Download:
         """The download of `target` (a name or a file id): a new one, or the one under way.
-        `place` says where a file goes, from its manifest."""
+        `place` says where a file goes, from its manifest; `known` gives the manifests this host
+        holds already (by file id), so they are not asked of peers."""
         found = self.downloads.get(target) or (self.downloads.get(bytes.fromhex(target)) if is_file_id(target) else None)
         if found is not None:
             return found
-        assert self.metrics.downloads is not None, "this engine does not download"
-        me = (self.settings.advertise_host, self.port) if self.shares and self.port else None
-        download = Download(
-            target, settings, self.tracker, self.metrics.downloads, self.pool, place, me=me, tls=self.client_tls
-        )
+        download = self.download(target, settings, place, known)
         download.watchers.append(self)
         self.downloads[target] = download
         download.task = asyncio.create_task(self._run(download))
