@@ -69,3 +69,35 @@ def tcp_seconds(path: Path, out: Path, verify: bool) -> float:
         os.close(fd)
         sender.join(30)
     return elapsed
+
+
+def one_chunk_seconds(port: int, file_id: str, chunk_size: int) -> float:
+    """One chunk from a seeder, as a downloader gets it: connect and greet, ask for chunk 0,
+    receive it and check its SHA-256 against the manifest. The yardstick of the gateway's time
+    to first byte, which must pay this and find the file (a lookup, the manifest) besides."""
+    import asyncio
+
+    from p2p_shared import wire
+    from p2p_shared.manifest import Manifest
+    from p2p_shared.net.peer_client import open_peer
+
+    async def once() -> float:
+        raw = bytes.fromhex(file_id)
+        probe = await open_peer("127.0.0.1", port, chunk_size=1, depth=0, timeout=10)
+        try:
+            probe.send(wire.GetManifest(raw))
+            manifest = Manifest.decode_verified((await probe.expect(wire.ManifestData, 10)).data, file_id)
+        finally:
+            probe.close()
+        started = time.perf_counter()
+        conn = await open_peer("127.0.0.1", port, chunk_size=chunk_size, depth=1, timeout=10)
+        try:
+            conn.send(wire.Request(raw, 0))
+            chunk = await conn.expect(wire.Chunk, 10)
+            if hashlib.sha256(chunk.data).digest() != manifest.chunk_digest(0):
+                raise RuntimeError("the seeder sent a bad chunk")
+            return time.perf_counter() - started
+        finally:
+            conn.close()
+
+    return asyncio.run(once())

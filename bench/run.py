@@ -264,6 +264,84 @@ def bench_startup(data: Path, work: Path, tracker_addr: str) -> dict:
     }
 
 
+def nginx(root: Path, work: Path) -> tuple[Service, int]:
+    """Debian's nginx serving `root` on a loopback port: one worker, sendfile on, no logs."""
+    port = free_port()
+    prefix = work / "nginx"
+    prefix.mkdir(parents=True, exist_ok=True)
+    temp = " ".join(f"{kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = prefix / "nginx.conf"
+    user = "user root root;\n" if os.geteuid() == 0 else ""  # as root, its worker would be nobody: no way into our temp folder
+    conf.write_text(
+        f"daemon off; {user}worker_processes 1; pid {prefix}/nginx.pid; error_log stderr warn;\n"
+        "events { worker_connections 64; }\n"
+        f"http {{ access_log off; sendfile on; tcp_nopush on; default_type application/octet-stream; {temp}\n"
+        f"  server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n"
+    )
+    server = Service("nginx", ["nginx", "-c", str(conf), "-p", str(prefix)])
+    deadline = time.monotonic() + 10
+    while subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"]).returncode != 0:
+        if time.monotonic() > deadline or server.proc.poll() is not None:
+            raise RuntimeError(f"nginx did not start:\n{server.output}")
+        time.sleep(0.05)
+    return server, port
+
+
+def curl_seconds(url: str, *args: str) -> tuple[float, float, int]:
+    """curl to /dev/null: (seconds to the first byte, seconds in all, bytes)."""
+    done = subprocess.run(["curl", "-sS", "--fail-with-body", "-o", "/dev/null", "-w", "%{time_starttransfer} %{time_total} %{size_download}",
+                           *args, url], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"curl {url} failed ({done.returncode}): {done.stderr}")
+    first, total, size = done.stdout.split()
+    return float(first), float(total), int(size)
+
+
+def bench_gateway(data: Path, work: Path, repeat: int) -> dict:
+    """The per-host peer's gateway on loopback, beside its yardsticks in the same run:
+    - a complete cached file to curl, against Debian's nginx serving the same file to the same curl;
+    - the time to the first byte of a file not cached, from one seeder (the whole way: the
+      lookup, the manifest, a connection, the first chunk verified), against the time one chunk
+      takes from that seeder (connect, greet, ask, receive, SHA-256)."""
+    import urllib.request
+
+    if shutil.which("nginx") is None or shutil.which("curl") is None:
+        return {"skipped": "nginx or curl is missing (apt-get install nginx-light curl)"}
+    size = data.stat().st_size
+    with LocalSwarm(work / "gateway-swarm", heartbeat=30) as swarm:
+        swarm.start_tracker()
+        seeder = swarm.add_seeder([data], "--cache-dir", str(work / "manifest-cache"))
+        peer = swarm.add_peer(work / "gateway-cache", "--cache-size", f"{2 * size + GiB}")
+        url = f"{peer.url}/files/{data.name}"
+        curl_seconds(url)  # into the cache
+        web, port = nginx(data.parent, work)
+        try:
+            served, nginx_runs = [], []
+            for n in range(repeat):
+                for who in ("gateway", "nginx") if n % 2 == 0 else ("nginx", "gateway"):
+                    _, total, got = curl_seconds(url if who == "gateway" else f"http://127.0.0.1:{port}/{data.name}")
+                    assert got == size
+                    (served if who == "gateway" else nginx_runs).append(total)
+        finally:
+            web.stop()
+        file_id = json.loads(urllib.request.urlopen(f"{peer.url}/files").read())["files"][0]["file_id"]
+        first_bytes, chunks = [], []
+        for _ in range(max(repeat, 5)):
+            urllib.request.urlopen(urllib.request.Request(f"{peer.url}/files/{file_id}", method="DELETE")).read()
+            chunks.append(baselines.one_chunk_seconds(seeder.port, file_id, 512 * 1024))
+            first_bytes.append(curl_seconds(url, "-r", "0-0")[0])
+    gateway_s, nginx_s = statistics.median(served), statistics.median(nginx_runs)
+    ttfb, chunk = statistics.median(first_bytes), statistics.median(chunks)
+    return {
+        "bytes": size,
+        "gateway_cached_seconds": gateway_s, "nginx_seconds": nginx_s,
+        "gateway_mb_per_s": size / gateway_s / 1e6, "nginx_mb_per_s": size / nginx_s / 1e6,
+        "gateway_over_nginx_throughput": nginx_s / gateway_s,
+        "first_byte_seconds": ttfb, "one_chunk_seconds": chunk, "first_byte_over_one_chunk": ttfb / chunk,
+        "rounds": {"gateway": served, "nginx": nginx_runs, "first_byte": first_bytes, "one_chunk": chunks},
+    }
+
+
 def start_trackers(count: int, *args: str) -> list[Service]:
     """Tracker processes on free ports, pinned to CPU 0 (the load generator gets CPU 1)."""
     trackers = []
@@ -415,8 +493,21 @@ def table(results: dict) -> str:
     t_ = results["tls"]
     rows.append((f"{size_gib:g} GiB over mutual TLS / plain", f"{t_['tls_seconds']:.2f} s / {t_['plain_seconds']:.2f} s",
                  f"{t_['tls_seconds'] / t_['plain_seconds']:.2f}x"))
+    rows += gateway_rows(results.get("gateway", {}))
     rows += tracker_rows(t)
     return aligned(rows)
+
+
+def gateway_rows(g: dict) -> list[tuple[str, str, str]]:
+    if not g or "skipped" in g:
+        return [("per-host peer's gateway", "skipped", g.get("skipped", ""))] if g else []
+    size = f"{g['bytes'] / GiB:g} GiB" if g["bytes"] >= GiB else f"{g['bytes'] / MiB:g} MiB"
+    return [
+        (f"{size} cached, through the gateway / nginx, to curl", f"{g['gateway_cached_seconds']:.2f} s / {g['nginx_seconds']:.2f} s",
+         f"{g['gateway_over_nginx_throughput']:.2f}x nginx's throughput ({g['gateway_mb_per_s']:.0f} MB/s)"),
+        ("first byte of an uncached file / one chunk from its seeder", f"{g['first_byte_seconds'] * 1000:.1f} ms / {g['one_chunk_seconds'] * 1000:.1f} ms",
+         f"{g['first_byte_over_one_chunk']:.1f}x"),
+    ]
 
 
 def aligned(rows: list[tuple[str, str, str]]) -> str:
@@ -451,11 +542,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", type=Path, help="where the results go (default bench/results/latest.json, "
                         "or tracker.json with --only tracker)")
-    parser.add_argument("--only", choices=["tracker"], help="run one part: tracker (the memory and Redis stores, "
-                        "one and two replicas, failover)")
+    parser.add_argument("--only", choices=["tracker", "gateway"], help="run one part: tracker (the memory and Redis "
+                        "stores, one and two replicas, failover), gateway (the per-host peer's HTTP gateway)")
     args = parser.parse_args()
     if args.only == "tracker":
         return only_tracker(args.quick, args.out or RESULTS / "tracker.json")
+    if args.only == "gateway":
+        return only_gateway(args.quick, 1 if args.quick else args.repeat, args.out or RESULTS / "gateway.json")
     args.out = args.out or RESULTS / "latest.json"
     main_size = 16 * MiB if args.quick else GiB
     sizes = {"s16m.bin": 16 * MiB} if args.quick else {
@@ -491,6 +584,8 @@ def main() -> int:
         results["fault"] = bench_seeder_killed(files, work, repeat)
         print("mutual TLS", flush=True)
         results["tls"] = bench_tls(files, work, repeat)
+        print("the per-host peer's gateway", flush=True)
+        results["gateway"] = bench_gateway(files["main.bin"], work, repeat)
         print("tracker load", flush=True)
         results["tracker"] = bench_tracker(2.0 if args.quick else 5.0, work, 1 if args.quick else 3)
     results["baselines"]["tcp_hash_ratio"] = statistics.median(results["baselines"]["ratio_per_round"])
@@ -505,6 +600,20 @@ def main() -> int:
         if args.out.resolve() == (RESULTS / "latest.json").resolve():
             update(results)
     print(f"results in {args.out}")
+    return 0
+
+
+def only_gateway(quick: bool, repeat: int, out: Path) -> int:
+    with tempfile.TemporaryDirectory(prefix="p2p-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        data = random_file(Path(tmp) / "seed" / "main.bin", 16 * MiB if quick else GiB)
+        results = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+            "gateway": bench_gateway(data, Path(tmp), repeat),
+        }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(aligned(gateway_rows(results["gateway"])))
+    print(f"results in {out}")
     return 0
 
 

@@ -98,7 +98,8 @@ def run_all(args) -> dict:
                 row["skipped"] = "no netem in this kernel (tc: Specified qdisc kind is unknown)"
                 print(f"{scenario.name}: skipped, {row['skipped']}", flush=True)
                 continue
-            for system in ("p2p", "libtorrent"):
+            systems = ("p2p", "p2p-peer", "libtorrent") if scenario.name.startswith("one_to_") else ("p2p", "libtorrent")
+            for system in systems:
                 if system == "libtorrent" and lt_missing:
                     row["systems"][system] = {"skipped": lt_missing}
                     continue

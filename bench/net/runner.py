@@ -86,11 +86,18 @@ class Swarm:
         return self.bed.workdir / f"out-{host.name}"
 
 
+GATEWAY = "http://127.0.0.1:7080/files/"
+
+
 def run(scenario: Scenario, system: str, source: Path, torrent: Path | None = None) -> dict:
-    """Time to all, per-leecher times, bytes each host sent; raises only when the testbed fails."""
+    """Time to all, per-leecher times, bytes each host sent; raises only when the testbed fails.
+
+    `p2p`: a leecher process per host, started at t0. `p2p-peer`: a running per-host peer on
+    every host (started and registered before t0), and at t0 `curl` on each host fetching the
+    file through its own peer's gateway; a host is done when curl has the whole answer."""
     expected_sha = sha256_file(source)
     with Testbed() as bed:
-        swarm = Swarm(bed) if system == "p2p" else None
+        swarm = Swarm(bed) if system in ("p2p", "p2p-peer") else None
         seeders = [bed.add_host(f"s{i}", link) for i, link in enumerate(scenario.seeders, 1)]
         leechers = [bed.add_host(f"l{i}", link) for i, link in enumerate(scenario.leechers, 1)]
         hosts = ([swarm.tracker] if swarm else []) + seeders + leechers
@@ -102,11 +109,22 @@ def run(scenario: Scenario, system: str, source: Path, torrent: Path | None = No
             seeding = [_lt_peer(bed, h, torrent, source.parent, [], seed=True) for h in seeders]
             for s in seeding:
                 s.wait_for("ready", timeout=60)
+        daemons = []
+        if system == "p2p-peer":
+            daemons = [swarm.peer(h, wait=False) for h in leechers]
+            for d in daemons:
+                d.wait_for("registered with tracker", timeout=60)
         sent_before = {h.name: bed.tx_bytes(h) for h in hosts}
         received_before = sum(bed.rx_bytes(h) for h in leechers)
 
         t0 = time.monotonic()
-        if swarm:
+        if system == "p2p-peer":
+            outputs = [swarm.output(h) / source.name for h in leechers]
+            for output in outputs:
+                output.parent.mkdir(parents=True, exist_ok=True)
+            peers = [bed.start(h, ["curl", "-sS", "--fail", "-o", str(out), GATEWAY + source.name], label=f"curl-{h.name}")
+                     for h, out in zip(leechers, outputs)]
+        elif swarm:
             peers = [swarm.leecher(h, source.name, len(seeders)) for h in leechers]
             outputs = [swarm.output(h) / source.name for h in leechers]
         else:
@@ -117,7 +135,7 @@ def run(scenario: Scenario, system: str, source: Path, torrent: Path | None = No
             outputs = [bed.workdir / f"out-{h.name}" / source.name for h in leechers]
         finished, killed_at = _await_leechers(bed, scenario, system, peers, seeding, leechers, received_before, t0)
         sent = {h.name: bed.tx_bytes(h) - sent_before[h.name] for h in hosts}
-        for peer in peers:
+        for peer in [*peers, *daemons]:
             peer.stop(timeout=10)
         failures = []
         for host, peer, output in zip(leechers, peers, outputs):
@@ -157,7 +175,7 @@ def _await_leechers(bed, scenario, system, peers, seeding, leechers, received_be
         for host, peer in zip(leechers, peers):
             if host.name in finished or host.name in failed:
                 continue
-            if system == "p2p":
+            if system in ("p2p", "p2p-peer"):
                 code = peer.proc.poll()
                 if code == 0:
                     finished[host.name] = time.monotonic() - t0

@@ -235,6 +235,10 @@ class PeerServer:
                 self._refuse_connection(label)
                 conn.close()
                 continue
+            # asyncio turns Nagle off only for sockets it knows are TCP (proto 6); an accepted
+            # socket of socket.create_server has proto 0, and without this a MANIFEST frame's
+            # body waited 40 ms for the delayed ACK of its header.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._active += 1
             self._by_address[address] = self._by_address.get(address, 0) + 1
             self.metrics.connections.inc()
