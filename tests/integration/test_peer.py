@@ -172,6 +172,19 @@ def test_a_client_that_hangs_up_leaves_the_file_to_complete_into_the_cache(tmp_p
     assert sha256_file(path) == sha256_file(data)
 
 
+def test_a_file_deleted_mid_download_is_fetched_again_whole(tmp_path, swarm):
+    data = random_file(tmp_path / "seed" / "again.bin", 16 * MiB)
+    swarm.add_seeder([data], "--max-upload-rate", str(8 * MiB))
+    peer = swarm.add_peer(tmp_path / "cache")
+    assert curl("-r", "0-0", "-o", "/dev/null", f"{peer.url}/files/again.bin").returncode == 0
+    file_id = cached(peer)["again.bin"]["file_id"]
+    assert get_json(f"{peer.url}/files/{file_id}", method="DELETE")[0] == 204  # its download stops
+    assert cached(peer) == {} and not (tmp_path / "cache" / "files" / file_id).exists()
+    again = curl(f"{peer.url}/files/again.bin")  # a new download, not the one stopped
+    assert again.returncode == 0 and again.stdout == data.read_bytes()
+    assert "Traceback" not in peer.output
+
+
 def test_a_full_cache_evicts_the_least_recently_used_unread_file_and_the_tracker_hears_of_it(tmp_path, swarm):
     size = 4 * MiB
     files = [random_file(tmp_path / "seed" / f"{n}.bin", size) for n in "abcd"]

@@ -24,6 +24,7 @@ class CacheEntry:
     complete: bool = False
     readers: int = 0  # clients reading it now
     fetching: bool = False  # a download writes it now
+    owner: object = None  # which download placed it (so an older one's end does not touch it)
 
     @property
     def in_use(self) -> bool:

@@ -309,7 +309,7 @@ class Gateway:
             if manifest is not None:
                 return manifest, None
         try:
-            manifest = await cache.describe(target).describe()
+            manifest = await cache.describe(target)
         except (TrackerUnavailable, TrackerRejected):
             held = None if is_file_id(target) else cache.find(target)
             if held is None:

@@ -40,6 +40,7 @@ from .download import Download, Watcher
 from .engine import Engine
 
 log = structlog.get_logger()
+MAX_DESCRIBED = 64  # downloads described and kept for a fetch that may follow
 
 
 class CacheMetrics:
@@ -76,6 +77,7 @@ class HostCache(Watcher):
         self.seeded: dict[bytes, SeededFile] = {}  # files served from where they are (not the cache's)
         self._downloads: dict[bytes, Download] = {}  # running, by file id (once known)
         self._followed: set[Download] = set()
+        self._described: dict[str, Download] = {}  # by file id: described, not fetched (yet)
 
     def _folder(self, file_id: bytes) -> Path:
         return self.directory / file_id.hex()
@@ -146,7 +148,8 @@ class HostCache(Watcher):
     def fetch(self, target: str, whole: bool = True) -> Download:
         """The download of `target` into the cache: a new one, or the one under way. `whole`:
         the file is wanted whole, not only the parts readers read (which may stop it early)."""
-        download = self.engine.fetch(target, self.settings, self.place, self.known)
+        described = self._described.pop(target, None)
+        download = self.engine.fetch(target, self.settings, self.place, self.known, described)
         download.whole = download.whole or whole
         if download not in self._followed:
             self._followed.add(download)
@@ -158,9 +161,16 @@ class HostCache(Watcher):
         assert download.manifest is not None
         self._downloads[download.manifest.raw_id] = download
 
-    def describe(self, target: str) -> Download:
-        """A download not started, to learn a file's manifest (`await it.describe()`)."""
-        return self.engine.download(target, self.settings, self.place, self.known)
+    async def describe(self, target: str) -> Manifest:
+        """The manifest of the file `target` names (through the tracker; from a holder unless
+        this host has it). A fetch of it soon after starts from what this found (its holders,
+        its manifest) instead of looking again."""
+        download = self.engine.download(target, self.settings, self.place, self.known)
+        manifest = await download.describe()
+        self._described[manifest.file_id] = download
+        while len(self._described) > MAX_DESCRIBED:
+            del self._described[next(iter(self._described))]
+        return manifest
 
     def place(self, manifest: Manifest) -> Path:
         """Where a download puts the file: room is made first (or CacheFull), and the manifest
@@ -179,6 +189,7 @@ class HostCache(Watcher):
             entry = CacheEntry(file_id, manifest.name, manifest.size, time.time())
             self.index.add(entry)
         entry.fetching = True
+        entry.owner = asyncio.current_task()  # the download's task: place() runs in it
         folder = self._folder(file_id)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -202,11 +213,13 @@ class HostCache(Watcher):
         if manifest is None:
             return
         file_id = manifest.raw_id
-        self._downloads.pop(file_id, None)
         entry = self.index.get(file_id)
-        if entry is None:
-            return
+        if entry is None or entry.owner is not download.task:
+            return  # dropped meanwhile, or placed again by a newer download: not ours to settle
+        if self._downloads.get(file_id) is download:
+            del self._downloads[file_id]
         entry.fetching = False
+        entry.owner = None
         final = self._folder(file_id) / manifest.name
         if download.task.cancelled() or download.task.exception() is not None:
             if not final.with_name(final.name + ".part").exists():

@@ -237,7 +237,10 @@ class Download:
 
     async def describe(self) -> Manifest:
         """The file's manifest: found through the tracker, then taken from this host if it holds
-        the file, else from the first holder whose copy hashes to the file id."""
+        the file, else from the first holder whose copy hashes to the file id. Once known, it
+        is not looked for again: a download described first (to answer HEAD, say) starts at once."""
+        if self.manifest is not None:
+            return self.manifest
         entry, complete, partial = await self.find_holders()
         self._seeders, self._peers = len(complete), len(partial)
         manifest = self.known(entry.file_id)

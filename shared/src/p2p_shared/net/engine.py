@@ -122,17 +122,19 @@ class Engine(Watcher):
 
     def fetch(
         self, target: str, settings: DownloadSettings, place: Callable[[Manifest], Path],
-        known: Callable[[str], Manifest | None] | None = None,
+        known: Callable[[str], Manifest | None] | None = None, described: Download | None = None,
     ) -> Download:
         """The download of `target` (a name or a file id): a new one, or the one under way.
         `place` says where a file goes, from its manifest; `known` gives the manifests this host
-        holds already (by file id), so they are not asked of peers."""
+        holds already (by file id), so they are not asked of peers; `described`: a download of
+        `target` made by `download` and described, not started (its holders and manifest are
+        known: it starts from there)."""
         found = self.downloads.get(target) or (self.downloads.get(bytes.fromhex(target)) if is_file_id(target) else None)
         if found is not None:
             return found
-        download = self.download(target, settings, place, known)
+        download = described if described is not None and described.task is None else self.download(target, settings, place, known)
         download.watchers.append(self)
-        self.downloads[target] = download
+        self.downloads[target] = self.downloads[download.target] = download
         download.task = asyncio.create_task(self._run(download))
         return download
 
@@ -140,9 +142,8 @@ class Engine(Watcher):
         try:
             result = await download.run()
         finally:
-            for key in (download.target, download.manifest and download.manifest.raw_id):
-                if self.downloads.get(key) is download:  # type: ignore[arg-type]
-                    del self.downloads[key]  # type: ignore[arg-type]
+            for key in [key for key, value in self.downloads.items() if value is download]:
+                del self.downloads[key]
         if self.link is not None and download.manifest is not None:
             self.link.complete(download.manifest.file_id)
         return result
