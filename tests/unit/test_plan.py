@@ -341,3 +341,43 @@ def test_missing_held_counts_unverified_chunks_some_connected_peer_announced():
     plan.remove_peer("a")
     plan.remove_peer("b")
     assert plan.missing_held() == 0
+
+
+def test_prioritized_chunks_go_first_in_their_order_to_any_peer_that_holds_them():
+    plan = sequential(8)
+    plan.add_peer("origin", origin=True)
+    plan.add_peer("partial", have={1, 5, 6})
+    plan.prioritize([6, 99, -1, 3, 5])  # out of range: ignored
+    assert plan.urgent == [6, 3, 5]
+    assert plan.next_chunk("partial") == 6  # before 1, first in rank
+    assert plan.next_chunk("partial") == 5  # 3 is not its to give
+    assert plan.next_chunk("origin") == 3
+    # Urgent, so an origin serves it though a partial holder has it; rarity and rank do not count.
+    plan.add_peer("late", have={1, 7})
+    plan.prioritize([7, 1])
+    assert plan.next_chunk("origin") == 7
+    assert plan.next_chunk("origin") == 1
+    assert plan.next_chunk("partial") is None  # 1 is in flight already: not handed out again
+
+
+def test_prioritize_replaces_the_list_and_forgets_chunks_as_they_are_done():
+    plan = sequential(6, done={4})
+    plan.add_peer("a")
+    plan.prioritize([4, 5, 3])
+    assert plan.urgent == [5, 3]  # 4 is verified already
+    assert plan.next_chunk("a") == 5 and plan.complete(5, "a")
+    assert plan.urgent == [3]
+    plan.prioritize([2])  # the reader moved on: 3 is no longer urgent
+    assert plan.next_chunk("a") == 2
+    assert plan.next_chunk("a") == 0  # then the usual order
+
+
+def test_a_prioritized_chunk_is_not_retried_on_the_peer_that_failed_it_while_another_may_serve_it():
+    plan = sequential(4)
+    plan.add_peer("a")
+    plan.add_peer("b")
+    plan.prioritize([2])
+    assert plan.next_chunk("a") == 2
+    plan.fail(2, "a")
+    assert plan.next_chunk("a") == 0
+    assert plan.next_chunk("b") == 2

@@ -98,7 +98,7 @@ Effect = Verify | Release | Delivered | Rejected | Returned | End
 class PeerSession:
     """One peer's conversation about one file: its request window and the frames waiting to go."""
 
-    __slots__ = ("peer", "label", "origin", "announces", "window", "outbox", "ready", "held", "heard_at")
+    __slots__ = ("peer", "label", "origin", "announces", "window", "outbox", "ready", "ended", "held", "heard_at")
 
     def __init__(self, peer: Peer, label: str, origin: bool, announces: bool, depth: int, max_bad: int, now: float):
         self.peer = peer
@@ -108,6 +108,7 @@ class PeerSession:
         self.window = RequestWindow(depth, max_bad)
         self.outbox: list[wire.Event] = []
         self.ready = False  # its have-set arrived: it is in the plan
+        self.ended = False  # an End was returned for it: nothing more is asked of it until it closes
         self.held: tuple[float, int] | None = None  # a request paced by the rate limit: (send at, index)
         self.heard_at = now  # the last frame from it, or the first request sent into its silence
 
@@ -116,6 +117,10 @@ class PeerSession:
         """Requests sent and not answered yet."""
         outstanding = len(self.window.outstanding)
         return outstanding > (self.held is not None)
+
+    def awaits(self, index: int) -> bool:
+        """Whether a request for `index` went to the peer (one held by the rate limit did not)."""
+        return index in self.window.outstanding and (self.held is None or self.held[1] != index)
 
     def take_outbox(self) -> list[wire.Event]:
         frames, self.outbox = self.outbox, []
@@ -174,9 +179,10 @@ class Swarm:
     # -- time --------------------------------------------------------------------------------
 
     def deadline(self, peer: Peer) -> float | None:
-        """When this peer will have been silent too long, with requests outstanding."""
+        """When this peer will have been silent too long: with requests outstanding, or before
+        its have-set came."""
         session = self.sessions[peer]
-        return session.heard_at + self.chunk_timeout if session.in_air else None
+        return session.heard_at + self.chunk_timeout if session.in_air or not session.ready else None
 
     def ready_at(self, peer: Peer) -> float | None:
         """When a request paced by the rate limit may go."""
@@ -188,7 +194,7 @@ class Swarm:
         session = self.sessions[peer]
         deadline = self.deadline(peer)
         if deadline is not None and now >= deadline:
-            return [End(PeerTimeout(f"{session.label} sent nothing for {self.chunk_timeout:g}s"))]
+            return [self._end(session, PeerTimeout(f"{session.label} sent nothing for {self.chunk_timeout:g}s"))]
         self._fill(session, now)
         return []
 
@@ -201,8 +207,8 @@ class Swarm:
             session.heard_at = now
         match event:
             case wire.Chunk(file_id=fid, index=index, data=data, buffer=buffer):
-                if fid != self.raw_id or not session.window.arrived(index):
-                    return [End(PeerBanned(f"{session.label} sent chunk {index}, which we did not ask for"))]
+                if fid != self.raw_id or not session.awaits(index) or not session.window.arrived(index):
+                    return [self._end(session, PeerBanned(f"{session.label} sent chunk {index}, which we did not ask for"))]
                 if self.plan.is_done(index):  # endgame: another peer was faster
                     self.plan.complete(index, peer)
                     effects.append(Release(buffer))
@@ -220,42 +226,50 @@ class Swarm:
                     self.plan.fail(index, peer)
                     self._wake = True
                     if session.window.strike():
-                        effects.append(End(PeerBanned(f"{session.label} sent {session.window.bad} chunks that failed verification")))
+                        why = f"{session.label} sent {session.window.bad} chunks that failed verification"
+                        effects.append(self._end(session, PeerBanned(why)))
             case wire.Have(file_id=fid, num_chunks=num_chunks) if not session.ready:
                 num = self.manifest.num_chunks
                 if fid != self.raw_id or num_chunks != num:
-                    return [End(PeerBanned(f"{session.label} announced {num_chunks} chunks, the manifest has {num}"))]
+                    return [self._end(session, PeerBanned(f"{session.label} announced {num_chunks} chunks, the manifest has {num}"))]
                 indices = event.indices()
                 self.plan.add_peer(peer, None if len(indices) == num else indices, origin=session.origin)
                 session.ready = True
             case wire.Announce(file_id=fid, indices=indices) if session.ready:
                 if fid != self.raw_id:
-                    return [End(PeerBanned(f"{session.label} announced chunks of another file"))]
+                    return [self._end(session, PeerBanned(f"{session.label} announced chunks of another file"))]
                 if max(indices) >= self.manifest.num_chunks:
-                    return [End(PeerBanned(f"{session.label} announced chunk {max(indices)} of a {self.manifest.num_chunks}-chunk file"))]
+                    why = f"{session.label} announced chunk {max(indices)} of a {self.manifest.num_chunks}-chunk file"
+                    return [self._end(session, PeerBanned(why))]
                 self.plan.peer_has(peer, indices)
                 if session.origin:  # offers of chunks we are getting anyway
                     self._decline(session, [i for i in indices if self.plan.taken_elsewhere(i, peer)])
             case wire.Error(code=code, message=message, index=index):
                 if not session.ready:
-                    return [End(PeerBanned(f"{session.label} does not serve this file ({code.name.lower()}: {message})"))]
-                if session.window.refused(index):
+                    return [self._end(session, PeerBanned(f"{session.label} does not serve this file ({code.name.lower()}: {message})"))]
+                if session.awaits(index) and session.window.refused(index):
                     self.plan.fail(index, peer)
                     effects.append(Returned(1, "peer_error"))
                     self._wake = True
                 if code == wire.ErrorCode.UNKNOWN_FILE:
-                    effects.append(End(PeerBanned(f"{session.label} does not serve this file")))
+                    effects.append(self._end(session, PeerBanned(f"{session.label} does not serve this file")))
                     return effects
                 log.warning("peer refused a chunk", peer=session.label, chunk=index, code=code.name, error=message)
                 if session.window.strike():
-                    effects.append(End(PeerBanned(f"{session.label} refused {session.window.bad} requests")))
+                    effects.append(self._end(session, PeerBanned(f"{session.label} refused {session.window.bad} requests")))
             case _:
-                return [End(RemoteProtocolError(f"{session.label} sent an unexpected {type(event).__name__}"))]
-        if not any(isinstance(e, End) for e in effects):
-            self._fill(session, now)
+                return [self._end(session, RemoteProtocolError(f"{session.label} sent an unexpected {type(event).__name__}"))]
+        self._fill(session, now)
         if self._wake:
             self._fill_all(now)
         return effects
+
+    @staticmethod
+    def _end(session: PeerSession, error: PeerError | RemoteProtocolError) -> End:
+        """The peer is done: until the shell closes it, no chunk is handed to it (a wake-up of
+        every session must not give chunks, nor origins' DECLINEs, to a peer on its way out)."""
+        session.ended = True
+        return End(error)
 
     def _delivered(self, session: PeerSession, index: int, effects: list[Effect]) -> None:
         if not self.plan.complete(index, session.peer):
@@ -282,7 +296,7 @@ class Swarm:
     def _fill(self, session: PeerSession, now: float) -> None:
         """Keep the session's request window full, with chunks the plan picks for this peer."""
         plan = self.plan
-        if not session.ready or plan.finished:
+        if not session.ready or session.ended or plan.finished:
             return
         if session.held is not None:
             at, index = session.held
@@ -304,8 +318,11 @@ class Swarm:
             self._send_request(session, index, now)
 
     def _send_request(self, session: PeerSession, index: int, now: float) -> None:
-        if not session.in_air:
-            session.heard_at = now  # its silence counts from now
+        # `index` is in the window already (asked, or held until now): if it is the only request
+        # in the air, the peer was not expected to say anything before, so its silence counts
+        # from now (not from its last frame, perhaps long ago, nor from before a paced wait).
+        if session.window.outstanding == {index}:
+            session.heard_at = now
         session.outbox.append(wire.Request(self.raw_id, index))
 
     def _assigned(self, session: PeerSession, index: int) -> None:
