@@ -130,10 +130,11 @@ def test_aria2c_with_several_connections_to_two_gateways_gets_the_exact_file(tmp
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert sha256_file(tmp_path / "out" / "a.bin") == sha256_file(data)
-    # Both gateways answered ranges, each from its own download through the swarm.
-    for peer in peers:
-        served = scrape(peer.metrics_port)
-        assert served[("p2p_peer_http_requests_total", (("code", "206"), ("route", "file")))] >= 1
+    # Both gateways sent part of it (aria2c reads the first answer, a 200, up to where the ranges
+    # it asks of the other take over), each from its own download through the swarm.
+    served = [scrape(peer.metrics_port) for peer in peers]
+    assert all(s[("p2p_peer_http_sent_bytes_total", ())] > 0 for s in served)
+    assert sum(s.get(("p2p_peer_http_requests_total", (("code", "206"), ("route", "file"))), 0) for s in served) >= 1
 
 
 def test_the_first_byte_comes_long_before_the_file_and_a_dead_source_cuts_the_response(tmp_path, swarm):
@@ -144,10 +145,7 @@ def test_the_first_byte_comes_long_before_the_file_and_a_dead_source_cuts_the_re
     peer = swarm.add_peer(tmp_path / "cache")
     out = tmp_path / "s.bin"
     started = time.monotonic()
-    client = subprocess.Popen(
-        [host_tool("curl", "curl"), "-s", "-o", str(out), "-w", "%{time_starttransfer} %{size_download}",
-         f"{peer.url}/files/s.bin"], stdout=subprocess.PIPE, text=True,
-    )
+    client = subprocess.Popen([host_tool("curl", "curl"), "-s", "-o", str(out), f"{peer.url}/files/s.bin"])
     wait_until(lambda: out.exists() and out.stat().st_size >= 8 * MiB, timeout=60)
     first_bytes_after = time.monotonic() - started
     # The whole file takes size / rate = 16 s; its first 8 MiB were out well before.
@@ -186,10 +184,12 @@ def test_a_file_deleted_mid_download_is_fetched_again_whole(tmp_path, swarm):
 
 
 def test_a_full_cache_evicts_the_least_recently_used_unread_file_and_the_tracker_hears_of_it(tmp_path, swarm):
-    size = 4 * MiB
+    size = 16 * MiB  # more than the socket buffers hold: a slow reader keeps its file busy
     files = [random_file(tmp_path / "seed" / f"{n}.bin", size) for n in "abcd"]
     swarm.add_seeder(files)
-    peer = swarm.add_peer(tmp_path / "cache", "--cache-size", str(3 * size + MiB))
+    # Room for 3 of them, not 4; with the 4th, 3 files make 80% of it, under the 90% watermark:
+    # one file goes, not two.
+    peer = swarm.add_peer(tmp_path / "cache", "--cache-size", str(60 * MiB))
     ids = {}
     for name in ("a.bin", "b.bin", "c.bin"):
         assert curl("-o", str(tmp_path / name), f"{peer.url}/files/{name}").returncode == 0

@@ -12,7 +12,10 @@ handed out a second time (endgame) and the first verified copy wins.
 
 A reader that streams the file (the HTTP gateway) makes the chunks just ahead of its position
 urgent (`prioritize`): they go first to any peer that holds them, before rarity counts, as
-libtorrent's piece deadlines do; the rest of the file is still fetched rarest-first.
+libtorrent's piece deadlines do; the rest of the file is still fetched rarest-first. An urgent
+chunk no partial holder has may be asked of an origin even if it did not offer it (it holds
+every chunk): it sends it if no other downloader has it yet, else it says where to look
+(`elsewhere`), and that origin is not asked for that chunk again until it offers it.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class ChunkPlan:
         self._full_peers = 0
         self._picked = 0
         self._urgent: list[int] = []  # chunks readers wait for, most urgent first
+        self._elsewhere: dict[Peer, set[int]] = {}  # origin -> urgent chunks it would not send us
 
     @property
     def finished(self) -> bool:
@@ -111,9 +115,17 @@ class ChunkPlan:
         else:
             self.peer_has(peer, have)
 
+    def elsewhere(self, peer: Peer, index: int) -> None:
+        """An origin would not send this chunk (others have it): back to the plan, and not asked
+        of that origin again unless it offers it."""
+        self._elsewhere.setdefault(peer, set()).add(index)
+        self._release(index, peer)
+
     def peer_has(self, peer: Peer, indices: Iterable[int]) -> None:
         """The peer announced more chunks."""
         have = self._have.get(peer)
+        if peer in self._elsewhere:
+            self._elsewhere[peer].difference_update(indices)
         if have is None:
             return  # unknown peer, or one that has everything already
         new = {i for i in indices if 0 <= i < self.num_chunks and i not in have}
@@ -132,6 +144,7 @@ class ChunkPlan:
         if peer not in self._have:
             return []
         have = self._have.pop(peer)
+        self._elsewhere.pop(peer, None)
         origin = peer in self._origins
         self._origins.discard(peer)
         if have is None:
@@ -155,7 +168,10 @@ class ChunkPlan:
         have = self._have[peer]
         origin = peer in self._origins
         for index in self._urgent:
-            if index in self._pending and (have is None or index in have) and self._eligible(index, peer):
+            if index not in self._pending or not self._eligible(index, peer):
+                continue
+            unoffered = origin and not self._partial_avail[index] and index not in self._elsewhere.get(peer, ())
+            if have is None or index in have or unoffered:
                 del self._pending[index]
                 self._picked += 1
                 return self._assign(index, peer)

@@ -172,6 +172,10 @@ class ServingCore:
                     raise _Refused(wire.ErrorCode.BAD_INDEX, "chunk index out of range", file_id, index)
                 if not source.has(index):
                     raise _Refused(wire.ErrorCode.UNAVAILABLE, "chunk not held here", file_id, index)
+                book = self._offers.get(file_id)
+                if book is not None and state.shares and not book.claim(state, index):
+                    # Not offered to it, and other downloaders have it: our upload goes to new chunks.
+                    raise _Refused(wire.ErrorCode.ELSEWHERE, "the peers that hold it have it", file_id, index)
                 offset, length = source.manifest.chunk_span(index)
                 return [SendChunk(source, index, offset, length)]
             case wire.GetManifest(file_id):

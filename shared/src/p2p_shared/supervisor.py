@@ -58,6 +58,10 @@ class Supervisor:
         self.progress_at = now  # the start, or the last verified chunk
         self.last_failure = ""  # why the last peer connection ended
 
+    def begin(self, now: float) -> None:
+        """The swarm starts (the file found, its manifest checked): the clocks start now."""
+        self._looked_up = self.progress_at = now
+
     def meet(self, complete: Iterable[Peer], partial: Iterable[Peer]) -> None:
         for peer in complete:
             self.book.meet(peer, origin=True)

@@ -196,6 +196,8 @@ class Swarm:
         if deadline is not None and now >= deadline:
             return [self._end(session, PeerTimeout(f"{session.label} sent nothing for {self.chunk_timeout:g}s"))]
         self._fill(session, now)
+        if self._wake:
+            self._fill_all(now)
         return []
 
     # -- what the peer said ------------------------------------------------------------------
@@ -247,6 +249,14 @@ class Swarm:
             case wire.Error(code=code, message=message, index=index):
                 if not session.ready:
                     return [self._end(session, PeerBanned(f"{session.label} does not serve this file ({code.name.lower()}: {message})"))]
+                if code == wire.ErrorCode.ELSEWHERE:  # an origin's "others have it": no fault of its
+                    if session.awaits(index) and session.window.refused(index):
+                        self.plan.elsewhere(peer, index)
+                        self._wake = True
+                    self._fill(session, now)
+                    if self._wake:
+                        self._fill_all(now)
+                    return effects
                 if session.awaits(index) and session.window.refused(index):
                     self.plan.fail(index, peer)
                     effects.append(Returned(1, "peer_error"))

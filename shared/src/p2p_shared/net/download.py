@@ -421,7 +421,7 @@ class Download:
         assert swarm is not None and part is not None
         file_id = swarm.manifest.file_id
         tasks: dict[asyncio.Task, PeerKey] = {}
-        supervisor.progress_at = loop.time()
+        supervisor.begin(loop.time())
         finished = asyncio.create_task(self._finished.wait())
         try:
             while not swarm.finished:

@@ -40,7 +40,7 @@ log = structlog.get_logger()
 
 REFUSAL_CODES = (
     "unknown_file", "bad_index", "bad_request", "unsupported_version", "unavailable", "too_many_connections",
-    "unauthorized",
+    "unauthorized", "elsewhere",
 )
 
 
