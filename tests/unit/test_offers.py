@@ -157,3 +157,28 @@ def test_when_the_last_downloader_leaves_the_next_swarm_gets_a_new_walk_of_the_s
     again = book.join("d", 1.0)
     start = order.index(again[0])
     assert again == [order[(start + k) % 16] for k in range(4)]
+
+
+def test_a_chunk_no_downloader_has_is_claimed_once_the_second_asker_is_sent_elsewhere():
+    book = OfferBook(8, window=2, rng=random.Random(9))
+    a_offers = set(book.join("a", 0.0))
+    b_offers = set(book.join("b", 0.0))
+    wanted = next(i for i in range(8) if i not in a_offers | b_offers)
+    assert book.claim("a", wanted)  # nobody has it, nobody was offered it: a may have it now
+    assert not book.claim("b", wanted)  # a has it: b gets it from a
+    assert all(book.claim("b", i) for i in b_offers)  # what it was offered, it may always have
+    assert wanted not in set(book.join("c", 0.0))  # out of the walk: never offered afresh
+
+
+def test_a_chunk_offered_to_a_downloader_that_declined_it_may_still_be_asked_for():
+    book = OfferBook(4, window=1, rng=random.Random(10))
+    [offered] = book.join("a", 0.0)
+    book.decline("a", [offered], 0.0)
+    assert book.claim("a", offered)
+
+
+def test_a_chunk_on_offer_to_another_is_not_claimed():
+    book = OfferBook(4, window=1, rng=random.Random(11))
+    [to_a] = book.join("a", 0.0)
+    book.join("b", 0.0)
+    assert not book.claim("b", to_a)

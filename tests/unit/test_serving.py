@@ -227,6 +227,21 @@ def test_an_origin_shows_a_sharing_downloader_only_its_offers_and_a_plain_one_ev
     assert not have.frame.indices() & offers  # offered to one downloader at a time
 
 
+def test_an_origin_sends_an_unoffered_chunk_no_one_has_and_sends_the_next_asker_elsewhere():
+    core, source = origin()
+    first, second = connect(core, shares=True), connect(core, shares=True)
+    offered = set()
+    for state in (first, second):
+        [have] = answer(core, state, wire.GetHave(source.raw_id))
+        offered |= have.frame.indices()
+    wanted = min(set(range(32)) - offered)  # a streaming reader's next chunk, offered to no one
+    [send] = answer(core, first, wire.Request(source.raw_id, wanted))
+    assert isinstance(send, SendChunk) and send.index == wanted
+    assert refusal(answer(core, second, wire.Request(source.raw_id, wanted))) == (wire.ErrorCode.ELSEWHERE, False)
+    plain = connect(core, shares=False)  # a downloader that does not share may have anything
+    assert isinstance(answer(core, plain, wire.Request(source.raw_id, wanted))[0], SendChunk)
+
+
 def test_a_have_sent_before_get_have_keeps_those_chunks_out_of_the_first_offers():
     core, source = origin(6)
     state = connect(core, shares=True)

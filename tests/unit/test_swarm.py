@@ -455,3 +455,38 @@ def test_prioritize_asks_at_once_of_a_session_with_room_that_holds_the_chunk():
     s.prioritize([5], 3.0)
     deliver(s, "partial", 6, now=3.0)
     assert requests(s, "partial") == [5]
+
+
+# -- streaming from a super-seeding origin -------------------------------------------------------------
+
+
+def test_an_urgent_chunk_is_asked_of_an_origin_that_did_not_offer_it():
+    s = swarm(8, depth=2)
+    assert join(s, "origin", {5}, origin=True) == [5]  # what it offered
+    s.prioritize([0], 0.0)
+    s.receive("origin", chunk(s, 5), 0.0)  # room again: the urgent chunk goes first, offered or not
+    assert requests(s, "origin") == [0]
+
+
+def test_an_urgent_chunk_a_partial_holder_has_is_not_asked_of_the_origin():
+    s = swarm(8, depth=2)
+    join(s, "origin", {5, 6}, origin=True)
+    join(s, "leecher", {0})
+    s.prioritize([0], 0.0)
+    assert requests(s, "origin") == []
+    assert 0 not in requests(s, "leecher")  # it was asked of the leecher already, when it joined
+    assert s.plan.assigned("leecher") == {0}
+
+
+def test_elsewhere_puts_the_chunk_back_without_a_strike_and_the_origin_is_not_asked_again_until_it_offers_it():
+    s = swarm(8, depth=2, max_bad=1)
+    assert join(s, "origin", {5}, origin=True) == [5]
+    s.prioritize([0], 0.0)
+    assert requests(s, "origin") == [0]
+    refused = s.receive("origin", wire.Error(wire.ErrorCode.ELSEWHERE, "ask the peers", s.raw_id, 0), 0.0)
+    assert ended(refused) is None and refused == []  # no strike (max_bad is 1), no retry counted
+    assert 0 not in s.plan.assigned("origin") and not s.plan.is_done(0)
+    assert requests(s, "origin") == []  # not asked again, and nothing else is offered
+    s.receive("origin", wire.Announce(s.raw_id, (0,)), 0.0)  # now it offers it
+    assert requests(s, "origin") == [0]
+    join(s, "leecher", {0})  # (a partial holder turning up would have been asked instead)
