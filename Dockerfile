@@ -1,9 +1,9 @@
-# The three service images, one stage per role. Build from the repository root:
-#   docker build --target tracker .      (or seeder, or leecher; `make images` and compose do)
+# The four service images, one stage per role. Build from the repository root:
+#   docker build --target tracker .      (or seeder, leecher, peer; `make images` and compose do)
 # Layers go from what changes least to what changes most. The protocol library and its
 # dependencies are installed from shared/, constraints.txt and the wheels alone, and every role
-# copies that venv in one layer; each role then adds only its own package (and the leecher its
-# own dependencies), installed in a build stage of its own. So a change to one service rebuilds
+# copies that venv in one layer; each role then adds only its own package (and the leecher and
+# the peer their own dependencies), installed in a build stage of its own. So a change to one service rebuilds
 # the last layers of that role's image and nothing of the others (tests/docker/test_image_layers.py).
 #
 # BASE_IMAGE: the official slim Python by default; `make images` passes a locally built Debian
@@ -27,7 +27,7 @@ RUN useradd --system --uid 10001 --user-group --home-dir /home/p2p --create-home
 COPY --from=shared-build /opt/p2p /opt/p2p
 ENV PATH=/opt/p2p/bin:$PATH PYTHONUNBUFFERED=1 P2P_LOG_FORMAT=json
 
-# The long-running services, tracker and seeder.
+# The long-running services: tracker, seeder and peer.
 FROM runtime AS service
 ENV P2P_HEALTH_FILE=/tmp/p2p-healthy
 # Healthy while the service keeps its health file fresh (every 5 s): a look at the file's age,
@@ -73,3 +73,23 @@ EXPOSE 9103
 # Starts as root only to become the owner of the download folder (see the script); never runs
 # the download as root.
 ENTRYPOINT ["p2p-as-owner", "p2p-leecher"]
+
+FROM shared-build AS peer-build
+COPY services/peer/ /src/services/peer/
+RUN /opt/p2p/bin/pip install --root /install /src/services/peer
+
+FROM service AS peer
+# The cache: a volume goes here (one per container under Compose, per node under Swarm, an
+# emptyDir under Kubernetes); one mounted empty starts with this folder's owner.
+ENV P2P_CACHE_DIR=/cache
+# Inside a container the gateway must answer on the container's network, not its loopback; who
+# may use it is still only loopback unless P2P_HTTP_ALLOW names more. The Compose file, the stack
+# and the DaemonSet start the peer through p2p-allow-attached-networks, which adds the container's
+# own networks (README, "The peer's gateway in a container").
+ENV P2P_HTTP_HOST=0.0.0.0
+RUN mkdir -p /cache && chown p2p:p2p /cache
+COPY deploy/attached-networks.py /usr/local/bin/p2p-allow-attached-networks
+COPY --from=peer-build /install/opt/p2p/ /opt/p2p/
+USER p2p
+EXPOSE 7001 7080 9104
+ENTRYPOINT ["p2p-peer"]

@@ -12,7 +12,7 @@ COMPOSE := docker compose $(if $(TLS),-f docker-compose.yml -f docker-compose.tl
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt \
-		-e shared -e services/tracker -e services/seeder -e services/leecher \
+		-e shared -e services/tracker -e services/seeder -e services/leecher -e services/peer \
 		pytest pytest-asyncio pytest-timeout hypothesis testcontainers pyyaml kubernetes-validate
 	touch $@
 
@@ -66,7 +66,10 @@ up: images $(if $(TLS),certs)
 	$(COMPOSE) logs --follow --no-log-prefix leecher
 	@exit $$($(COMPOSE) ps --all --format '{{.ExitCode}}' leecher)
 
+# The peers' caches are anonymous volumes: removed with their containers, or every `up` would
+# leave the last ones behind, unnamed.
 down:
+	$(COMPOSE) rm --force --stop --volumes peer
 	$(COMPOSE) down --remove-orphans
 
 # The swarm on Docker Swarm mode (docker-stack.yml), on a swarm this engine belongs to

@@ -65,13 +65,16 @@ else
   say "downloading Python wheels into deploy/wheels"
   # Wheels for the image's Python (3.11, manylinux x86_64/aarch64), whatever Python runs here;
   # async-timeout named because redis-py needs it on Debian's Python 3.11.2 only (< 3.11.3).
+  # aiohttp is the peer's HTTP gateway; pip follows its dependencies (aiohappyeyeballs,
+  # aiosignal, attrs, frozenlist, multidict, propcache, yarl, idna), pinned in constraints.txt.
   "$PIP" download --quiet --dest deploy/wheels --only-binary=:all: \
     --python-version 3.11 --implementation cp --abi cp311 \
     --platform "manylinux_2_17_$(uname -m)" --platform "manylinux2014_$(uname -m)" --platform any \
-    -c constraints.txt pydantic pydantic-settings structlog prometheus-client sortedcontainers rich uvloop redis async-timeout setuptools
+    -c constraints.txt pydantic pydantic-settings structlog prometheus-client sortedcontainers rich uvloop redis async-timeout setuptools \
+    aiohttp
 fi
 
-for service in tracker seeder leecher; do
+for service in tracker seeder leecher peer; do
   say "building p2p-$service ($mode, base $base)"
   build --tag "p2p-$service:latest" --target "$service" \
     --build-arg "BASE_IMAGE=$base" --build-arg "OFFLINE=$offline" .

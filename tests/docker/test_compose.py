@@ -16,6 +16,7 @@ import pytest
 from testcontainers.compose import DockerCompose
 
 from tests.dashboard import queries_as_grafana_sends
+from tests.host_tools import host_tool
 
 from .conftest import REPO
 
@@ -96,6 +97,9 @@ def swarm(images, tmp_path_factory):
         **images,
         "COMPOSE_PROJECT_NAME": f"p2ptest{os.getpid()}",
         "SEEDERS": "5",
+        # No per-host peer: the counts of holders here are the seeders' (a peer registered with an
+        # empty cache counts as a complete holder); the peers have a project of their own below.
+        "PEERS": "0",
         "DEMO_SIZE_MIB": "32",
         "HEARTBEAT_INTERVAL": "2",
         "PROMETHEUS_PORT": "0",
@@ -319,6 +323,60 @@ def test_compose_swarm_with_mutual_tls_and_a_swarm_secret(images, tmp_path):
         plain = run("run", "--rm", "-T", "-e", "P2P_TLS_CA=", "-e", "P2P_WAIT=2", "leecher", "--output-dir", "/tmp")
         assert plain.returncode == 1  # without TLS the seeders serve nothing
         assert "no seeder sent a valid manifest" in plain.stdout + plain.stderr
+    finally:
+        subprocess.run([*compose.compose_command_property, "down", "--volumes", "--remove-orphans", "--timeout", "10"],
+                       cwd=REPO, capture_output=True)
+
+
+def test_two_peers_each_with_its_cache_answer_the_host_on_loopback_and_the_project_by_name(images, tmp_path):
+    """`docker compose up` with two per-host peers (PEERS=2): each has its own cache volume and its
+    own port on 127.0.0.1 (`docker compose port --index N peer 7080`); curl on the host through
+    either gateway gets the exact file; a container of the project gets it by the service name;
+    Prometheus scrapes both peers."""
+    curl = host_tool("curl", "curl")
+    settings = {**images, "COMPOSE_PROJECT_NAME": f"p2ppeer{os.getpid()}", "SEEDERS": "1", "PEERS": "2",
+                "DEMO_SIZE_MIB": "16", "HEARTBEAT_INTERVAL": "2", "PROMETHEUS_PORT": "0",
+                "DOWNLOAD_DIR": str(tmp_path / "downloads")}
+    env_file = tmp_path / "peers.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    compose = DockerCompose(REPO, env_file=str(env_file), services=["tracker", "seeder", "peer", "prometheus"], wait=True)
+    compose.start()
+    try:
+        swarm = Swarm(compose, tmp_path / "downloads", up=None, output=None)
+        expected = swarm.seed_sha256
+        gateways = []
+        for index in (1, 2):
+            host, _, port = swarm.run("port", "--index", str(index), "peer", "7080").stdout.strip().rpartition(":")
+            assert host == "127.0.0.1"  # published on the host's loopback only
+            gateways.append(f"http://127.0.0.1:{port}")
+        assert len(set(gateways)) == 2  # a port of its own for each replica
+        for gateway in gateways:  # (the second may take chunks from the first: both are peers)
+            fetched = subprocess.run([curl, "--silent", "--show-error", "--fail", f"{gateway}/files/demo.bin"],
+                                     capture_output=True, timeout=300)
+            assert fetched.returncode == 0, fetched.stderr.decode()
+            assert hashlib.sha256(fetched.stdout).hexdigest() == expected
+        # Each replica keeps its cache on a volume of its own.
+        mounts = set()
+        for container in swarm.run("ps", "--quiet", "peer").stdout.split():
+            [mount] = json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .Mounts}}", container],
+                                                capture_output=True, text=True, check=True).stdout)
+            assert mount["Destination"] == "/cache" and mount["Type"] == "volume"
+            mounts.add(mount["Name"])
+        assert len(mounts) == 2
+        # Another container of the project, by the service name (the project's network is admitted).
+        code = ("import hashlib, urllib.request; "
+                "print(hashlib.sha256(urllib.request.urlopen('http://peer:7080/files/demo.bin').read()).hexdigest())")
+        inside = swarm.run("run", "--rm", "--no-deps", "-T", "--entrypoint", "python3", "leecher", "-c", code)
+        assert inside.stdout.split()[-1] == expected
+
+        def peers_scraped():
+            """two peer targets up in Prometheus"""
+            with urllib.request.urlopen(f"{swarm.prometheus}/api/v1/targets", timeout=10) as response:
+                targets = json.load(response)["data"]["activeTargets"]
+            return sum(t["labels"]["job"] == "peer" and t["health"] == "up" for t in targets) == 2
+
+        eventually(peers_scraped)
+        eventually(lambda: swarm.value('sum(p2p_peer_http_requests_total{route="file", code="200"})') == 3)
     finally:
         subprocess.run([*compose.compose_command_property, "down", "--volumes", "--remove-orphans", "--timeout", "10"],
                        cwd=REPO, capture_output=True)

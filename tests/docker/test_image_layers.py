@@ -1,6 +1,6 @@
 """The Dockerfile's layering, measured on real builds: every role's image starts with the same
 layers up to and including the protocol library's venv, and a change to one service's code
-rebuilds that role's image only; the other two keep their image ids and the library layer is
+rebuilds that role's image only; the others keep their image ids and the library layer is
 reused. Builds run in a copy of the build context, so the repository and the p2p-*:latest images
 are left alone. The change is always the same text, so a rerun finds its builds in the cache."""
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ROLES = ("tracker", "seeder", "leecher")
+ROLES = ("tracker", "seeder", "leecher", "peer")
 # Everything .dockerignore lets into the context, and the Dockerfile.
 CONTEXT = ("Dockerfile", ".dockerignore", "constraints.txt", "shared", "services", "deploy/wheels",
-           "deploy/leecher-entrypoint.sh")
+           "deploy/leecher-entrypoint.sh", "deploy/attached-networks.py")
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_every_role_adds_its_own_layers_to_one_shared_runtime(images, context):
     runtime = build(context, "runtime", images)
     common, base = layers(runtime), layers(images["BASE_IMAGE"])
     assert common[: len(base)] == base and len(common) == len(base) + 2
-    modules = ("p2p_shared", "pydantic", "structlog", "p2p_tracker", "p2p_seeder", "p2p_leecher", "rich")
+    modules = ("p2p_shared", "pydantic", "structlog", "p2p_tracker", "p2p_seeder", "p2p_leecher", "rich", "p2p_peer", "aiohttp")
     found = subprocess.run(
         ["docker", "run", "--rm", "--entrypoint", "python3", runtime, "-c",
          f"import importlib.util as u; print(*[m for m in {modules!r} if u.find_spec(m)])"],

@@ -49,7 +49,7 @@ def test_images_build_offline_when_no_registry_answers(images):
         assert images["OFFLINE"] == "1"
         out = client.containers.run(images["BASE_IMAGE"], ["cat", "/etc/debian_version"], remove=True)
         assert out.decode().startswith("12.")
-    for role in ("tracker", "seeder"):
+    for role in ("tracker", "seeder", "peer"):
         config = client.images.get(f"p2p-{role}:latest").attrs["Config"]
         assert config["User"] == "p2p"
         assert config["Entrypoint"] == [f"p2p-{role}"]
@@ -85,7 +85,7 @@ def test_tracker_and_seeder_turn_healthy_without_being_counted_as_clients(images
     assert sample(tracker_metrics, "p2p_tracker_lookups_total") == 0
 
 
-@pytest.mark.parametrize("role", ["tracker", "seeder"])
+@pytest.mark.parametrize("role", ["tracker", "seeder", "peer"])
 def test_healthcheck_needs_a_fresh_health_file(images, role):
     """The image's own HEALTHCHECK command, run where the service is not running."""
     client = docker.from_env()
@@ -105,9 +105,53 @@ def test_healthcheck_needs_a_fresh_health_file(images, role):
     assert run('touch "$P2P_HEALTH_FILE"') == 0
 
 
-def test_leecher_image_runs_its_command(images):
-    result = subprocess.run(["docker", "run", "--rm", "p2p-leecher:latest", "--version"], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.startswith("p2p-leecher ")
+@pytest.mark.parametrize("role", ["leecher", "peer"])
+def test_the_image_runs_its_command(images, role):
+    result = subprocess.run(["docker", "run", "--rm", f"p2p-{role}:latest", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith(f"p2p-{role} ")
+
+
+def gateway_status(client, network: str, address: str) -> int:
+    """The status a container on `network` gets for GET /files from a peer's gateway."""
+    code = (
+        "import urllib.request, urllib.error\n"
+        "try:\n"
+        f"    print(urllib.request.urlopen('http://{address}:7080/files', timeout=10).status)\n"
+        "except urllib.error.HTTPError as exc:\n"
+        "    print(exc.code)\n"
+    )
+    out = client.containers.run("p2p-leecher:latest", ["-c", code], entrypoint="python3", network=network, remove=True)
+    return int(out.decode().split()[-1])
+
+
+def test_the_peer_turns_healthy_and_its_gateway_admits_only_whom_it_is_told(images, network):
+    """Healthy once registered. The image listens on the container's network but admits only
+    loopback: another container gets 403. Started through p2p-allow-attached-networks (as
+    Compose, the stack and Kubernetes start it), the containers of its network get 200."""
+    client, net, containers = network
+    tracker = client.containers.run("p2p-tracker:latest", detach=True, network=net.name)
+    containers.append(tracker)
+    net.disconnect(tracker)
+    net.connect(tracker, aliases=["tracker"])
+    env = {"P2P_TRACKER": "tracker:6969"}
+    plain = client.containers.run("p2p-peer:latest", detach=True, network=net.name, environment=env)
+    wrapped = client.containers.run(
+        "p2p-peer:latest", detach=True, network=net.name, environment=env,
+        entrypoint=["p2p-allow-attached-networks", "p2p-peer"],
+    )
+    containers += [plain, wrapped]
+    for peer in (plain, wrapped):
+        wait_healthy(peer)
+        assert peer.attrs["Config"]["User"] == "p2p"
+    address = {p: p.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"] for p in (plain, wrapped)}
+    assert gateway_status(client, net.name, address[plain]) == 403
+    assert gateway_status(client, net.name, address[wrapped]) == 200
+    subnet = net.attrs["IPAM"]["Config"][0]["Subnet"]
+    environment = wrapped.exec_run(["sh", "-c", "tr '\\0' '\\n' </proc/1/environ"]).output.decode()
+    assert f"P2P_HTTP_ALLOW={subnet}" in environment.splitlines()
+    # Inside the container, loopback is always admitted.
+    code = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:7080/files').status)"
+    assert plain.exec_run(["python3", "-c", code]).output.decode().strip() == "200"
 
 
 def test_leecher_runs_as_the_owner_of_its_download_folder(images, tmp_path):

@@ -1,6 +1,6 @@
-"""The Compose file and the Dockerfile follow the conventions of long-running services, and the
-Dockerfile keeps each role's code out of the other roles' images (tests/docker/test_image_layers.py
-measures that on real builds)."""
+"""The Compose file, the stack file and the Dockerfile follow the conventions of long-running
+services, and the Dockerfile keeps each role's code out of the other roles' images
+(tests/docker/test_image_layers.py measures that on real builds)."""
 
 import re
 from pathlib import Path
@@ -10,7 +10,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-ROLES = ("tracker", "seeder", "leecher")
+ROLES = ("tracker", "seeder", "leecher", "peer")
 
 
 def dockerfile_stages() -> dict[str, dict]:
@@ -56,7 +56,7 @@ def context_copies(stage: str) -> list[str]:
 
 
 def test_long_running_services_restart_and_one_shot_jobs_do_not():
-    for name in ("tracker", "redis", "seeder", "pushgateway", "prometheus", "grafana"):
+    for name in ("tracker", "redis", "seeder", "peer", "pushgateway", "prometheus", "grafana"):
         assert SERVICES[name]["restart"] in ("unless-stopped", "on-failure"), name
     for name in ("seed-init", "leecher"):
         assert SERVICES[name].get("restart", "no") == "no", name
@@ -73,6 +73,9 @@ def test_published_ports_are_on_loopback_unless_opened():
     for name in ("prometheus", "grafana"):
         [port] = SERVICES[name]["ports"]
         assert port.startswith(f"${{{name.upper()}_HOST:-127.0.0.1}}:"), port
+    # The peer's gateway: a port Docker picks for each replica (a fixed one would collide when
+    # scaled), or a range given in PEER_HTTP_PORTS.
+    assert SERVICES["peer"]["ports"] == ["${PEER_HTTP_HOST:-127.0.0.1}:${PEER_HTTP_PORTS:-}:7080"]
 
 
 def test_leecher_needs_no_count_of_seeders_nor_a_uid():
@@ -83,7 +86,7 @@ def test_leecher_needs_no_count_of_seeders_nor_a_uid():
 
 
 def test_healthchecks_are_cheap_and_every_10_to_30_seconds():
-    for role in ("tracker", "seeder"):
+    for role in ("tracker", "seeder", "peer"):
         lines = [line for stage in from_chain(role) for line in STAGES[stage]["lines"]]
         [check] = [line for line in lines if line.startswith("HEALTHCHECK ")]
         interval = int(re.search(r"--interval=(\d+)s", check)[1])
@@ -122,11 +125,69 @@ def test_trackers_are_replicas_sharing_one_redis_registry_found_by_their_service
     assert tracker["environment"]["P2P_REGISTRY"] == "${P2P_REGISTRY:-redis://redis:6379/0}"
     assert tracker["depends_on"]["redis"] == {"condition": "service_healthy"}
     assert tracker["deploy"]["replicas"] == "${TRACKERS:-2}"
-    # Seeders and leechers name the service, which Docker's DNS resolves to every replica.
-    assert SERVICES["seeder"]["environment"]["P2P_TRACKER"] == SERVICES["leecher"]["environment"]["P2P_TRACKER"] == "tracker:6969"
+    # Seeders, leechers and peers name the service, which Docker's DNS resolves to every replica.
+    for name in ("seeder", "leecher", "peer"):
+        assert SERVICES[name]["environment"]["P2P_TRACKER"] == "tracker:6969", name
     assert "ports" not in redis and redis["image"] == "${REDIS_IMAGE:-redis:7.2-bookworm}"
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     build = (REPO / "deploy/build-images.sh").read_text()
     assert "deploy/redis/Dockerfile.redis" in build and "REDIS_IMAGE=$REDIS_IMAGE" in build
     assert " redis async-timeout setuptools" in build  # redis-py (and what it needs on Python 3.11.2) among the wheels
     assert 'need redis-server redis-server' in (REPO / "deploy/preflight.sh").read_text()
+
+
+def stage_env(role: str) -> dict[str, str]:
+    """The ENV settings of a role's image, through the stages it is built from."""
+    found = {}
+    for line in (line for stage in from_chain(role) for line in STAGES[stage]["lines"]):
+        if line.startswith("ENV "):
+            found |= dict(pair.split("=", 1) for pair in line.split()[1:])
+    return found
+
+
+def test_the_peer_image_listens_on_its_network_and_admits_only_loopback_by_default():
+    lines = STAGES["peer"]["lines"]
+    env = stage_env("peer")
+    assert env["P2P_HTTP_HOST"] == "0.0.0.0" and "P2P_HTTP_ALLOW" not in env
+    assert env["P2P_HEALTH_FILE"] == "/tmp/p2p-healthy"
+    assert f"RUN mkdir -p {env['P2P_CACHE_DIR']} && chown p2p:p2p {env['P2P_CACHE_DIR']}" in lines
+    assert "USER p2p" in lines and "EXPOSE 7001 7080 9104" in lines
+    assert lines[-1] == 'ENTRYPOINT ["p2p-peer"]'
+    assert "COPY deploy/attached-networks.py /usr/local/bin/p2p-allow-attached-networks" in lines
+    assert "!deploy/attached-networks.py" in (REPO / ".dockerignore").read_text().splitlines()
+    assert "for service in tracker seeder leecher peer; do" in (REPO / "deploy/build-images.sh").read_text()
+
+
+def test_peers_scale_each_with_its_own_cache_and_a_gateway_for_the_project():
+    peer = SERVICES["peer"]
+    assert peer["deploy"]["replicas"] == "${PEERS:-1}"
+    # An anonymous volume: one per container, so `--scale peer=N` gives each replica its own cache.
+    assert peer["volumes"] == [stage_env("peer")["P2P_CACHE_DIR"]]
+    # The gateway admits the project's network (the wrapper adds the container's own subnets),
+    # and what PEER_HTTP_ALLOW adds; nothing else.
+    assert peer["entrypoint"] == ["p2p-allow-attached-networks", "p2p-peer"]
+    assert peer["environment"]["P2P_HTTP_ALLOW"] == "${PEER_HTTP_ALLOW:-}"
+    assert peer["depends_on"] == {"tracker": {"condition": "service_healthy"}}
+    assert "healthcheck" not in peer  # the image's, on the health file
+    assert peer["stop_grace_period"] and "user" not in peer
+    # Prometheus finds every replica by the service name, on the port the peer serves metrics.
+    config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "peer"]
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["peer"] and sd["port"] == int(peer["environment"]["P2P_METRICS_PORT"]) == 9104
+    # Under TLS a peer serves and fetches with a certificate the swarm CA signed.
+    tls = yaml.safe_load((REPO / "docker-compose.tls.yml").read_text())["services"]["peer"]["environment"]
+    assert {"P2P_TLS_CERT", "P2P_TLS_KEY", "P2P_TLS_CA"} <= tls.keys()
+
+
+def test_the_stack_runs_one_peer_per_node_published_on_the_node_in_host_mode():
+    stack = yaml.safe_load((REPO / "docker-stack.yml").read_text())["services"]
+    peer = stack["peer"]
+    assert peer["image"] == "p2p-peer:latest" and peer["deploy"]["mode"] == "global"
+    assert peer["entrypoint"] == ["p2p-allow-attached-networks", "p2p-peer"]
+    # Host mode keeps a client's address, which the allow list judges; the routing mesh (ingress)
+    # would hand every outside client over from an address of the ingress network.
+    [port] = peer["ports"]
+    assert (port["target"], port["mode"], port["published"]) == (7080, "host", "${PEER_HTTP_PORT:-7080}")
+    assert peer["environment"]["P2P_HTTP_ALLOW"] == "${PEER_HTTP_ALLOW:-}"
+    assert peer["volumes"] == [f"peer-cache:{stage_env('peer')['P2P_CACHE_DIR']}"]
