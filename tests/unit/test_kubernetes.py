@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from p2p_leecher.main import LeecherSettings
+from p2p_peer.main import PeerSettings
 from p2p_seeder.main import SeederSettings
 from p2p_tracker.main import TrackerSettings
 from pydantic import ValidationError
@@ -36,7 +37,9 @@ SOURCES = ["base files", "base", *OVERLAYS]
 SCHEMA_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet"}
-SETTINGS = {"p2p-tracker": TrackerSettings, "p2p-seeder": SeederSettings, "p2p-leecher": LeecherSettings}
+SETTINGS = {
+    "p2p-tracker": TrackerSettings, "p2p-seeder": SeederSettings, "p2p-leecher": LeecherSettings, "p2p-peer": PeerSettings,
+}
 # Volume types the restricted Pod Security profile allows.
 RESTRICTED_VOLUMES = {
     "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
@@ -101,7 +104,7 @@ def env_value(container: dict, name: str) -> str:
 
 
 def role(container: dict) -> str:
-    """The compose image a container runs: p2p-tracker, p2p-seeder, p2p-leecher or redis."""
+    """The compose image a container runs: p2p-tracker, p2p-seeder, p2p-leecher, p2p-peer or redis."""
     return container["image"].rsplit("/", 1)[-1].split(":")[0]
 
 
@@ -220,13 +223,12 @@ def test_seeders_serve_their_own_volume_read_only(docs):
     [mount] = [m for m in server["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
     assert mount["readOnly"] is True and env_value(server, "P2P_FILE") == mount["mountPath"]
     # The demo file is the same on every replica's volume (a fixed seed), and is what the
-    # peers and the leecher fetch.
+    # leecher fetches.
     [init] = pod_spec(seeder)["initContainers"]
     script = init["command"][-1]
     assert "random.Random(" in script and "os.urandom" not in script
-    for workload in (named(docs, "DaemonSet", "peer"), named(docs, "Job", "leecher")):
-        [c] = containers(workload)
-        assert f'"{env_value(c, "P2P_TARGET")}"' in script
+    [c] = containers(named(docs, "Job", "leecher"))
+    assert f'"{env_value(c, "P2P_TARGET")}"' in script
 
 
 def test_seeders_and_peers_advertise_their_pod_address(docs):
@@ -235,13 +237,42 @@ def test_seeders_and_peers_advertise_their_pod_address(docs):
         assert env(c)["P2P_ADVERTISE_HOST"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
 
 
-def test_peers_share_until_stopped_on_the_pod_network(docs):
+def test_peers_are_p2p_peer_on_the_pod_network_with_a_gateway_for_their_node(docs):
     peer = named(docs, "DaemonSet", "peer")
     [c] = containers(peer)
-    assert role(c) == "p2p-leecher" and float(env_value(c, "P2P_SEED_TIME")) < 0
-    [port] = [p for p in c["ports"] if p["name"] == "peer"]
-    assert port["containerPort"] == int(env_value(c, "P2P_LISTEN_PORT"))
-    assert "hostNetwork" not in pod_spec(peer) and all("hostPort" not in p for p in c["ports"])
+    assert role(c) == "p2p-peer"
+    ports = {p["name"]: p for p in c["ports"]}
+    assert ports["peer"]["containerPort"] == int(env_value(c, "P2P_PORT"))
+    assert ports["http"]["containerPort"] == int(env_value(c, "P2P_HTTP_PORT"))
+    assert ports["metrics"]["containerPort"] == int(env_value(c, "P2P_METRICS_PORT"))
+    # No host networking: the gateway is on the pod network, never on the node's address.
+    assert not {"hostNetwork", "hostPort"} & pod_spec(peer).keys()
+    assert all("hostPort" not in p for p in c["ports"])
+    # It listens on the pod's address, and admits loopback, the pod's own subnet (the node's pod
+    # range where the network plugin gives one; the wrapper adds it) and what the overlay names.
+    assert c["command"] == ["p2p-allow-attached-networks", "p2p-peer"]
+    assert env_value(c, "P2P_HTTP_HOST") == "0.0.0.0"
+    allowed = env_value(c, "P2P_HTTP_ALLOW")
+    namespace = peer["metadata"].get("namespace")
+    assert allowed == ("10.244.0.0/16" if namespace == "p2p-dev" else "")
+    # Pods reach the peer of their own node by one name.
+    gateway = named(docs, "Service", "peer-gateway")["spec"]
+    assert selects(gateway["selector"], pod_labels(peer))
+    assert gateway["internalTrafficPolicy"] == "Local" and gateway.get("type", "ClusterIP") == "ClusterIP"
+    [port] = gateway["ports"]
+    assert (port["port"], port["targetPort"], port["protocol"]) == (7080, "http", "TCP")
+
+
+def test_the_peer_cache_is_an_emptydir_a_little_larger_than_its_cache_size(docs):
+    peer = named(docs, "DaemonSet", "peer")
+    [c] = containers(peer)
+    [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == env_value(c, "P2P_CACHE_DIR")]
+    [volume] = [v for v in pod_spec(peer)["volumes"] if v["name"] == mount["name"]]
+    limit = quantity(volume["emptyDir"]["sizeLimit"])
+    size = PeerSettings(cache_size=env_value(c, "P2P_CACHE_SIZE")).cache_size
+    # Room for the manifests above the cache's bound, but not so much that the kubelet's eviction
+    # (past the limit) stops meaning "the cache misbehaves".
+    assert size < limit <= size + 2 * 2**30, (size, limit)
 
 
 def test_the_leecher_job_downloads_once_to_a_claim(docs):
@@ -287,8 +318,9 @@ def test_health_probes_pass_on_a_fresh_file_only(tmp_path):
         [c] = containers(named(base_files(), kind, name), init=False)
         health = tmp_path / f"{name}-healthy"
         for key in ("startupProbe", "readinessProbe", "livenessProbe"):
-            if key not in c or env_value(c, "P2P_HEALTH_FILE") not in " ".join(c[key].get("exec", {}).get("command", [])):
-                continue  # (a peer is ready once its file is in place: the next test)
+            if key not in c:
+                continue
+            assert env_value(c, "P2P_HEALTH_FILE") in " ".join(c[key]["exec"]["command"]), f"{name} {key}"
             c = c | {key: {"exec": {"command": [
                 part.replace(env_value(c, "P2P_HEALTH_FILE"), str(health)) for part in c[key]["exec"]["command"]
             ]}}}
@@ -298,16 +330,6 @@ def test_health_probes_pass_on_a_fresh_file_only(tmp_path):
             assert probe(c, key) == 0, f"{name} {key}: fresh file"
             os.utime(health, (time.time() - 60, time.time() - 60))
             assert probe(c, key) != 0, f"{name} {key}: stale file"
-
-
-def test_a_peer_is_ready_once_its_file_has_its_final_name(tmp_path):
-    [c] = containers(named(base_files(), "DaemonSet", "peer"))
-    target = env_value(c, "P2P_TARGET")
-    assert probe(c, "readinessProbe", P2P_OUTPUT_DIR=str(tmp_path)) != 0
-    (tmp_path / f"{target}.part").touch()
-    assert probe(c, "readinessProbe", P2P_OUTPUT_DIR=str(tmp_path)) != 0
-    (tmp_path / target).touch()
-    assert probe(c, "readinessProbe", P2P_OUTPUT_DIR=str(tmp_path)) == 0
 
 
 # Every container ------------------------------------------------------------------------------
@@ -511,7 +533,7 @@ def test_production_runs_more_with_tls_and_network_policies(kubectl):
     # from the p2p-tls Secret, which never holds the CA's key.
     for workload in workloads(production):
         for c in containers(workload, init=False):
-            if role(c) not in ("p2p-seeder", "p2p-leecher"):
+            if role(c) not in ("p2p-seeder", "p2p-leecher", "p2p-peer"):
                 continue
             mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
             volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
@@ -532,6 +554,13 @@ def test_production_runs_more_with_tls_and_network_policies(kubectl):
         selects(source["podSelector"]["matchLabels"], pod_labels(w))
         for w in workloads(production) if w["metadata"]["name"] != "tracker"
     )
+    # The peers' gateways: beyond the swarm's own pods, only pods that say they are its clients.
+    policy = named(production, "NetworkPolicy", "peer-gateway")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod_labels(named(production, "DaemonSet", "peer")))
+    [rule] = policy["ingress"]
+    [source] = rule["from"]
+    assert source["podSelector"]["matchLabels"] == {"p2p-gateway/client": "true"} and source["namespaceSelector"] == {}
+    assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
 
 
 def test_the_preflight_installs_kubectl_from_debian():
