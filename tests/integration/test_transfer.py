@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE
+from tests.host_tools import host_tool
 from tools.localswarm import LocalSwarm, Service, free_port, random_file, sha256_file, start_listening
 
 from .conftest import scrape
@@ -181,3 +182,17 @@ def test_make_swarm_runs_end_to_end():
     lines = result.stdout.splitlines()
     assert "Successfully downloaded demo.bin" in lines
     assert lines[-1].startswith("summary: 4 MiB from 3 seeders") and lines[-1].endswith("sha256 matches")
+
+
+def test_make_swarm_with_peer_fetches_the_file_with_curl_through_the_gateway():
+    """`make swarm SWARM_ARGS=--peer`: the same run, then the file through a p2p-peer, exact."""
+    host_tool("curl", "curl")
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "tools.swarm", "--size-mib", "4", "--peer"], cwd=repo,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "Successfully downloaded demo.bin" in lines
+    assert lines[-2].startswith("summary: 4 MiB from 3 seeders") and lines[-2].endswith("sha256 matches")
+    assert lines[-1].startswith("peer: 4 MiB with curl through p2p-peer's gateway (http://127.0.0.1:")
+    assert "/files/demo.bin) in " in lines[-1] and lines[-1].endswith("sha256 matches")
