@@ -97,9 +97,7 @@ def swarm(images, tmp_path_factory):
         **images,
         "COMPOSE_PROJECT_NAME": f"p2ptest{os.getpid()}",
         "SEEDERS": "5",
-        # No per-host peer: the counts of holders here are the seeders' (a peer registered with an
-        # empty cache counts as a complete holder); the peers have a project of their own below.
-        "PEERS": "0",
+        "PEERS": "1",  # (two have a project of their own, below)
         "DEMO_SIZE_MIB": "32",
         "HEARTBEAT_INTERVAL": "2",
         "PROMETHEUS_PORT": "0",
@@ -152,7 +150,9 @@ def leecher_job(swarm):
 
 def test_five_seeders_are_registered_and_scraped(swarm):
     assert eventually(lambda: swarm.seeders_listed() == 5, timeout=30)
-    eventually(lambda: swarm.value('p2p_tracker_live_holders{kind="complete"}') == 5)
+    # The five seeders and the peer, registered with nothing in its cache: the tracker counts a
+    # holder of no file as a complete one.
+    eventually(lambda: swarm.value('p2p_tracker_live_holders{kind="complete"}') == 6)
 
     def seeder_targets_up():
         """five seeder targets up in Prometheus"""
@@ -188,6 +188,15 @@ def test_metrics_are_nonzero_where_they_should_be(swarm, leecher_job):
 
 
 def test_every_dashboard_query_returns_data(swarm, leecher_job):
+    # The peer's panels need a file through its gateway; the peer then lets it go, so that the
+    # seeders are demo.bin's only holders again for the tests below.
+    gateway = f"http://{swarm.run('port', 'peer', '7080').stdout.strip()}/files"
+    with urllib.request.urlopen(f"{gateway}/demo.bin", timeout=120) as response:
+        assert hashlib.sha256(response.read()).hexdigest() == swarm.seed_sha256
+        file_id = response.headers["ETag"].strip('"')
+    with urllib.request.urlopen(urllib.request.Request(f"{gateway}/{file_id}", method="DELETE"), timeout=30) as response:
+        assert response.status == 204
+    assert eventually(lambda: swarm.seeders_listed() == 5, timeout=30)
     # As Grafana sends them: $instance is "All" (.*), $__rate_interval 4 x the 5 s scrape interval.
     exprs = queries_as_grafana_sends(scrape_interval=5)
     assert len(exprs) >= 14
