@@ -115,6 +115,25 @@ class ChunkPlan:
         else:
             self.peer_has(peer, have)
 
+    def set_have(self, peer: Peer, have: Iterable[int] | None) -> None:
+        """What a peer in the plan holds, replacing what it was thought to hold (an origin added
+        before its have-set came); the chunks asked of it stay asked."""
+        old = self._have.get(peer, set())
+        if peer not in self._have:
+            return
+        origin = peer in self._origins
+        if old is None:
+            self._full_peers -= 1
+            self._count(range(self.num_chunks), -1, origin)
+        else:
+            self._count(old, -1, origin)
+        self._have[peer] = None if have is None else set()
+        if have is None:
+            self._full_peers += 1
+            self._count(range(self.num_chunks), +1, origin)
+        else:
+            self.peer_has(peer, have)
+
     def elsewhere(self, peer: Peer, index: int) -> None:
         """An origin would not send this chunk (others have it): back to the plan, and not asked
         of that origin again unless it offers it."""

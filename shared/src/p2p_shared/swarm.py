@@ -98,7 +98,7 @@ Effect = Verify | Release | Delivered | Rejected | Returned | End
 class PeerSession:
     """One peer's conversation about one file: its request window and the frames waiting to go."""
 
-    __slots__ = ("peer", "label", "origin", "announces", "window", "outbox", "ready", "ended", "held", "heard_at")
+    __slots__ = ("peer", "label", "origin", "announces", "window", "outbox", "ready", "have_seen", "ended", "held", "heard_at")
 
     def __init__(self, peer: Peer, label: str, origin: bool, announces: bool, depth: int, max_bad: int, now: float):
         self.peer = peer
@@ -107,7 +107,8 @@ class PeerSession:
         self.announces = announces  # it sends and understands ANNOUNCE (and DECLINE)
         self.window = RequestWindow(depth, max_bad)
         self.outbox: list[wire.Event] = []
-        self.ready = False  # its have-set arrived: it is in the plan
+        self.ready = False  # it is in the plan: its have-set arrived, or it is an origin
+        self.have_seen = False  # its have-set arrived
         self.ended = False  # an End was returned for it: nothing more is asked of it until it closes
         self.held: tuple[float, int] | None = None  # a request paced by the rate limit: (send at, index)
         self.heard_at = now  # the last frame from it, or the first request sent into its silence
@@ -166,6 +167,12 @@ class Swarm:
             session.outbox.append(wire.Have.of(self.raw_id, self.manifest.num_chunks, self.verified))
         session.outbox.append(wire.GetHave(self.raw_id))
         self.sessions[peer] = session
+        if origin:
+            # It holds every chunk (the tracker says so): a chunk a reader waits for may be asked
+            # of it now, with no round trip for its have-set (which only says what it offers).
+            self.plan.add_peer(peer, (), origin=True)
+            session.ready = True
+            self._fill(session, now)
         return session
 
     def close(self, peer: Peer, now: float) -> int:
@@ -182,7 +189,7 @@ class Swarm:
         """When this peer will have been silent too long: with requests outstanding, or before
         its have-set came."""
         session = self.sessions[peer]
-        return session.heard_at + self.chunk_timeout if session.in_air or not session.ready else None
+        return session.heard_at + self.chunk_timeout if session.in_air or not session.have_seen else None
 
     def ready_at(self, peer: Peer) -> float | None:
         """When a request paced by the rate limit may go."""
@@ -230,13 +237,17 @@ class Swarm:
                     if session.window.strike():
                         why = f"{session.label} sent {session.window.bad} chunks that failed verification"
                         effects.append(self._end(session, PeerBanned(why)))
-            case wire.Have(file_id=fid, num_chunks=num_chunks) if not session.ready:
+            case wire.Have(file_id=fid, num_chunks=num_chunks) if not session.have_seen:
                 num = self.manifest.num_chunks
                 if fid != self.raw_id or num_chunks != num:
                     return [self._end(session, PeerBanned(f"{session.label} announced {num_chunks} chunks, the manifest has {num}"))]
                 indices = event.indices()
-                self.plan.add_peer(peer, None if len(indices) == num else indices, origin=session.origin)
-                session.ready = True
+                have = None if len(indices) == num else indices
+                if session.ready:  # an origin in the plan already, maybe with chunks asked of it
+                    self.plan.set_have(peer, have)
+                else:
+                    self.plan.add_peer(peer, have, origin=session.origin)
+                session.ready = session.have_seen = True
             case wire.Announce(file_id=fid, indices=indices) if session.ready:
                 if fid != self.raw_id:
                     return [self._end(session, PeerBanned(f"{session.label} announced chunks of another file"))]
@@ -247,7 +258,7 @@ class Swarm:
                 if session.origin:  # offers of chunks we are getting anyway
                     self._decline(session, [i for i in indices if self.plan.taken_elsewhere(i, peer)])
             case wire.Error(code=code, message=message, index=index):
-                if not session.ready:
+                if not session.have_seen:
                     return [self._end(session, PeerBanned(f"{session.label} does not serve this file ({code.name.lower()}: {message})"))]
                 if code == wire.ErrorCode.ELSEWHERE:  # an origin's "others have it": no fault of its
                     if session.awaits(index) and session.window.refused(index):

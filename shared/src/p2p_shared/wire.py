@@ -260,7 +260,7 @@ class FrameReader:
         accept: frozenset[FrameType] | None = None,
     ) -> None:
         self._allocate = allocate
-        self._max_payload = max_payload
+        self.max_payload = max_payload
         self.accept = accept
         self._head = bytearray(FRAME_HEADER.size + _ID_INDEX.size)
         self._events: deque[Event] = deque()
@@ -327,7 +327,7 @@ class FrameReader:
                 raise RemoteProtocolError(f"unexpected {self._kind.name} frame")
             low, high = _BOUNDS[self._kind]
             if self._kind == FrameType.CHUNK:
-                high = _ID_INDEX.size + self._max_payload
+                high = _ID_INDEX.size + self.max_payload
             if not low <= length <= high:
                 raise RemoteProtocolError(f"{self._kind.name} frame of {length} bytes out of bounds")
             self._length = length

@@ -41,7 +41,7 @@ from ..settings import DownloadSettings
 from ..storage import PartFile, verified_chunks
 from ..supervisor import Supervisor
 from ..swarm import Delivered, Effect, Rejected, Returned, Swarm
-from .peer_client import open_peer
+from .peer_client import PeerConnection, open_peer
 from .tracker_client import TrackerClient
 from .worker import PeerWorker
 
@@ -154,6 +154,7 @@ class Download:
         self._part: PartFile | None = None
         self._writes: set[Future] = set()
         self._workers: dict[PeerKey, PeerWorker] = {}
+        self._spare: dict[PeerKey, PeerConnection] = {}  # open, greeted, not yet a worker's
         self._finished = asyncio.Event()
         self._ready: asyncio.Future[None] = loop.create_future()  # the manifest known, the part file open
         self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if no one waits
@@ -220,14 +221,20 @@ class Download:
         for host, port in peers:
             try:
                 conn = await open_peer(
-                    host, port, chunk_size=1, depth=0, timeout=opts.connect_timeout, secret=opts.secret_bytes(), tls=self.tls
+                    host, port, chunk_size=1, depth=0, timeout=opts.connect_timeout, secret=opts.secret_bytes(),
+                    tls=self.tls, shares=self.shares,
                 )
                 try:
                     conn.send(wire.GetManifest(bytes.fromhex(file_id)))
                     data = await conn.expect(wire.ManifestData, opts.chunk_timeout)
-                    return Manifest.decode_verified(data.data, file_id)
-                finally:
+                    manifest = Manifest.decode_verified(data.data, file_id)
+                except BaseException:
                     conn.close()
+                    raise
+                # Kept for the download's worker to this peer: one connection set-up less before
+                # the first chunk (what a reader waiting for its first byte notices).
+                self._spare[(host, port)] = conn
+                return manifest
             except (PeerError, RemoteProtocolError) as exc:
                 last = str(exc)
                 if isinstance(exc, ManifestError):
@@ -408,6 +415,19 @@ class Download:
         for worker in self._workers.values():
             worker.flush()
 
+    def take_spare(self, peer: PeerKey) -> PeerConnection | None:
+        """The connection that brought the manifest, if it is to this peer and still up."""
+        conn = self._spare.pop(peer, None)
+        if conn is not None and conn.error is not None:
+            conn.close()
+            return None
+        return conn
+
+    def _close_spares(self) -> None:
+        for conn in self._spare.values():
+            conn.close()
+        self._spare.clear()
+
     async def _drain_writes(self) -> None:
         # Endgame duplicates may still be hashing; their pwrite must not outlive the fd.
         if self._writes:
@@ -433,8 +453,9 @@ class Download:
                     except (TrackerUnavailable, TrackerRejected) as exc:
                         log.warning("peer list not refreshed", error=str(exc))
                 for peer in supervisor.candidates(tasks.values(), now):
-                    worker = self._workers[peer] = PeerWorker(self, peer, supervisor.book.is_origin(peer))
+                    worker = self._workers[peer] = PeerWorker(self, peer, supervisor.book.is_origin(peer), self.take_spare(peer))
                     tasks[asyncio.create_task(worker.run())] = peer
+                self._close_spares()  # its peer was not picked: not kept open for nothing
                 if len(tasks) != self.peer_count:
                     self.metrics.peers_active.inc(len(tasks) - self.peer_count)
                     self.peer_count = len(tasks)
@@ -452,6 +473,7 @@ class Download:
                     if task is not finished:
                         self._worker_ended(tasks.pop(task), task)
         finally:
+            self._close_spares()
             finished.cancel()
             for task in tasks:
                 task.cancel()

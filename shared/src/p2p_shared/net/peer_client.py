@@ -69,6 +69,12 @@ class PeerConnection:
         self._lent += 1
         return self._free.pop() if self._free else bytearray(self.chunk_size)
 
+    def take_chunks(self, chunk_size: int, depth: int) -> None:
+        """From now on, take chunk payloads of up to `chunk_size` bytes, `depth` at a time (a
+        connection opened for a manifest goes on to serve the download)."""
+        self.chunk_size, self.depth = chunk_size, depth
+        self._frames.max_payload = chunk_size
+
     def release(self, buffer: bytearray) -> None:
         """Give a chunk buffer back once its bytes are verified and written."""
         self._lent -= 1

@@ -50,10 +50,11 @@ class _Outcome:
 
 
 class PeerWorker:
-    def __init__(self, host: SwarmHost, peer: tuple[str, int], origin: bool) -> None:
+    def __init__(self, host: SwarmHost, peer: tuple[str, int], origin: bool, conn: PeerConnection | None = None) -> None:
         self.host = host
         self.peer = peer
         self.origin = origin
+        self._opened = conn  # a connection to this peer already open and greeted (the manifest's)
         self.label = f"{peer[0]}:{peer[1]}"
         self.conn: PeerConnection | None = None
 
@@ -70,13 +71,17 @@ class PeerWorker:
 
     async def run(self) -> None:
         host, settings, swarm = self.host, self.host.settings, self.host.swarm
-        try:
-            conn = await open_peer(
-                *self.peer, chunk_size=swarm.manifest.chunk_size, depth=settings.pipeline_depth,
-                timeout=settings.connect_timeout, secret=settings.secret_bytes(), tls=host.tls, shares=host.shares,
-            )
-        except PeerRejected as exc:  # not in our swarm, or not speaking our protocol
-            raise PeerBanned(str(exc)) from None
+        conn, self._opened = self._opened, None
+        if conn is not None:
+            conn.take_chunks(swarm.manifest.chunk_size, settings.pipeline_depth)
+        else:
+            try:
+                conn = await open_peer(
+                    *self.peer, chunk_size=swarm.manifest.chunk_size, depth=settings.pipeline_depth,
+                    timeout=settings.connect_timeout, secret=settings.secret_bytes(), tls=host.tls, shares=host.shares,
+                )
+            except PeerRejected as exc:  # not in our swarm, or not speaking our protocol
+                raise PeerBanned(str(exc)) from None
         loop = asyncio.get_running_loop()
         self.conn = conn
         try:
