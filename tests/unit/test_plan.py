@@ -381,3 +381,15 @@ def test_a_prioritized_chunk_is_not_retried_on_the_peer_that_failed_it_while_ano
     plan.fail(2, "a")
     assert plan.next_chunk("a") == 0
     assert plan.next_chunk("b") == 2
+
+
+def test_set_have_replaces_what_a_peer_holds_and_keeps_what_was_asked_of_it():
+    plan = ChunkPlan(6, random_first=0, rng=random.Random(1))
+    plan.add_peer("origin", (), origin=True)
+    plan.prioritize([2])
+    assert plan.next_chunk("origin") == 2  # urgent, and an origin holds every chunk
+    plan.set_have("origin", None)  # its have-set: everything
+    assert plan.assigned("origin") == {2} and plan.availability(4) == 1
+    plan.set_have("origin", {4})  # a super-seeding origin's offers
+    assert plan.availability(4) == 1 and plan.availability(0) == 0
+    assert plan.next_chunk("origin") == 4

@@ -490,3 +490,23 @@ def test_elsewhere_puts_the_chunk_back_without_a_strike_and_the_origin_is_not_as
     s.receive("origin", wire.Announce(s.raw_id, (0,)), 0.0)  # now it offers it
     assert requests(s, "origin") == [0]
     join(s, "leecher", {0})  # (a partial holder turning up would have been asked instead)
+
+
+def test_an_origin_is_asked_for_a_waited_for_chunk_before_its_have_set_and_keeps_it_after():
+    s = swarm(8, depth=2)
+    s.prioritize([3], 0.0)
+    s.open("origin", "origin", True, True, 0.0)
+    frames = outbox(s, "origin")
+    assert isinstance(frames[-1], wire.Request) and frames[-1].index == 3  # right after GET_HAVE, no round trip
+    assert s.deadline("origin") == TIMEOUT  # silent until its have-set: it times out as any peer
+    s.receive("origin", wire.Have.of(s.raw_id, 8, {5}), 0.0)  # it offers 5: asked too, 3 still asked
+    assert requests(s, "origin") == [5]
+    assert s.plan.assigned("origin") == {3, 5}
+    delivered = deliver(s, "origin", 3)
+    assert [e for e in delivered if isinstance(e, Delivered)] == [Delivered(3, CHUNK, True)]
+
+
+def test_without_a_reader_an_origin_is_asked_for_nothing_before_its_have_set():
+    s = swarm(8)
+    s.open("origin", "origin", True, True, 0.0)
+    assert not [f for f in outbox(s, "origin") if isinstance(f, wire.Request)]
