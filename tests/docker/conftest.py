@@ -45,3 +45,16 @@ def images(docker_ready) -> dict[str, str]:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return {k: v or "" for k, v in dotenv_values(REPO / ".env").items()}
+
+
+IMAGES_BUILD_TIMEOUT = 1800  # seconds: on a fresh machine the images build from nothing first
+
+
+def pytest_collection_modifyitems(items):
+    """The first test to need the images builds them in its set-up, which counts in its own
+    timeout (300 s): that test gets time for a build from scratch (the Debian bases, every role)."""
+    for item in items:
+        if "images" in getattr(item, "fixturenames", ()):
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(IMAGES_BUILD_TIMEOUT))
+            return

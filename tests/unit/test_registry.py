@@ -234,10 +234,16 @@ async def test_registering_complete_again_makes_a_partial_holder_complete_and_ba
     assert await kinds(reg) == {"complete": 0, "partial": 0} and (await reg.refresh_stats()).files == 0
 
 
-async def test_a_holder_without_files_counts_as_complete(make_store):
+async def test_a_holder_without_files_is_neither_kind(make_store):
+    # A per-host peer with an empty cache is a holder, not a seeder: it must not hide the alert
+    # about a swarm with no seeder left.
     reg = await make_store(ttl=10)
     await reg.register(("s", 1), [], now=0)
+    assert await kinds(reg) == {"complete": 0, "partial": 0}
+    await reg.register(("s", 1), [entry(2)], now=0)
     assert await kinds(reg) == {"complete": 1, "partial": 0}
+    await reg.drop(("s", 1), [entry(2).file_id], now=0)
+    assert await kinds(reg) == {"complete": 0, "partial": 0}
     await reg.register(("s", 1), [entry(1)], now=0, partial=True)
     assert await kinds(reg) == {"complete": 0, "partial": 1}
 
@@ -518,8 +524,8 @@ async def test_dropping_a_files_last_holding_removes_the_file_not_the_holder(mak
     assert await resolve(reg, name="f") is None and await resolve(reg, name="g") is None
     assert await resolve(reg, file_id=entry(1).file_id) is None and await files(reg) == []
     assert await holders(reg, entry(1).file_id, 10) == ([], [])
-    # Still a holder, of no file: counted complete, as one that registered none.
-    assert await stats(reg) == {"holders": 1, "holdings": 0, "complete": 1, "partial": 0, "files": 0}
+    # Still a holder, of no file: of neither kind, as one that registered none.
+    assert await stats(reg) == {"holders": 1, "holdings": 0, "complete": 0, "partial": 0, "files": 0}
     assert await reg.heartbeat(("a", 1), now=2)
     assert await reg.register(("a", 1), [entry(2, "g")], now=3) == "refreshed"  # and may hold it again
     assert await resolve(reg, name="g") == entry(2, "g")
@@ -538,10 +544,10 @@ async def test_dropping_counts_each_kind_of_holding(make_store):
     await reg.drop(("l", 1), [entry(3).file_id], now=1)  # its last partial one
     assert await stats(reg) == {"holders": 2, "holdings": 2, "complete": 2, "partial": 0, "files": 2}
     await reg.drop(("l", 1), [entry(1).file_id], now=1)  # its last complete one: a holder of nothing
-    assert await stats(reg) == {"holders": 2, "holdings": 1, "complete": 2, "partial": 0, "files": 1}
+    assert await stats(reg) == {"holders": 2, "holdings": 1, "complete": 1, "partial": 0, "files": 1}
     await reg.register(("p", 1), [entry(4)], now=1, partial=True)
-    await reg.drop(("p", 1), [entry(4).file_id], now=2)  # partial only, then nothing: complete
-    assert await stats(reg) == {"holders": 3, "holdings": 1, "complete": 3, "partial": 0, "files": 1}
+    await reg.drop(("p", 1), [entry(4).file_id], now=2)  # partial only, then nothing: neither kind
+    assert await stats(reg) == {"holders": 3, "holdings": 1, "complete": 1, "partial": 0, "files": 1}
     await reg.unregister(("l", 1))  # leaving after a drop gives back only what is left
     await reg.unregister(("p", 1))
     assert await stats(reg) == {"holders": 1, "holdings": 1, "complete": 1, "partial": 0, "files": 1}
@@ -704,7 +710,7 @@ async def test_registers_drops_and_unregisters_in_any_order_keep_every_index_rig
         assert await stats(reg) == {
             "holders": len(held),
             "holdings": sum(len(f) for f in held.values()),
-            "complete": sum(not f or False in f.values() for f in held.values()),
+            "complete": sum(False in f.values() for f in held.values()),
             "partial": sum(True in f.values() for f in held.values()),
             "files": len(live),
         }

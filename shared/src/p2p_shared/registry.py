@@ -140,8 +140,9 @@ class HolderRecord:
     partial_files: int = 0
 
     def kinds(self) -> tuple[bool, bool]:
-        """(complete for some file, partial for some file); with no file at all, complete."""
-        return len(self.files) > self.partial_files or not self.files, self.partial_files > 0
+        """(complete for some file, partial for some file); a holder with no file is neither (a
+        per-host peer with an empty cache is not a seeder)."""
+        return len(self.files) > self.partial_files, self.partial_files > 0
 
 
 class HolderRegistry:

@@ -57,7 +57,7 @@ local function address(owner, key)
 end
 local function name_of(entry) return string.match(entry, "^([^\n]*)") end
 local function tally(n, np, sign)
-  if n > np or n == 0 then redis.call("HINCRBY", stats, "complete", sign) end
+  if n > np then redis.call("HINCRBY", stats, "complete", sign) end
   if np > 0 then redis.call("HINCRBY", stats, "partial", sign) end
 end
 local function share_add(addr, holders, files)
