@@ -24,6 +24,19 @@ def many_leechers_row(m: dict, r: dict, label) -> tuple[str, str]:
             f"{m['share']['seeder_egress_per_file']:.2f}x / {m['no_share']['seeder_egress_per_file']:.2f}x the file")
 
 
+def gateway_rows(g: dict | None) -> list[tuple[str, str]]:
+    """The per-host peer's gateway beside its yardsticks (results written before it had none)."""
+    if not g or "skipped" in g:
+        return []
+    return [
+        ("per-host peer: a cached file through its gateway to curl / Debian's nginx, same file, same curl",
+         f"{g['gateway_cached_seconds']:.2f} s / {g['nginx_seconds']:.2f} s: **{g['gateway_over_nginx_throughput']:.2f}x "
+         f"nginx's throughput** ({g['gateway_mb_per_s']:.0f} MB/s)"),
+        ("per-host peer: first byte of an uncached file from one seeder / one chunk from that seeder (connect, ask, receive, SHA-256)",
+         f"{g['first_byte_seconds'] * 1000:.1f} ms / {g['one_chunk_seconds'] * 1000:.1f} ms: **{g['first_byte_over_one_chunk']:.1f}x**"),
+    ]
+
+
 def table(r: dict) -> str:
     b, s, head = r["baselines"], r["swarm"], r["swarm"]["one_leecher_three_seeders"]
     sizes = sorted(s["by_size"].values(), key=lambda x: x["bytes"])
@@ -51,6 +64,7 @@ def table(r: dict) -> str:
          f"{st['seeder_hash_seconds']:.2f} s vs {st['hashlib_one_thread_seconds']:.2f} s ({st['seeder_hash_seconds'] / st['hashlib_one_thread_seconds']:.2f}x: both cores)"),
         ("seeder start to registered / restart with the file unchanged (manifest cache)",
          f"{st['seeder_start_to_registered_seconds']:.2f} s / {st['restart_unchanged_seconds']:.2f} s (process start included)"),
+        *gateway_rows(r.get("gateway")),
         ("tracker, one core, lookups and heartbeats from 64 source addresses", f"{t['requests_per_second']:,.0f} requests/s"),
         ("tracker latency at half that load, p50 / p99", f"{t['half_load']['p50_ms']:.2f} / {t['half_load']['p99_ms']:.2f} ms"),
         ("tracker memory with 100,000 registered seeders", f"{t['rss_mb_100k_seeders']:.0f} MB"),

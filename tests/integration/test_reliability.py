@@ -100,7 +100,10 @@ def test_manifest_that_does_not_hash_to_the_file_id_is_refused(tmp_path, pushgat
             async def first_valid_manifest():
                 metrics = DownloadMetrics(registry, "leecher")
                 download = Download(liar.file_id, DownloadSettings(), None, metrics, None, lambda m: tmp_path / m.name)  # type: ignore[arg-type]
-                return await download.fetch_manifest(liar.file_id, peers)
+                try:
+                    return await download.fetch_manifest(liar.file_id, peers)
+                finally:
+                    download.close()
 
             manifest = asyncio.run(first_valid_manifest())
             assert manifest.encode() == liar.announced

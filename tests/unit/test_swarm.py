@@ -499,11 +499,23 @@ def test_an_origin_is_asked_for_a_waited_for_chunk_before_its_have_set_and_keeps
     frames = outbox(s, "origin")
     assert isinstance(frames[-1], wire.Request) and frames[-1].index == 3  # right after GET_HAVE, no round trip
     assert s.deadline("origin") == TIMEOUT  # silent until its have-set: it times out as any peer
-    s.receive("origin", wire.Have.of(s.raw_id, 8, {5}), 0.0)  # it offers 5: asked too, 3 still asked
-    assert requests(s, "origin") == [5]
-    assert s.plan.assigned("origin") == {3, 5}
+    s.receive("origin", wire.Have.of(s.raw_id, 8, {5}), 0.0)  # it offers 5: 3 is still asked, alone
+    assert requests(s, "origin") == [] and s.plan.assigned("origin") == {3}
     delivered = deliver(s, "origin", 3)
     assert [e for e in delivered if isinstance(e, Delivered)] == [Delivered(3, CHUNK, True)]
+    assert requests(s, "origin") == [5]  # the first chunk is in: the rest may come
+
+
+def test_the_first_chunk_a_reader_waits_for_is_asked_alone_for_half_a_second_at_most():
+    without_reader = swarm(8, depth=4)
+    assert len(join(without_reader, "seeder")) == 4  # nobody waits: the window fills at once
+    s = swarm(8, depth=4)
+    s.prioritize([6], 0.0)
+    assert join(s, "seeder") == [6]  # a reader waits: its chunk goes alone
+    assert s.ready_at("seeder") == 0.5
+    assert s.tick("seeder", 0.4) == [] and requests(s, "seeder") == []
+    assert s.tick("seeder", 0.5) == []  # no chunk came in time: the others may be asked now
+    assert len(requests(s, "seeder")) == 3 and s.ready_at("seeder") is None
 
 
 def test_without_a_reader_an_origin_is_asked_for_nothing_before_its_have_set():

@@ -39,13 +39,14 @@ class ChunkPlan:
         self.endgame_copies = endgame_copies
         self.random_first = random_first
         rng = rng or random.Random()
-        self._rank = list(range(num_chunks))
-        rng.shuffle(self._rank)
+        order = list(range(num_chunks))
+        rng.shuffle(order)
+        self._rank = [0] * num_chunks  # each chunk's place in this plan's random order
+        for place, index in enumerate(order):
+            self._rank[index] = place
         self._done: set[int] = set(done)
         # Unassigned chunks, in rank order (so a scan meets ties in random order).
-        self._pending: dict[int, None] = dict.fromkeys(
-            sorted((i for i in range(num_chunks) if i not in self._done), key=self._rank.__getitem__)
-        )
+        self._pending: dict[int, None] = dict.fromkeys(i for i in order if i not in self._done)
         self._in_flight: dict[int, set[Peer]] = {}
         self._failed_by: dict[int, set[Peer]] = {}
         self._have: dict[Peer, set[int] | None] = {}  # peer -> chunks it has (None: all)
@@ -180,8 +181,9 @@ class ChunkPlan:
     def assigned(self, peer: Peer) -> set[int]:
         return set(self._assigned.get(peer, ()))
 
-    def next_chunk(self, peer: Peer) -> int | None:
-        """The chunk `peer` should request next, or None if it has nothing to do now."""
+    def next_chunk(self, peer: Peer, urgent_only: bool = False) -> int | None:
+        """The chunk `peer` should request next, or None if it has nothing to do now (with
+        `urgent_only`: nothing but a chunk a reader waits for)."""
         if peer not in self._have:
             return None
         have = self._have[peer]
@@ -194,6 +196,8 @@ class ChunkPlan:
                 del self._pending[index]
                 self._picked += 1
                 return self._assign(index, peer)
+        if urgent_only:
+            return None
         rarity = self._picked >= self.random_first
         floor = max(1, self._full_peers)  # no chunk is rarer than this: stop at the first one
         best, best_key = None, None

@@ -28,6 +28,7 @@ from .ratelimit import TokenBucket
 
 log = structlog.get_logger()
 Peer = Hashable
+SOLO = 0.5  # seconds a download's first chunk a reader waits for is asked alone, at most
 
 
 # -- what the shell tells the swarm, besides frames ------------------------------------------
@@ -152,6 +153,9 @@ class Swarm:
         self.sessions: dict[Peer, PeerSession] = {}
         self._endgame = False
         self._wake = False  # the plan changed so that every session may have work
+        self._delivered_any = False  # a chunk was verified in this download
+        self._solo_until: float | None = None  # until then, only the first chunk a reader waits for is asked
+        self._urgent: list[int] = []  # the chunks readers wait for, most urgent first
 
     @property
     def finished(self) -> bool:
@@ -192,9 +196,12 @@ class Swarm:
         return session.heard_at + self.chunk_timeout if session.in_air or not session.have_seen else None
 
     def ready_at(self, peer: Peer) -> float | None:
-        """When a request paced by the rate limit may go."""
+        """When a request paced by the rate limit may go, or the first chunk's solo ends."""
         held = self.sessions[peer].held
-        return None if held is None else held[0]
+        at = None if held is None else held[0]
+        if self._solo_until is not None and (at is None or self._solo_until < at):
+            return self._solo_until
+        return at
 
     def tick(self, peer: Peer, now: float) -> list[Effect]:
         """Time passed for this peer: a paced request may go, or the peer timed out."""
@@ -296,6 +303,10 @@ class Swarm:
         if not self.plan.complete(index, session.peer):
             return  # an endgame copy that lost the race
         self.verified.add(index)
+        if not self._delivered_any:
+            self._delivered_any = True
+            if self._solo_until is not None:  # the first chunk is in: everyone may ask for the rest
+                self._end_solo()
         effects.append(Delivered(index, self.manifest.chunk_span(index)[1], session.origin))
         if self.shares:
             for other in self.sessions.values():
@@ -305,9 +316,20 @@ class Swarm:
     # -- what to ask for ---------------------------------------------------------------------
 
     def prioritize(self, indices: Iterable[int], now: float) -> None:
-        """Readers wait for these chunks, in this order: ask for them first."""
-        self.plan.prioritize(indices)
+        """Readers wait for these chunks, in this order: ask for them first. Until the first chunk
+        of the download is verified (for SOLO seconds at most), only the first is asked for: the
+        first chunk a reader waits for does not share the links, and the CPU that hashes it,
+        with the rest of the file."""
+        self._urgent = list(indices)
+        if not self._delivered_any and self._solo_until is None and self._urgent:
+            self._solo_until = now + SOLO
+        self.plan.prioritize(self._urgent[:1] if self._solo_until is not None else self._urgent)
         self._fill_all(now)
+
+    def _end_solo(self) -> None:
+        self._solo_until = None
+        self.plan.prioritize(self._urgent)
+        self._wake = True
 
     def _fill_all(self, now: float) -> None:
         self._wake = False
@@ -325,8 +347,10 @@ class Swarm:
                 return
             session.held = None
             self._send_request(session, index, now)
+        if self._solo_until is not None and now >= self._solo_until:
+            self._end_solo()
         while session.window.room > 0:
-            index = plan.next_chunk(session.peer)
+            index = plan.next_chunk(session.peer, urgent_only=self._solo_until is not None)
             if index is None:
                 return
             self._assigned(session, index)

@@ -51,7 +51,7 @@ from .metrics import PeerMetrics
 
 log = structlog.get_logger()
 
-SEND_BLOCK = 1 << 20  # bytes per sendfile call: each must finish within the client timeout
+MIN_BLOCK, MAX_BLOCK = 256 << 10, 64 << 20  # bytes per sendfile call, sized to take about a second
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -387,13 +387,17 @@ class Gateway:
 
     async def _send(self, request: web.Request, handle: BinaryIO, offset: int, count: int) -> None:
         """File bytes to the client with sendfile, in blocks that must each go within the timeout
-        (a client that stops reading is dropped)."""
+        (a client that stops reading is dropped). Each block is sized from the last one's pace to
+        take about a second: a fast client gets few calls (64 MiB each at most), a slow one small
+        blocks, so the timeout bounds a stall, not a slow but steady transfer."""
         loop = asyncio.get_running_loop()
         transport = request.transport
+        block = MIN_BLOCK
         while count > 0:
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the client went away")
-            block = min(SEND_BLOCK, count)
+            block = min(block, count)
+            started = loop.time()
             try:
                 await asyncio.wait_for(loop.sendfile(transport, handle, offset, block), self.settings.http_timeout)
             except TimeoutError:
@@ -401,6 +405,8 @@ class Gateway:
                 raise ConnectionResetError("the client stopped reading") from None
             self.metrics.http_bytes.inc(block)
             offset, count = offset + block, count - block
+            pace = block / max(loop.time() - started, 1e-3)  # bytes a second
+            block = int(min(MAX_BLOCK, max(MIN_BLOCK, pace)))
 
     async def fetch_file(self, request: web.Request) -> web.StreamResponse:
         """Into the cache without reading it: 202 once the download is under way."""

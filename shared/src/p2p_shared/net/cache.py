@@ -151,6 +151,9 @@ class HostCache(Watcher):
         described = self._described.pop(target, None)
         download = self.engine.fetch(target, self.settings, self.place, self.known, described)
         download.whole = download.whole or whole
+        # The cache keeps its own books of the space its files take: the free space is checked,
+        # not claimed ahead (a reader waiting for its first byte does not pay for it).
+        download.preallocate = False
         if download not in self._followed:
             self._followed.add(download)
             download.watchers.append(self)
@@ -169,7 +172,7 @@ class HostCache(Watcher):
         manifest = await download.describe()
         self._described[manifest.file_id] = download
         while len(self._described) > MAX_DESCRIBED:
-            del self._described[next(iter(self._described))]
+            self._described.pop(next(iter(self._described))).close()
         return manifest
 
     def place(self, manifest: Manifest) -> Path:

@@ -47,6 +47,7 @@ from .worker import PeerWorker
 
 log = structlog.get_logger()
 PeerKey = tuple[str, int]
+SPARE_SECONDS = 5.0  # a connection kept from the manifest waits this long for its worker
 RETRY_REASONS = ("hash_mismatch", "timeout", "connection", "peer_error", "protocol", "bad_peer")
 
 
@@ -140,6 +141,7 @@ class Download:
         self.watchers: list[Watcher] = []
         self.task: asyncio.Task[DownloadResult] | None = None  # the engine's task running it
         self.whole = False  # someone wants the whole file, not only what readers read (prefetch)
+        self.preallocate = True  # claim the file's disk space before fetching (storage.PartFile.reserve)
         self.manifest: Manifest | None = None
         self.path: Path | None = None  # the final path
         self.part_path: Path | None = None  # where the bytes are while downloading
@@ -155,6 +157,7 @@ class Download:
         self._writes: set[Future] = set()
         self._workers: dict[PeerKey, PeerWorker] = {}
         self._spare: dict[PeerKey, PeerConnection] = {}  # open, greeted, not yet a worker's
+        self._spare_timer: asyncio.TimerHandle | None = None
         self._finished = asyncio.Event()
         self._ready: asyncio.Future[None] = loop.create_future()  # the manifest known, the part file open
         self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if no one waits
@@ -222,18 +225,20 @@ class Download:
             try:
                 conn = await open_peer(
                     host, port, chunk_size=1, depth=0, timeout=opts.connect_timeout, secret=opts.secret_bytes(),
-                    tls=self.tls, shares=self.shares,
+                    tls=self.tls, shares=self.shares, first=(wire.GetManifest(bytes.fromhex(file_id)),),
                 )
                 try:
-                    conn.send(wire.GetManifest(bytes.fromhex(file_id)))
                     data = await conn.expect(wire.ManifestData, opts.chunk_timeout)
                     manifest = Manifest.decode_verified(data.data, file_id)
                 except BaseException:
                     conn.close()
                     raise
                 # Kept for the download's worker to this peer: one connection set-up less before
-                # the first chunk (what a reader waiting for its first byte notices).
+                # the first chunk (what a reader waiting for its first byte notices); closed if no
+                # download takes it soon.
                 self._spare[(host, port)] = conn
+                loop = asyncio.get_running_loop()
+                self._spare_timer = loop.call_later(SPARE_SECONDS, self.close)
                 return manifest
             except (PeerError, RemoteProtocolError) as exc:
                 last = str(exc)
@@ -287,7 +292,7 @@ class Download:
             raise DownloadError(f"{final} already exists and differs from {manifest.name}; move it or pick another -o")
         part = self._part = PartFile(final, manifest.size)
         done = await asyncio.to_thread(part.verified_chunks, manifest) if part.resumed else set()
-        part.reserve(keep=bool(done))
+        part.reserve(keep=bool(done), allocate=self.preallocate)
         if done:
             log.info("resuming", path=str(part.path), verified_chunks=len(done), of=manifest.num_chunks)
         self.part_path = part.path
@@ -423,7 +428,11 @@ class Download:
             return None
         return conn
 
-    def _close_spares(self) -> None:
+    def close(self) -> None:
+        """Close the connection kept from the manifest, if no worker took it."""
+        if self._spare_timer is not None:
+            self._spare_timer.cancel()
+            self._spare_timer = None
         for conn in self._spare.values():
             conn.close()
         self._spare.clear()
@@ -455,7 +464,7 @@ class Download:
                 for peer in supervisor.candidates(tasks.values(), now):
                     worker = self._workers[peer] = PeerWorker(self, peer, supervisor.book.is_origin(peer), self.take_spare(peer))
                     tasks[asyncio.create_task(worker.run())] = peer
-                self._close_spares()  # its peer was not picked: not kept open for nothing
+                self.close()  # its peer was not picked: not kept open for nothing
                 if len(tasks) != self.peer_count:
                     self.metrics.peers_active.inc(len(tasks) - self.peer_count)
                     self.peer_count = len(tasks)
@@ -473,7 +482,7 @@ class Download:
                     if task is not finished:
                         self._worker_ended(tasks.pop(task), task)
         finally:
-            self._close_spares()
+            self.close()
             finished.cancel()
             for task in tasks:
                 task.cancel()

@@ -127,9 +127,12 @@ async def open_peer(
     secret: bytes | None = None,
     tls: ssl.SSLContext | None = None,
     shares: bool = False,
+    first: tuple[wire.Event, ...] = (),
 ) -> PeerConnection:
     """Connect and exchange HELLO (and with a swarm secret, proofs both ways); OS errors become
-    PeerConnectError."""
+    PeerConnectError. `first`: requests to send as soon as the peer may take them: right after
+    our HELLO without a secret (the holder answers them once it has read it: one round trip
+    less), after the proofs with one; their answers wait in `events`."""
     conn = PeerConnection(f"{host}:{port}", chunk_size, depth)
     loop = asyncio.get_running_loop()
     try:
@@ -143,11 +146,18 @@ async def open_peer(
     try:
         handshake = ClientHandshake(secret, conn.label, shares=shares)
         conn.send(handshake.hello())
+        if first and secret is None:
+            conn._frames.accept = wire.CLIENT_RECEIVES  # their answers may follow the HELLO at once
+            for frame in first:
+                conn.send(frame)
         while not handshake.done:
             for frame in handshake.receive(await conn.next_event(timeout)):
                 conn.send(frame)
         conn.announces = bool(handshake.peer_flags & wire.FLAG_ANNOUNCE)
         conn._frames.accept = wire.CLIENT_RECEIVES
+        if first and secret is not None:
+            for frame in first:
+                conn.send(frame)
     except BaseException:
         conn.close()
         raise

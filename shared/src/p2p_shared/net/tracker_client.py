@@ -10,6 +10,7 @@ retry goes to the next address; the backoff applies as before."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import socket
 import time
@@ -80,6 +81,11 @@ class TrackerClient:
         found: list[Address] = []
         failures = []
         for host, port in self.trackers:
+            literal = _address_literal(host, port)
+            if literal is not None:  # an address, not a name: nothing to look up (no thread hop)
+                if literal not in found:
+                    found.append(literal)
+                continue
             try:
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             except socket.gaierror as exc:
@@ -225,6 +231,16 @@ class TrackerClient:
             self._transport.close()
             self._transport = None
             self._address = None
+
+
+def _address_literal(host: str, port: int) -> Address | None:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 4:
+        return socket.AF_INET, (host, port)
+    return socket.AF_INET6, (host, port, 0, 0)
 
 
 def _show(address: Address) -> str:
