@@ -3,7 +3,8 @@ browser shows."""
 
 import pytest
 
-from p2p_peer.gateway import Span, Unsatisfiable, byte_span, content_disposition, etag_matches
+from p2p_peer.gateway import Span, byte_span, content_disposition, etag_matches
+from p2p_shared.errors import Unsatisfiable
 
 SIZE = 1000
 

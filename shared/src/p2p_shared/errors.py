@@ -118,6 +118,18 @@ class HandshakeRefused(RemoteProtocolError):
         self.error = Error(code, message)
 
 
+class Refusal(RemoteProtocolError):
+    """A peer's request a holder answers with an ERROR frame (and, if `close`, hangs up after)."""
+
+    def __init__(self, code, message: str, file_id: bytes = bytes(32), index: int = 0, close: bool = False) -> None:
+        super().__init__(message)  # code: a wire.ErrorCode
+        self.code, self.file_id, self.index, self.close = code, file_id, index, close
+
+
+class Unsatisfiable(P2PError):
+    """An HTTP range that starts past the end of the file (416)."""
+
+
 # -- the tracker's registry and its store ---------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import wire
-from .handshake import HandshakeRefused, ServerHandshake
+from .errors import HandshakeRefused, Refusal
+from .handshake import ServerHandshake
 from .offers import OfferBook
 from .source import ChunkSource
 
@@ -161,21 +162,22 @@ class ServingCore:
             return [Send(frame) for frame in frames]
         try:
             return self._answer(state, event, now)
-        except _Refused as refused:
-            return [refused.action]
+        except Refusal as refused:
+            error = wire.Error(refused.code, str(refused), refused.file_id, refused.index)
+            return [Refuse(error, refused.close)]
 
     def _answer(self, state: PeerState, event: wire.Event, now: float) -> list[Action]:
         match event:
             case wire.Request(file_id, index):
                 source = self._source(file_id, index)
                 if not 0 <= index < source.manifest.num_chunks:
-                    raise _Refused(wire.ErrorCode.BAD_INDEX, "chunk index out of range", file_id, index)
+                    raise Refusal(wire.ErrorCode.BAD_INDEX, "chunk index out of range", file_id, index)
                 if not source.has(index):
-                    raise _Refused(wire.ErrorCode.UNAVAILABLE, "chunk not held here", file_id, index)
+                    raise Refusal(wire.ErrorCode.UNAVAILABLE, "chunk not held here", file_id, index)
                 book = self._offers.get(file_id)
                 if book is not None and state.shares and not book.claim(state, index):
                     # Not offered to it, and other downloaders have it: our upload goes to new chunks.
-                    raise _Refused(wire.ErrorCode.ELSEWHERE, "the peers that hold it have it", file_id, index)
+                    raise Refusal(wire.ErrorCode.ELSEWHERE, "the peers that hold it have it", file_id, index)
                 offset, length = source.manifest.chunk_span(index)
                 return [SendChunk(source, index, offset, length)]
             case wire.GetManifest(file_id):
@@ -195,7 +197,7 @@ class ServingCore:
             case wire.Have(file_id, num_chunks):
                 source = self._source(file_id)
                 if num_chunks != source.manifest.num_chunks:
-                    raise _Refused(wire.ErrorCode.BAD_REQUEST, "HAVE of the wrong length", file_id, close=True)
+                    raise Refusal(wire.ErrorCode.BAD_REQUEST, "HAVE of the wrong length", file_id, close=True)
                 self._downloader_holds(state, file_id, event.indices(), now)
                 return []
             case wire.Announce(file_id, indices):
@@ -208,7 +210,7 @@ class ServingCore:
                 if book is not None and state.shares:
                     state.queue(file_id, book.decline(state, indices, now))
                 return []
-        raise _Refused(wire.ErrorCode.BAD_REQUEST, f"unexpected {type(event).__name__} frame")
+        raise Refusal(wire.ErrorCode.BAD_REQUEST, f"unexpected {type(event).__name__} frame")
 
     def chunk_sent(self, state: PeerState, file_id: bytes, index: int, now: float) -> None:
         """A chunk went out to this downloader: an origin offers it another."""
@@ -219,7 +221,7 @@ class ServingCore:
     def _source(self, file_id: bytes, index: int = 0) -> ChunkSource:
         source = self.sources.get(file_id)
         if source is None:
-            raise _Refused(wire.ErrorCode.UNKNOWN_FILE, "no such file here", file_id, index)
+            raise Refusal(wire.ErrorCode.UNKNOWN_FILE, "no such file here", file_id, index)
         return source
 
     def _downloader_holds(self, state: PeerState, file_id: bytes, indices: Iterable[int], now: float) -> None:
@@ -235,9 +237,5 @@ class ServingCore:
     @staticmethod
     def _check_indices(source: ChunkSource, indices: Iterable[int]) -> None:
         if any(not 0 <= i < source.manifest.num_chunks for i in indices):
-            raise _Refused(wire.ErrorCode.BAD_REQUEST, "chunk index out of range", source.raw_id, close=True)
+            raise Refusal(wire.ErrorCode.BAD_REQUEST, "chunk index out of range", source.raw_id, close=True)
 
-
-class _Refused(Exception):
-    def __init__(self, code: wire.ErrorCode, message: str, file_id: bytes = bytes(32), index: int = 0, close: bool = False):
-        self.action = Refuse(wire.Error(code, message, file_id, index), close)

@@ -41,6 +41,7 @@ from p2p_shared.errors import (
     P2PError,
     TrackerRejected,
     TrackerUnavailable,
+    Unsatisfiable,
 )
 from p2p_shared.manifest import Manifest, is_file_id
 from p2p_shared.names import check_file_name
@@ -56,10 +57,6 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")
 
 
 # -- ranges, without I/O ------------------------------------------------------------------------
-
-
-class Unsatisfiable(Exception):
-    """A range that starts past the end of the file (416)."""
 
 
 @dataclass(frozen=True)
