@@ -138,3 +138,18 @@ def test_without_root_these_tests_skip_with_the_reason_and_fail_under_ci(ci):
         assert result.returncode != 0 and "cannot run under CI: network namespaces need root" in result.stdout
     else:
         assert result.returncode == 0 and "skipped: network namespaces need root" in result.stdout, result.stdout
+
+
+def test_a_peers_gateway_refuses_other_hosts_unless_their_network_is_allowed(bed):
+    swarm = Swarm(bed)
+    host, other = bed.add_host("p1", LEECHER), bed.add_host("c1", LEECHER)
+
+    def status(where, url: str) -> str:
+        return bed._in(where.ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url).stdout
+
+    swarm.peer(host, "--http-host", "0.0.0.0")  # listening on every address, admitting loopback only
+    assert status(other, f"http://{host.ip}:7080/files") == "403"  # another host: refused
+    assert status(host, "http://127.0.0.1:7080/files") == "200"  # the host itself
+    swarm.peer(host, "--http-host", "0.0.0.0", "--http-allow", "198.18.0.0/15", "-p", "7002",
+               "--cache-dir", str(bed.workdir / "second-peer"), http_port=7081)
+    assert status(other, f"http://{host.ip}:7081/files") == "200"  # its network admitted
