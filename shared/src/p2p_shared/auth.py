@@ -16,7 +16,7 @@ import hmac
 import os
 import struct
 
-from .errors import AuthError, RemoteProtocolError  # noqa: F401 (AuthError: raised here, imported from here)
+from .errors import AuthError  # noqa: F401 (raised here, imported from here)
 
 
 class ConnectionIds:

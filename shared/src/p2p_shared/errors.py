@@ -126,6 +126,10 @@ class Refusal(RemoteProtocolError):
         self.code, self.file_id, self.index, self.close = code, file_id, index, close
 
 
+class BadTarget(P2PError):
+    """What an HTTP request names is neither a file id nor a file name."""
+
+
 class Unsatisfiable(P2PError):
     """An HTTP range that starts past the end of the file (416)."""
 

@@ -21,7 +21,7 @@ from p2p_shared.logs import configure_logging
 from p2p_shared.net.download import Download, DownloadResult, Watcher
 from p2p_shared.net.engine import Engine
 from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
-from p2p_shared.net.tls import client_context, server_context
+from p2p_shared.net.tls import fetching_context, server_context
 from p2p_shared.net.tracker_client import TrackerClient
 from p2p_shared.settings import (
     DownloadSettings,
@@ -185,7 +185,7 @@ async def fetch(settings: LeecherSettings) -> int:
     bar = settings.progress == "bar" or (settings.progress == "auto" and sys.stderr.isatty())
     settings.warn_if_open(log, "leecher")
     listen, server_tls = sharing_for(settings)
-    client_tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls_ca else None
+    client_tls = fetching_context(settings)
     engine = Engine(settings, metrics.engine, listen=listen, server_tls=server_tls, client_tls=client_tls)
     ended = asyncio.Event()  # the health file is kept fresh until the run ends
     health = asyncio.create_task(keep_healthy(settings.health_file, ended))

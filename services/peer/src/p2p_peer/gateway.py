@@ -34,6 +34,7 @@ from aiohttp import web
 
 from p2p_shared.catalog import SeededFile
 from p2p_shared.errors import (
+    BadTarget,
     CacheFull,
     DownloadError,
     FileNotFound,
@@ -250,12 +251,8 @@ class Gateway:
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        target = request.match_info["target"]
-        refusal = _bad_target(target)
-        if refusal is not None:
-            return refusal
         try:
-            manifest, local = await self._resolve(target)
+            manifest, local = await self._resolve(_target(request))
         except P2PError as exc:
             return _error_response(exc)
         etag = f'"{manifest.file_id}"'
@@ -407,12 +404,8 @@ class Gateway:
 
     async def fetch_file(self, request: web.Request) -> web.StreamResponse:
         """Into the cache without reading it: 202 once the download is under way."""
-        target = request.match_info["target"]
-        refusal = _bad_target(target)
-        if refusal is not None:
-            return refusal
         try:
-            manifest, local = await self._resolve(target)
+            manifest, local = await self._resolve(_target(request))
             body = {"file_id": manifest.file_id, "name": manifest.name, "size": manifest.size}
             if local is not None:
                 return web.json_response({**body, "state": "cached"}, status=200)
@@ -455,19 +448,22 @@ def _route_of(request: web.Request) -> str:
     return "other"
 
 
-def _bad_target(target: str) -> web.Response | None:
-    if is_file_id(target):
-        return None
-    try:
-        check_file_name(target)
-    except ValueError as exc:
-        return problem(400, "bad_target", f"not a file id or a file name: {exc}")
-    return None
+def _target(request: web.Request) -> str:
+    """The file id or name a request names (BadTarget if it is neither)."""
+    target = request.match_info["target"]
+    if not is_file_id(target):
+        try:
+            check_file_name(target)
+        except ValueError as exc:
+            raise BadTarget(f"not a file id or a file name: {exc}") from None
+    return target
 
 
 def _error_response(exc: P2PError) -> web.Response:
     """An expected failure as its status: one line in the log, no traceback."""
-    if isinstance(exc, FileNotFound):
+    if isinstance(exc, BadTarget):
+        status, code = 400, "bad_target"
+    elif isinstance(exc, FileNotFound):
         status, code = 404, "not_found"
     elif isinstance(exc, CacheFull):
         status, code = 507, "cache_full"

@@ -17,13 +17,12 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from p2p_shared.catalog import ManifestCache, expand_paths, load_file
-from p2p_shared.errors import P2PError
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.cache import HostCache
 from p2p_shared.net.engine import Engine
-from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
-from p2p_shared.net.tls import client_context, server_context
+from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.net.tls import fetching_context, serving_context
 from p2p_shared.settings import (
     DownloadSettings,
     Size,
@@ -122,13 +121,7 @@ async def serve(settings: PeerSettings) -> int:
     settings.warn_if_open(log, "peer")
     registry = CollectorRegistry()
     metrics = PeerMetrics(registry)
-    server_tls = client_tls = None
-    if settings.tls_cert or settings.tls_key:
-        if not (settings.tls_cert and settings.tls_key):
-            raise P2PError("TLS needs both --tls-cert and --tls-key")
-        server_tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
-    if settings.tls_ca:
-        client_tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
+    server_tls, client_tls = serving_context(settings), fetching_context(settings)
     engine = Engine(settings, metrics.engine, listen=(settings.host, settings.port), server_tls=server_tls, client_tls=client_tls)
     cache = HostCache(settings.cache_dir, settings.cache_size, engine, settings)
     metrics.watch(cache)
@@ -147,16 +140,7 @@ async def serve(settings: PeerSettings) -> int:
             "peer listening", host=settings.host, port=engine.port, http_host=settings.http_host, http_port=gateway.port,
             cache_dir=str(settings.cache_dir), cache_size=settings.cache_size,
         )
-        link = engine.link
-        assert link is not None
-
-        async def healthy_once_registered() -> None:  # serving, answering HTTP, and known to the tracker
-            await link.registered_once.wait()
-            await keep_healthy(settings.health_file, stop)
-
-        health = asyncio.create_task(healthy_once_registered())
-        await stop.wait()
-        health.cancel()
+        await engine.serve_until(stop, settings.health_file)
     finally:
         await gateway.close()
         await engine.close()

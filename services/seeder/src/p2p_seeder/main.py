@@ -13,13 +13,12 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from p2p_shared.errors import P2PError
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from p2p_shared.logs import configure_logging
 from p2p_shared.catalog import ManifestCache, expand_paths, load_file
 from p2p_shared.net.engine import Engine
-from p2p_shared.net.service import keep_healthy, run, serve_metrics, stop_event
-from p2p_shared.net.tls import server_context
+from p2p_shared.net.service import run, serve_metrics, stop_event
+from p2p_shared.net.tls import serving_context
 from p2p_shared.settings import EngineSettings, add_common_flags, add_serving_flags, build_settings
 from .metrics import SeederMetrics
 
@@ -89,11 +88,7 @@ async def serve(settings: SeederSettings) -> int:
     metrics.hash_seconds.set(hashing)
     metrics.files.set(len(files))
     serve_metrics(registry, settings.metrics_host, settings.metrics_port)
-    tls = None
-    if settings.tls_cert or settings.tls_key:
-        if not (settings.tls_cert and settings.tls_key):
-            raise P2PError("TLS needs both --tls-cert and --tls-key")
-        tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    tls = serving_context(settings)
     engine = Engine(settings, metrics.engine, listen=(settings.host, settings.port), server_tls=tls)
     for seeded in files:
         engine.serve(seeded, super_seed=not settings.no_super_seed)
@@ -103,16 +98,7 @@ async def serve(settings: SeederSettings) -> int:
             "seeder listening", host=settings.host, port=settings.port, files=len(files),
             tls="mutual" if tls and settings.tls_ca else bool(tls),
         )
-        link = engine.link
-        assert link is not None
-
-        async def healthy_once_registered() -> None:  # serving and known to the tracker
-            await link.registered_once.wait()
-            await keep_healthy(settings.health_file, stop)
-
-        health = asyncio.create_task(healthy_once_registered())
-        await stop.wait()
-        health.cancel()
+        await engine.serve_until(stop, settings.health_file)
     finally:
         await engine.close()
     log.info("seeder stopped")

@@ -26,6 +26,7 @@ from ..source import ChunkSource, PartialSource
 from .download import Download, DownloadMetrics, DownloadResult, Watcher
 from .holder_link import HolderLink, LinkMetrics
 from .peer_server import Listener, PeerServer, ServingMetrics
+from .service import keep_healthy
 from .tracker_client import TrackerClient
 
 log = structlog.get_logger()
@@ -163,6 +164,21 @@ class Engine(Watcher):
         if isinstance(source, PartialSource):
             source.add(index)
             self.server.announce(source.raw_id, index)
+
+    async def serve_until(self, stop: asyncio.Event, health_file: Path | None) -> None:
+        """Serve until `stop`, the health file kept fresh once the tracker knows this host."""
+        link = self.link
+        assert link is not None, "start a sharing engine first"
+
+        async def healthy_once_registered() -> None:
+            await link.registered_once.wait()
+            await keep_healthy(health_file, stop)
+
+        health = asyncio.create_task(healthy_once_registered())
+        try:
+            await stop.wait()
+        finally:
+            health.cancel()
 
     # -- the end -------------------------------------------------------------------------------
 

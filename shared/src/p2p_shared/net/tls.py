@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import P2PError
+
+if TYPE_CHECKING:
+    from ..settings import TlsSettings
 
 
 def _load(context: ssl.SSLContext, cert: Path | None, key: Path | None, ca: Path | None) -> ssl.SSLContext:
@@ -36,3 +40,18 @@ def client_context(ca: Path, cert: Path | None, key: Path | None) -> ssl.SSLCont
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def serving_context(settings: TlsSettings) -> ssl.SSLContext | None:
+    """The server context the settings ask for (None: plain TCP); a certificate without its key,
+    or a key without its certificate, is one clear error."""
+    if not (settings.tls_cert or settings.tls_key):
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise P2PError("TLS needs both --tls-cert and --tls-key")
+    return server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+
+
+def fetching_context(settings: TlsSettings) -> ssl.SSLContext | None:
+    """The client context for fetching from peers: TLS once a CA is given."""
+    return client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls_ca else None
