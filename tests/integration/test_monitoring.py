@@ -103,6 +103,7 @@ def prometheus_scrapes_a_swarm(swarm: LocalSwarm, program: str, tmp_path: Path, 
     swarm.start_tracker("--metrics-port", str(metrics_ports[0]), "--metrics-host", "127.0.0.1")
     for port in metrics_ports[1:]:
         swarm.add_seeder([seeded], "--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+    peer = swarm.add_peer(tmp_path / "peer-cache")
     # The shipped rules, and the scrape jobs of deploy/prometheus/prometheus.yml on loopback.
     config = {
         "global": {"scrape_interval": f"{SCRAPE_INTERVAL:g}s", "evaluation_interval": f"{SCRAPE_INTERVAL:g}s"},
@@ -110,6 +111,7 @@ def prometheus_scrapes_a_swarm(swarm: LocalSwarm, program: str, tmp_path: Path, 
         "scrape_configs": [
             {"job_name": "tracker", "static_configs": [{"targets": [f"127.0.0.1:{metrics_ports[0]}"]}]},
             {"job_name": "seeder", "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in metrics_ports[1:]]}]},
+            {"job_name": "peer", "static_configs": [{"targets": [f"127.0.0.1:{peer.metrics_port}"]}]},
             {"job_name": "pushgateway", "honor_labels": True,
              "static_configs": [{"targets": [pushgateway.removeprefix("http://")]}]},
         ],
@@ -126,6 +128,10 @@ def prometheus_scrapes_a_swarm(swarm: LocalSwarm, program: str, tmp_path: Path, 
         assert ok.wait() == 0, ok.output
         failed = swarm.leecher("missing.bin", tmp_path / "out-2", "--wait", "0", "--pushgateway", pushgateway)
         assert failed.wait() == 1, failed.output
+        # The peer's gateway: one file fetched through the swarm, then read again from its cache.
+        for _ in range(2):
+            with urllib.request.urlopen(f"{peer.url}/files/demo.bin", timeout=60) as response:
+                assert response.read() == seeded.read_bytes()
 
         [group] = api(prometheus, "rules")["groups"]
         assert len(group["rules"]) >= 8
@@ -138,7 +144,8 @@ def prometheus_scrapes_a_swarm(swarm: LocalSwarm, program: str, tmp_path: Path, 
             try:
                 wait_until(lambda: query(prometheus, expr), timeout=60, every=0.5)
             except TimeoutError:
-                raise AssertionError(f"no data for the dashboard query {expr}") from None
+                targets = [(t["labels"]["job"], t["health"], t["lastError"]) for t in api(prometheus, "targets")["activeTargets"]]
+                raise AssertionError(f"no data for the dashboard query {expr}; targets: {targets}") from None
         firing = lambda: {a["labels"]["alertname"] for a in api(prometheus, "alerts")["alerts"] if a["state"] == "firing"}
         wait_until(lambda: "P2PLeecherRunFailed" in firing(), timeout=60, every=0.5)
         assert "P2PTrackerDown" not in firing() and "P2PFileWithoutSeeders" not in firing()
