@@ -101,3 +101,68 @@ def one_chunk_seconds(port: int, file_id: str, chunk_size: int) -> float:
             conn.close()
 
     return asyncio.run(once())
+
+
+def tcp_cpu(path: Path, out: Path, verify: bool) -> dict:
+    """`tcp_seconds`, with the receiving thread's CPU time (user and kernel apart)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_THREAD)
+    seconds = tcp_seconds(path, out, verify)
+    after = resource.getrusage(resource.RUSAGE_THREAD)
+    return {"seconds": seconds, "utime": after.ru_utime - before.ru_utime, "stime": after.ru_stime - before.ru_stime}
+
+
+LT_PEER = Path(__file__).with_name("net") / "lt_peer.py"
+LT_PYTHON = "/usr/bin/python3"  # Debian's python3-libtorrent
+
+
+def libtorrent_available() -> bool:
+    import subprocess
+
+    return subprocess.run([LT_PYTHON, "-c", "import libtorrent"], capture_output=True).returncode == 0
+
+
+class LibtorrentSwarm:
+    """libtorrent on loopback, the reference: `seeds` seeding peers, each on an address of its
+    own (127.0.0.2, .3, ...: libtorrent takes one connection per IP by default), and a leecher
+    per `fetch()` connected to all of them. TCP only (bench/net/lt_peer.py)."""
+
+    def __init__(self, data: Path, work: Path, seeds: int = 3) -> None:
+        import subprocess
+
+        from tools.localswarm import Service, free_port
+
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+        self.torrent = work / "file.torrent"
+        subprocess.run([LT_PYTHON, str(LT_PEER), "torrent", str(data), str(self.torrent)], check=True, capture_output=True)
+        self.addresses = [f"127.0.0.{2 + i}:{free_port()}" for i in range(seeds)]
+        self.seeds = [
+            Service("lt-seed", [LT_PYTHON, str(LT_PEER), "peer", str(self.torrent), str(data.parent), a, "--seed"])
+            for a in self.addresses
+        ]
+        for seed in self.seeds:
+            seed.wait_for("ready", timeout=300)
+
+    def fetch(self, out: Path) -> dict:
+        """One leecher, spawn to the whole file held: wall time and its CPU (user, kernel)."""
+        import signal
+
+        from tools.localswarm import Service, free_port
+
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        leecher = Service("lt-leech", [LT_PYTHON, str(LT_PEER), "peer", str(self.torrent), str(out),
+                                       f"127.0.0.1:{free_port()}", "--connect", *self.addresses])
+        try:
+            leecher.wait_for("finished", timeout=600)
+            seconds = time.perf_counter() - started
+        finally:
+            leecher.send_signal(signal.SIGTERM)
+        _, usage = leecher.wait_with_usage()
+        return {"seconds": seconds, "utime": usage.ru_utime, "stime": usage.ru_stime}
+
+    def stop(self) -> None:
+        for seed in self.seeds:
+            seed.stop()

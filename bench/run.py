@@ -67,6 +67,13 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), memory_mb(pid)
 
 
+def proc_times(pid: int) -> tuple[float, float]:
+    """(user, kernel) CPU seconds so far of a running process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def download(swarm: LocalSwarm, name: str, out: Path, *args: str) -> dict:
     """One leecher process, spawn to exit: wall time, peak RSS, CPU seconds."""
     clean(out)
@@ -78,7 +85,8 @@ def download(swarm: LocalSwarm, name: str, out: Path, *args: str) -> dict:
         raise RuntimeError(f"leecher failed:\n{leecher.output}")
     # Peak RSS as the leecher reports it (VmHWM): wait4's ru_maxrss would include this parent's.
     [summary] = [e for e in leecher.events() if e.get("event") == "summary"]
-    return {"seconds": wall, "rss_mb": summary["peak_rss_mb"], "cpu_seconds": usage.ru_utime + usage.ru_stime}
+    return {"seconds": wall, "rss_mb": summary["peak_rss_mb"], "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "utime": usage.ru_utime, "stime": usage.ru_stime}
 
 
 def median_download(swarm, name, out, repeat, *args) -> dict:
@@ -235,6 +243,113 @@ def bench_tls(files: dict[str, Path], work: Path, repeat: int) -> dict:
             tls.append(download(tls_swarm, "main.bin", out, *leecher_tls)["seconds"])
     clean(out)
     return {"plain_seconds": statistics.median(plain), "tls_seconds": statistics.median(tls)}
+
+
+def tls_args(work: Path) -> tuple[list[str], list[str]]:
+    """Mutual TLS: (a seeder's arguments, a leecher's), certificates made by deploy/make-certs.sh."""
+    certs = work / "certs"
+    if not (certs / "ca.crt").exists():
+        subprocess.run([str(Path(__file__).parents[1] / "deploy" / "make-certs.sh"), str(certs)], check=True, capture_output=True)
+    seeder = ["--tls-cert", str(certs / "seeder.crt"), "--tls-key", str(certs / "seeder.key"), "--tls-ca", str(certs / "ca.crt")]
+    leecher = ["--tls-ca", str(certs / "ca.crt"), "--tls-cert", str(certs / "leecher.crt"), "--tls-key", str(certs / "leecher.key")]
+    return seeder, leecher
+
+
+ROLES = ("leecher", "seeders", "tracker")
+
+
+def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
+    """CPU seconds per GiB of each role, user and kernel apart, from /proc of each process (the
+    leecher's from wait4 at its exit), plain and over mutual TLS, beside the same rounds'
+    yardsticks: hashlib alone, one raw TCP stream (sendfile -> recv_into + SHA-256 + pwrite, and
+    without SHA-256) and libtorrent on loopback (one leecher, 3 seeds). Each round runs every
+    measurement once; figures are medians of the rounds."""
+    size = data.stat().st_size
+    per_gib = GiB / size
+    seeder_tls, leecher_tls = tls_args(work)
+    out = work / "cpu-out"
+    lt = baselines.LibtorrentSwarm(data, work / "lt") if baselines.libtorrent_available() else None
+    rounds: list[dict] = []
+    try:
+        with LocalSwarm(work / "cpu-plain", heartbeat=30) as plain, LocalSwarm(work / "cpu-tls", heartbeat=30) as tls:
+            for swarm, extra in ((plain, []), (tls, seeder_tls)):
+                swarm.start_tracker()
+                for _ in range(3):
+                    swarm.add_seeder([data], "--cache-dir", str(work / "manifest-cache"), *extra)
+            for n in range(repeat):
+                found: dict = {}
+                found["tcp_hash"] = baselines_cpu(data, work, True)
+                found["tcp_nohash"] = baselines_cpu(data, work, False)
+                if lt is not None:
+                    clean(out)
+                    found["libtorrent"] = lt.fetch(out)
+                for mode, swarm, extra in (("plain", plain, []), ("tls", tls, leecher_tls))[:: 1 if n % 2 == 0 else -1]:
+                    pids = {"seeders": [s.proc.pid for s in swarm.seeders], "tracker": [swarm.tracker.proc.pid]}
+                    before = {role: [proc_times(p) for p in ps] for role, ps in pids.items()}
+                    run = download(swarm, data.name, out, "--max-peers", "3", *extra)
+                    after = {role: [proc_times(p) for p in ps] for role, ps in pids.items()}
+                    found[mode] = {"seconds": run["seconds"], "leecher": {"utime": run["utime"], "stime": run["stime"]}}
+                    for role in pids:
+                        found[mode][role] = {
+                            key: sum(a[k] - b[k] for a, b in zip(after[role], before[role]))
+                            for k, key in enumerate(("utime", "stime"))
+                        }
+                rounds.append(found)
+    finally:
+        if lt is not None:
+            lt.stop()
+        clean(out)
+
+    def med(path) -> float:
+        return statistics.median(path(r) for r in rounds)
+
+    result: dict = {"bytes": size, "rounds": rounds, "hashlib_seconds": median_of(repeat, lambda: baselines.hashlib_seconds(size))}
+    result["hashlib_cpu_per_gib"] = result["hashlib_seconds"] * per_gib
+    for base in ("tcp_hash", "tcp_nohash", "libtorrent"):
+        if base in rounds[0]:
+            result[base] = {
+                "seconds": med(lambda r: r[base]["seconds"]),
+                "cpu_per_gib": {k: med(lambda r: r[base][k]) * per_gib for k in ("utime", "stime")},
+            }
+    for mode in ("plain", "tls"):
+        result[mode] = {"seconds": med(lambda r: r[mode]["seconds"])}
+        for role in ROLES:
+            result[mode][role] = {k: med(lambda r: r[mode][role][k]) * per_gib for k in ("utime", "stime")}
+            result[mode][role]["total"] = med(lambda r: r[mode][role]["utime"] + r[mode][role]["stime"]) * per_gib
+    return result
+
+
+def baselines_cpu(data: Path, work: Path, verify: bool) -> dict:
+    out = work / "baseline.out"
+    clean(out)
+    try:
+        return baselines.tcp_cpu(data, out, verify)
+    finally:
+        out.unlink()
+
+
+def cpu_rows(c: dict) -> list[tuple[str, str, str]]:
+    """The CPU table: each role's CPU seconds per GiB (user + kernel), plain and TLS, and the yardsticks."""
+    rows = [("hashlib SHA-256 alone, one core", f"{c['hashlib_cpu_per_gib']:.2f} s/GiB", "")]
+    for base, label in (("tcp_hash", "raw stream: sendfile -> recv_into + SHA-256 + pwrite"),
+                        ("tcp_nohash", "raw stream without SHA-256"), ("libtorrent", "libtorrent 2.0, 3 seeds -> 1 leecher")):
+        if base in c:
+            b = c[base]
+            rows.append((f"{label} (receiver)", f"{b['cpu_per_gib']['utime'] + b['cpu_per_gib']['stime']:.2f} s/GiB",
+                         f"user {b['cpu_per_gib']['utime']:.2f} + kernel {b['cpu_per_gib']['stime']:.2f}; {b['seconds']:.2f} s"))
+    for mode in ("plain", "tls"):
+        m = c[mode]
+        for role in ROLES:
+            r = m[role]
+            rows.append((f"ours, {mode}: {role}", f"{r['total']:.2f} s/GiB", f"user {r['utime']:.2f} + kernel {r['stime']:.2f}"))
+        extra = ""
+        if "libtorrent" in c:
+            extra += f"; {m['seconds'] / c['libtorrent']['seconds']:.2f}x libtorrent"
+        rows.append((f"ours, {mode}: leecher time", f"{m['seconds']:.2f} s", f"{m['seconds'] / c['tcp_hash']['seconds']:.2f}x the raw stream{extra}"))
+    p, t = c["plain"], c["tls"]
+    rows.append(("TLS / plain: time, leecher CPU, seeders CPU", f"{t['seconds'] / p['seconds']:.2f}x",
+                 f"{t['leecher']['total'] / p['leecher']['total']:.2f}x, {t['seeders']['total'] / p['seeders']['total']:.2f}x"))
+    return rows
 
 
 def bench_startup(data: Path, work: Path, tracker_addr: str) -> dict:
@@ -542,9 +657,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", type=Path, help="where the results go (default bench/results/latest.json, "
                         "or tracker.json with --only tracker)")
-    parser.add_argument("--only", choices=["tracker", "gateway"], help="run one part: tracker (the memory and Redis "
-                        "stores, one and two replicas, failover), gateway (the per-host peer's HTTP gateway)")
+    parser.add_argument("--only", choices=["tracker", "gateway", "cpu"], help="run one part: tracker (the memory and Redis "
+                        "stores, one and two replicas, failover), gateway (the per-host peer's HTTP gateway), cpu (CPU "
+                        "per GiB of each role, plain and TLS, beside hashlib, the raw stream and libtorrent)")
     args = parser.parse_args()
+    if args.only == "cpu":
+        return only_cpu(args.quick, 1 if args.quick else args.repeat, args.out or RESULTS / "cpu.json")
     if args.only == "tracker":
         return only_tracker(args.quick, args.out or RESULTS / "tracker.json")
     if args.only == "gateway":
@@ -600,6 +718,20 @@ def main() -> int:
         if args.out.resolve() == (RESULTS / "latest.json").resolve():
             update(results)
     print(f"results in {args.out}")
+    return 0
+
+
+def only_cpu(quick: bool, repeat: int, out: Path) -> int:
+    with tempfile.TemporaryDirectory(prefix="p2p-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        data = random_file(Path(tmp) / "seed" / "main.bin", 16 * MiB if quick else GiB)
+        results = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(), "repeat": repeat,
+            "cpu": bench_cpu(data, Path(tmp), repeat),
+        }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(aligned(cpu_rows(results["cpu"])))
+    print(f"results in {out}")
     return 0
 
 
