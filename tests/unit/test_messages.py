@@ -63,12 +63,16 @@ def test_exact_json():
         b'{"v":3,"txn":2,"type":"list_files","after":"%s"}' % (b"ab" * 32)
     )
     assert m.encode(m.ErrorReply(v=3, txn=4, code="connect_first")) == b'{"v":3,"txn":4,"type":"error","code":"connect_first"}'
-    # Messages are version 4 unless told otherwise.
-    assert m.encode(m.Heartbeat(txn=3, port=7000)) == b'{"v":4,"txn":3,"type":"heartbeat","port":7000}'
+    # Messages are version 5 unless told otherwise.
+    assert m.encode(m.Heartbeat(txn=3, port=7000)) == b'{"v":5,"txn":3,"type":"heartbeat","port":7000}'
     assert m.encode(m.Drop(txn=6, port=7000, files=[FID])) == (
-        b'{"v":4,"txn":6,"type":"drop","port":7000,"files":["%s"]}' % FID.encode()
+        b'{"v":5,"txn":6,"type":"drop","port":7000,"files":["%s"]}' % FID.encode()
     )
-    assert m.encode(m.Drop(txn=7, conn=9, port=7000, host="peer-1", files=[FID])) == (
+    assert m.encode(m.Claim(txn=7, key="sha256:ab", port=7000)) == b'{"v":5,"txn":7,"type":"claim","key":"sha256:ab","port":7000,"release":false}'
+    assert m.encode(m.Lease(txn=7, holder=("10.0.0.1", 7000), mine=True, ttl=9.5)) == (
+        b'{"v":5,"txn":7,"type":"lease","holder":["10.0.0.1",7000],"mine":true,"ttl":9.5}'
+    )
+    assert m.encode(m.Drop(v=4, txn=7, conn=9, port=7000, host="peer-1", files=[FID])) == (
         b'{"v":4,"txn":7,"conn":9,"type":"drop","port":7000,"host":"peer-1","files":["%s"]}' % FID.encode()
     )
 
@@ -312,7 +316,7 @@ def test_unavailable_is_a_version_3_error_code():
 def test_the_tracker_speaks_versions_1_to_4():
     from p2p_shared import TRACKER_VERSION
 
-    assert TRACKER_VERSION == 4 and m.TRACKER_VERSIONS == (1, 2, 3, 4)
+    assert TRACKER_VERSION == 5 and m.TRACKER_VERSIONS == (1, 2, 3, 4, 5)
 
 
 @pytest.mark.parametrize("version", [0, 1, 2, 3])
@@ -320,7 +324,21 @@ def test_a_drop_older_than_version_4_is_malformed(version):
     data = b'{"v":%d,"txn":1,"type":"drop","port":7000,"files":["%s"]}' % (version, FID.encode())
     with pytest.raises(RemoteProtocolError, match="drop needs protocol version 4"):
         m.decode(data)
-    assert m.decode(data.replace(b'"v":%d' % version, b'"v":4')) == m.Drop(txn=1, port=7000, files=[FID])
+    assert m.decode(data.replace(b'"v":%d' % version, b'"v":4')) == m.Drop(v=4, txn=1, port=7000, files=[FID])
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_a_claim_older_than_version_5_is_malformed(version):
+    data = b'{"v":%d,"txn":1,"type":"claim","key":"sha256:%s","port":7000}' % (version, FID.encode())
+    with pytest.raises(RemoteProtocolError, match="claim needs protocol version 5"):
+        m.decode(data)
+    assert m.decode(data.replace(b'"v":%d' % version, b'"v":5')) == m.Claim(txn=1, key=f"sha256:{FID}", port=7000)
+
+
+@pytest.mark.parametrize("key", ["", "a b", "x" * 129, "a/b", "sha256:\u00e9"])
+def test_a_lease_key_is_short_and_plain(key):
+    with pytest.raises(RemoteProtocolError, match="key"):
+        m.decode(json.dumps({"type": "claim", "key": key, "port": 1}).encode())
 
 
 def test_a_drop_names_1_to_max_files_per_register_files():

@@ -721,3 +721,51 @@ async def test_registers_drops_and_unregisters_in_any_order_keep_every_index_rig
         n = rng.randrange(6)
         complete, partial = await holders(reg, ids[n].file_id, 100)
         assert (sorted(complete), sorted(partial)) == (sorted(holding[n][0]), sorted(holding[n][1]))
+
+
+# -- leases (version 5 `claim`): one holder at a time fetches what many want ------------------
+
+A, B = ("10.0.0.1", 7000), ("10.0.0.2", 7000)
+
+
+async def test_the_first_claim_holds_a_lease_and_the_next_sees_who(make_store):
+    store = await make_store(30.0, lease_ttl=10.0)
+    assert await store.claim("sha256:aa", A, 0.0) == (A, 10.0)
+    holder, left = await store.claim("sha256:aa", B, 4.0)
+    assert holder == A and left == pytest.approx(6.0)
+    assert await store.claim("sha256:bb", B, 4.0) == (B, 10.0)  # another key is another lease
+
+
+async def test_a_holder_renews_its_lease_and_a_dead_holders_lease_is_taken_over(make_store):
+    store = await make_store(30.0, lease_ttl=10.0)
+    await store.claim("k", A, 0.0)
+    assert await store.claim("k", A, 8.0) == (A, 10.0)  # renewed: until 18
+    assert (await store.claim("k", B, 17.0))[0] == A
+    assert await store.claim("k", B, 18.0) == (B, 10.0)  # ran out: the next claim takes it
+
+
+async def test_a_released_lease_is_free_at_once_and_only_its_holder_releases_it(make_store):
+    store = await make_store(30.0, lease_ttl=10.0)
+    await store.claim("k", A, 0.0)
+    holder, _ = await store.claim("k", B, 1.0, release=True)
+    assert holder == A  # not B's to give back
+    assert await store.claim("k", A, 1.0, release=True) == (None, 0.0)
+    assert await store.claim("k", B, 1.0) == (B, 10.0)
+    assert await store.claim("free", A, 1.0, release=True) == (None, 0.0)  # nothing to give back
+
+
+async def test_replicas_on_one_redis_agree_on_a_lease(redis_stores):
+    one, two = await redis_stores(30.0, lease_ttl=10.0), await redis_stores(30.0, lease_ttl=10.0)
+    assert (await one.claim("k", A, 0.0))[0] == A
+    assert (await two.claim("k", B, 0.5))[0] == A
+
+
+def test_leases_are_capped_and_the_stale_ones_make_room():
+    from p2p_shared.registry import Leases, RegistryFull
+
+    leases = Leases(ttl=10.0, max_leases=2)
+    leases.claim("a", A, 0.0)
+    leases.claim("b", A, 5.0)
+    with pytest.raises(RegistryFull, match="2 leases"):
+        leases.claim("c", B, 9.0)
+    assert leases.claim("c", B, 10.0) == (B, 10.0) and len(leases) == 2  # "a" ran out at 10

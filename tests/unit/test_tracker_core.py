@@ -148,16 +148,16 @@ async def test_answers_sent_to_the_tracker_are_not_reflected(tracker):
     assert await metric(tracker, "p2p_tracker_malformed_datagrams_total", reason="unexpected") == 1
 
 
-@pytest.mark.parametrize("version", [0, 5, 255])
+@pytest.mark.parametrize("version", [0, 6, 255])
 async def test_other_protocol_version_gets_a_typed_error(tracker, version):
     request = b'{"v":%d,"txn":9,"type":"connect"}' % version
     answer = await tracker.handle(request.ljust(120), ("10.0.0.1", 1), 0.0)  # room for the whole answer
     assert answer == (
-        b'{"v":4,"txn":9,"type":"error","code":"unsupported_version","message":"this tracker speaks versions 1, 2, 3 and 4"}'
+        b'{"v":5,"txn":9,"type":"error","code":"unsupported_version","message":"this tracker speaks versions 1, 2, 3, 4 and 5"}'
     )
     # As short an answer as the request leaves room for: without the text, or nothing.
     assert await tracker.handle(request.ljust(60), ("10.0.0.1", 1), 0.0) == (
-        b'{"v":4,"txn":9,"type":"error","code":"unsupported_version"}'
+        b'{"v":5,"txn":9,"type":"error","code":"unsupported_version"}'
     )
     assert await tracker.handle(request, ("10.0.0.1", 1), 0.0) is None
     assert await metric(tracker, "p2p_tracker_malformed_datagrams_total", reason="unsupported_version") == 3
@@ -623,7 +623,7 @@ async def test_only_the_registering_address_may_drop(tracker):
     await ask(tracker, m.Register(port=7000, files=[ENTRY, OTHER]), source=("10.0.0.1", 5555))
     stranger = ("10.0.0.2", 5555)
     reply = await ask(tracker, m.Drop(txn=3, port=7000, host="10.0.0.1", files=[FID]), source=stranger)
-    assert reply.code == "forbidden" and reply.txn == 3 and reply.v == 4
+    assert reply.code == "forbidden" and reply.txn == 3 and reply.v == 5
     assert await metric(tracker, "p2p_tracker_refused_datagrams_total", reason="foreign_host") == 1
     # A holder at the stranger's own address that another address registered (only a member may do that).
     await tracker.store.register(("10.0.0.2", 7000), [ENTRY], 0.0, sender=("10.0.0.1", 5555))
@@ -667,3 +667,19 @@ async def test_version_3_clients_are_served_as_before_and_cannot_drop(tracker):
     assert await ask_raw(tracker, b'{"v":4,"txn":10,"type":"drop","port":7000,"files":["%s"]}' % FID.encode()) == {
         "v": 4, "txn": 10, "type": "error", "code": "unknown_seeder", "message": "register again"
     }
+
+
+async def test_a_claim_answers_who_holds_the_lease_and_only_for_the_senders_own_holder(tracker):
+    first = await ask(tracker, m.Claim(txn=5, key="sha256:ab", port=7000), source=("10.0.0.1", 5555))
+    assert first.type == "lease" and first.holder == ("10.0.0.1", 7000) and first.mine and first.ttl > 0
+    assert first.txn == 5
+    second = await ask(tracker, m.Claim(key="sha256:ab", port=7000), source=("10.0.0.2", 5555))
+    assert second.holder == ("10.0.0.1", 7000) and not second.mine
+    # Nobody gives back a lease for another address.
+    foreign = await ask(tracker, m.Claim(key="sha256:ab", port=7000, host="10.0.0.1", release=True), source=("10.0.0.2", 1))
+    assert foreign.code == "forbidden"
+    released = await ask(tracker, m.Claim(key="sha256:ab", port=7000, release=True), source=("10.0.0.1", 5556))
+    assert released.type == "lease" and released.holder is None
+    assert (await ask(tracker, m.Claim(key="sha256:ab", port=7000), source=("10.0.0.2", 5555))).holder == ("10.0.0.2", 7000)
+    claims = lambda result: metric(tracker, "p2p_tracker_lease_claims_total", result=result)
+    assert (await claims("granted"), await claims("held"), await claims("released")) == (2, 1, 1)

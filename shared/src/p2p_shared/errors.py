@@ -146,7 +146,7 @@ class Refused(Exception):
 
 
 class RegistryFull(Refused):
-    """A cap is reached: `holders`, `holders_per_address`, `files`, `files_per_address`, `files_per_holder`."""
+    """A cap is reached: `holders`, `holders_per_address`, `files`, `files_per_address`, `files_per_holder`, `leases`."""
 
 
 class NotRegistrant(Refused):

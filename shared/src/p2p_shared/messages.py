@@ -8,8 +8,10 @@ Version 2 adds partial holders: `register.partial`, `lookup.port` and `lookup.ho
 `peers.partial` and `files[].partial`. Version 3 adds a cursor through the file list
 (`list_files.after`, `files.next`) and the error codes `forbidden` and `unavailable` (the
 tracker's registry store did not answer; version 3 clients built before it drop it as invalid,
-so they retry as for a lost answer). Version 4 (TRACKER_VERSION) adds `drop`: a holder stops
-holding some files and keeps its other registrations. The tracker answers a request in the
+so they retry as for a lost answer). Version 4 adds `drop`: a holder stops holding some files and
+keeps its other registrations. Version 5 (TRACKER_VERSION) adds `claim` and its answer `lease`:
+one holder at a time may hold a named lease for a while, so that of many hosts wanting the same
+thing from outside the swarm (a blob from a registry) one fetches it and the others wait. The tracker answers a request in the
 version it was asked in; a message that carries a field (or is a type) of a later version than its
 own is malformed, and an answer never carries one (older clients refuse unknown keys).
 
@@ -50,6 +52,7 @@ FileId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 FileName = Annotated[str, Field(max_length=255), AfterValidator(check_file_name)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
+LeaseKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9._:+-]{1,128}$")]
 
 
 def _check_host(host: str) -> str:
@@ -66,7 +69,7 @@ ErrorCode = Literal[
     "malformed", "unsupported_version", "unknown_seeder", "not_found", "full", "connect_first", "forbidden",
     "unavailable",
 ]
-TRACKER_VERSIONS = (1, 2, 3, TRACKER_VERSION)  # the versions the tracker answers
+TRACKER_VERSIONS = (1, 2, 3, 4, TRACKER_VERSION)  # the versions the tracker answers
 
 
 class _Message(BaseModel):
@@ -157,6 +160,24 @@ class Drop(ProvenRequest):
         return self
 
 
+class Claim(ProvenRequest):
+    """Ask for the lease on `key` for the holder at `port` (v5), or give it back (`release`). The
+    answer names the lease's holder: the sender if it was free, expired or already the sender's
+    (renewed), another holder otherwise. A holder renews it before its `ttl` runs out."""
+
+    type: Literal["claim"] = "claim"
+    key: LeaseKey
+    port: Port
+    host: Host | None = None
+    release: StrictBool = False
+
+    @model_validator(mode="after")
+    def _v5(self) -> Claim:
+        if self.v < 5:
+            raise ValueError("claim needs protocol version 5")
+        return self
+
+
 class Lookup(ProvenRequest):
     """Which live holders have this file? Exactly one of `name` and `file_id`.
 
@@ -194,6 +215,17 @@ class Ack(_Message):
 
     type: Literal["ack"] = "ack"
     interval: float = Field(gt=0)
+
+
+class Lease(_Message):
+    """Answer to claim (v5): who holds the lease now (None: nobody, after a release), whether that
+    is the sender's holder (`mine`: a sender does not always know its own address as the tracker
+    sees it), and for how many more seconds."""
+
+    type: Literal["lease"] = "lease"
+    holder: tuple[Host, Port] | None = None
+    mine: StrictBool = False
+    ttl: float = Field(0.0, ge=0)
 
 
 class Peers(_Message):
@@ -239,8 +271,8 @@ class ErrorReply(_Message):
         return self
 
 
-Request = Connect | Register | Heartbeat | Unregister | Drop | Lookup | ListFiles
-Reply = Connected | Ack | Peers | Files | ErrorReply
+Request = Connect | Register | Heartbeat | Unregister | Drop | Claim | Lookup | ListFiles
+Reply = Connected | Ack | Lease | Peers | Files | ErrorReply
 Message = Request | Reply
 
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Annotated[Message, Field(discriminator="type")])

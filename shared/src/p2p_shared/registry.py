@@ -488,3 +488,43 @@ class HolderRegistry:
             file = self._files[file_id]
             rows.append((self._entry(file_id, file), len(file.complete), len(file.partial)))
         return rows
+
+
+MAX_LEASES = 100_000  # live leases one tracker keeps; past it a new claim is refused (full)
+
+
+class Leases:
+    """Named leases, one holder each for `ttl` seconds: of many hosts that want the same thing
+    from outside the swarm, the one whose claim comes first fetches it; the others see who does.
+    A holder renews its lease by claiming again, and gives it back by releasing it; a holder that
+    dies loses it when it runs out, and the next claim takes it over."""
+
+    def __init__(self, ttl: float, max_leases: int = MAX_LEASES) -> None:
+        self.ttl = ttl
+        self.max_leases = max_leases
+        self._leases: dict[str, tuple[HolderKey, float]] = {}  # key -> holder, until when
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def claim(self, key: str, holder: HolderKey, now: float, release: bool = False) -> tuple[HolderKey | None, float]:
+        """The lease's holder after this claim and the seconds it has left (None, 0: free)."""
+        current = self._leases.get(key)
+        if current is not None and current[1] > now and current[0] != holder:
+            return current[0], current[1] - now
+        if release:
+            self._leases.pop(key, None)
+            return None, 0.0
+        if current is None and len(self._leases) >= self.max_leases:
+            self.expire(now)
+            if len(self._leases) >= self.max_leases:
+                raise RegistryFull("leases", f"the tracker holds {self.max_leases} leases")
+        self._leases[key] = (holder, now + self.ttl)
+        return holder, self.ttl
+
+    def expire(self, now: float) -> int:
+        """Forget the leases that ran out; how many."""
+        stale = [key for key, (_, until) in self._leases.items() if until <= now]
+        for key in stale:
+            del self._leases[key]
+        return len(stale)

@@ -11,6 +11,7 @@ a version 1 client never hears of partial holders, versions 1 and 2 never of `fo
 A `drop` (version 4) is refused like an unregister (`forbidden`: a holder another address
 registered), and answered `unknown_seeder` for a holder the tracker does not know (expired, or the
 tracker restarted): the sender's other files are not registered either, so it registers again.
+A `claim` (version 5) speaks for a holder as the others do; the lease needs no registration.
 
 What the tracker believes: a sender that has not proven it receives at its source address
 (no valid connection id yet) gets no answer larger than what it sent. A proven sender speaks for
@@ -241,6 +242,14 @@ class TrackerCore:
                     methodcaller("drop", key, files, now, sender=source, member=member),
                     lambda known: self._dropped(key, files, known),
                 )
+            case messages.Claim(key=lease, port=port, host=host, release=release):
+                key = self._holder(host, port, source)
+                if isinstance(key, messages.ErrorReply):
+                    return key
+                return _Call(
+                    methodcaller("claim", lease, key, now, release=release),
+                    lambda outcome: self._leased(key, release, outcome),
+                )
             case messages.Lookup(v=v, name=name, file_id=file_id, port=port, host=host):
                 asker = None if port is None else (host or source[0], port)
                 lookup = methodcaller("lookup", name=name, file_id=file_id, limit=self.max_peers, exclude=asker)
@@ -294,6 +303,14 @@ class TrackerCore:
         self.metrics.drops.inc(dropped)
         log.info("holder dropped files", holder=f"{key[0]}:{key[1]}", files=dropped)
         return messages.Ack(interval=self.interval)
+
+    def _leased(self, key: HolderKey, release: bool, outcome: Any) -> messages.Reply:
+        if isinstance(outcome, RegistryFull):
+            self.metrics.refused.labels(outcome.reason).inc()
+            return messages.ErrorReply(code="full", message=str(outcome))
+        holder, ttl = outcome
+        self.metrics.claims.labels("released" if release and holder is None else "granted" if holder == key else "held").inc()
+        return messages.Lease(holder=holder, mine=holder == key, ttl=ttl)
 
     def _found(self, v: int, found: Found) -> messages.Reply:
         if found.entry is None or (v == 1 and not found.complete):  # version 1: no seeder, no file

@@ -37,6 +37,12 @@ class TrackerMetrics:
             "Files holders dropped while staying registered (file ids named in drops of known holders)",
             registry=registry,
         )
+        self.claims = Counter(
+            "p2p_tracker_lease_claims_total",
+            "Lease claims (version 5), by result: granted (new, renewed or taken over), held (by another), released",
+            ["result"],
+            registry=registry,
+        )
         self.expirations = Counter(
             "p2p_tracker_expirations_total", "Holders forgotten after missed heartbeats", registry=registry
         )
@@ -46,7 +52,7 @@ class TrackerMetrics:
             "unauthenticated (swarm secret), nonces_full (replay memory full), unpadded (a connect shorter "
             "than its answer), foreign_host (another address than the sender's), not_registrant (a holder "
             "another sender registered), the registry's caps: holders, holders_per_address, files, "
-            "files_per_address, files_per_holder, and busy (too many requests waiting for the registry store)",
+            "files_per_address, files_per_holder, leases, and busy (too many requests waiting for the registry store)",
             ["reason"],
             registry=registry,
         )

@@ -15,6 +15,7 @@ Keys, under a prefix (`p2p:`), with a holder written `host|port`:
   stats         hash: holders, holdings (file registrations), complete, partial
   share         hash: `ADDRESS|h` and `ADDRESS|f`, each address's holders and file registrations
   lost          sorted set: file id -> when its last complete holder expired
+  l:KEY         a lease (version 5 `claim`): `holder|until`
   key:NAME      a key every replica shares (connection ids without a swarm secret)
   nonce:HEX     the swarm secret's replay memory: one key per sealed datagram, expiring with it
 
@@ -306,6 +307,25 @@ redis.call("ZADD", P .. "seen", now, key)
 return 1
 """
 
+# A lease: `l:KEY` holds `holder|until`; Redis forgets it a while after it ran out (the key's TTL
+# only bounds memory: whether it is live is decided by `now`, as everywhere else here).
+_CLAIM = r"""
+local P = ARGV[1]
+local lk, holder, now, ttl, release = P .. "l:" .. ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == "1"
+local current = redis.call("GET", lk)
+if current then
+  local who, untils = string.match(current, "^(.*)|([^|]*)$")
+  local until_ = tonumber(untils)
+  if until_ > now and who ~= holder then return {who, string.format("%.17g", until_ - now)} end
+end
+if release then
+  redis.call("DEL", lk)
+  return {"", "0"}
+end
+redis.call("SET", lk, holder .. "|" .. string.format("%.17g", now + ttl), "PX", math.floor(ttl * 2000) + 1000)
+return {holder, string.format("%.17g", ttl)}
+"""
+
 _EXPIRE = _COMMON + r"""
 local now, ttl, batch = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local lost_memory, max_lost = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -426,6 +446,14 @@ class _Plans:
         args = [_holder(key), _owner(sender), int(member), repr(float(now)), *file_ids]
         return _Plan("drop", args, _known(key))
 
+    def claim(self, key, holder, now, release=False) -> _Plan:
+        def read(reply) -> tuple[HolderKey | None, float]:
+            who, left = reply
+            return (_key(who) if who else None), float(left)
+
+        args = [key, _holder(holder), repr(float(now)), repr(float(self.store.limits.lease_ttl)), int(release)]
+        return _Plan("claim", args, read)
+
     def lookup(self, name=None, file_id=None, limit=50, exclude=None) -> _Plan:
         by, target = ("id", file_id) if file_id is not None else ("name", name or "")
         pick = self.store._pick
@@ -472,7 +500,7 @@ class RedisStore:
         self._stats = Stats()
         self._plans = _Plans(self)
         self._sources = {
-            "register": _REGISTER, "heartbeat": _HEARTBEAT, "unregister": _UNREGISTER, "drop": _DROP,
+            "register": _REGISTER, "heartbeat": _HEARTBEAT, "unregister": _UNREGISTER, "drop": _DROP, "claim": _CLAIM,
             "expire": _EXPIRE, "lookup": _LOOKUP, "list": _LIST, "stats": _STATS,
         }
         self._sha = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._sources.items()}
@@ -567,6 +595,9 @@ class RedisStore:
 
     async def drop(self, key, file_ids, now, sender=None, member=False) -> bool:
         return await self._planned(self._plans.drop(key, file_ids, now, sender, member))
+
+    async def claim(self, key, holder, now, release=False) -> tuple[HolderKey | None, float]:
+        return await self._planned(self._plans.claim(key, holder, now, release))
 
     async def lookup(self, name=None, file_id=None, limit=50, exclude=None) -> Found:
         return await self._planned(self._plans.lookup(name, file_id, limit, exclude))

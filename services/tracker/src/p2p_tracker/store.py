@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 from p2p_shared.errors import StoreUnavailable  # noqa: F401 (raised by the stores, imported from here)
 from p2p_shared.messages import FileEntry
-from p2p_shared.registry import HolderKey, HolderRegistry, Refused, Sender
+from p2p_shared.registry import HolderKey, HolderRegistry, Leases, Refused, Sender
 
 FileRow = tuple[FileEntry, int, int]  # a file's entry, its complete and its partial holders
 
@@ -33,6 +33,7 @@ class Limits:
     max_files: int = 200_000
     max_holders_per_address: int | None = 1024
     max_files_per_address: int | None = 4096
+    lease_ttl: float = 10.0  # seconds a claimed lease lasts unless renewed (registry.Leases)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,12 @@ class RegistryStore(Protocol):
         """The holder no longer holds these files (HolderRegistry.drop), and is refreshed; False if
         unknown; NotRegistrant if another address registered it."""
 
+    async def claim(
+        self, key: str, holder: HolderKey, now: float, release: bool = False
+    ) -> tuple[HolderKey | None, float]:
+        """Take, renew or release the lease `key` (registry.Leases.claim): its holder afterwards
+        and the seconds it has left; RegistryFull when no lease is left to take."""
+
     async def lookup(
         self, name: str | None = None, file_id: str | None = None, limit: int = 50, exclude: HolderKey | None = None
     ) -> Found:
@@ -122,7 +129,8 @@ class MemoryStore:
 
     def __init__(self, limits: Limits, rng: random.Random | None = None) -> None:
         self.limits = limits
-        self.registry = HolderRegistry(**asdict(limits))
+        self.registry = HolderRegistry(**{k: v for k, v in asdict(limits).items() if k != "lease_ttl"})
+        self.leases = Leases(limits.lease_ttl)
         self.rng = rng or random.Random()
 
     async def register(self, key, files, now, partial=False, sender=None, member=False):
@@ -137,6 +145,9 @@ class MemoryStore:
     async def drop(self, key, file_ids, now, sender=None, member=False):
         return self.registry.drop(key, file_ids, now, sender=sender, member=member)
 
+    async def claim(self, key, holder, now, release=False):
+        return self.leases.claim(key, holder, now, release=release)
+
     async def lookup(self, name=None, file_id=None, limit=50, exclude=None):
         entry = self.registry.resolve(name=name, file_id=file_id)
         if entry is None:
@@ -147,6 +158,7 @@ class MemoryStore:
         return self.registry.files(after=after, limit=limit), self.registry.file_count
 
     async def expire(self, now):
+        self.leases.expire(now)
         return self.registry.expire(now)
 
     async def refresh_stats(self):

@@ -133,6 +133,15 @@ class HolderLink:
             self._changes = {**changes, **self._changes}  # told again next round, newer news first
             raise
 
+    async def claim(self, key: str, release: bool = False) -> messages.Lease:
+        """Take (or renew, or give back) the tracker's lease `key` for this holder: the answer
+        says who holds it now, whether that is us, and for how many seconds. TrackerUnavailable
+        and TrackerRejected as for any request."""
+        reply = await self.client.request(messages.Claim(key=key, port=self.port, host=self.host, release=release))
+        if not isinstance(reply, messages.Lease):
+            raise TrackerRejected("malformed", f"unexpected {reply.type} answer to claim")
+        return reply
+
     async def beat(self) -> None:
         # Retries stop before the next beat is due: that beat is the retry.
         reply = await self.client.request(messages.Heartbeat(port=self.port, host=self.host), budget=self.interval)
