@@ -22,7 +22,8 @@ class Result:
     scenario: Scenario
     completion: dict[int, float]  # host index -> seconds from its arrival to its last chunk
     done_at: dict[int, float]  # host index -> virtual time it finished
-    failed: dict[int, str]
+    failed: dict[int, str]  # host index -> why it did not finish (a host that left on purpose is not here)
+    left: int  # leechers that left (or died) before finishing, as the scenario said
     origin_bytes: int
     size: int
     events: int
@@ -212,16 +213,18 @@ class Simulation:
         started = time.perf_counter()
         self.clock.run(until=limit, stop=lambda: self.finished + self.gone >= self.leechers)
         wall = time.perf_counter() - started
-        completion, done_at, failed = {}, {}, {}
+        completion, done_at, failed, left = {}, {}, {}, 0
         for host in self.hosts:
             if host.origin:
                 continue
             if host.done_at is not None:
                 completion[host.index] = host.done_at - host.arrived_at
                 done_at[host.index] = host.done_at
+            elif host.left_at is not None:
+                left += 1
             else:
                 download = host.download
-                failed[host.index] = (download.failed if download else None) or ("left" if host.left_at else "unfinished")
+                failed[host.index] = (download.failed if download else None) or "unfinished"
         origin_bytes = sum(h.endpoint.sent for h in self.hosts if h.origin)
-        return Result(self.scenario, completion, done_at, failed, origin_bytes, self.manifest.size, self.clock.events,
+        return Result(self.scenario, completion, done_at, failed, left, origin_bytes, self.manifest.size, self.clock.events,
                       wall, self.network.flows, self.tracker.lookups)
