@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     if argv and argv[0] in ("validate", "scale", "sweep"):
-        from . import scale, sweep, validate
+        import importlib
 
-        return {"validate": validate.main, "scale": scale.main, "sweep": sweep.main}[argv[0]](argv[1:])
+        return importlib.import_module(f"bench.sim.{argv[0]}").main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench.sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", choices=sorted(NAMED), help="a named scenario (bench/sim/scenarios.py)")
     p.add_argument("--seeders", type=int, default=1)

@@ -228,6 +228,7 @@ class Download:
         self.find_delay = 0.25
         self.failed: str | None = None
         self.from_origins = 0
+        self.reader: int | None = None  # a reader streaming the file in order: the chunk it waits for
 
     # -- finding the file, its manifest ------------------------------------------------------------
 
@@ -273,7 +274,20 @@ class Download:
         host.serve(Source(self.manifest, complete=False), super_seed=False)
         sim.register(host, partial=True)
         self.supervisor.begin(sim.clock.now)
+        if sim.scenario.readers:
+            self.reader = 0
+            self._prioritize()
         self._loop(self.generation)
+
+    def _prioritize(self, ahead: int = 4) -> None:
+        """Download._prioritize for one reader (curl through the gateway): its next chunks first."""
+        swarm, position = self.swarm, self.reader
+        while position < self.manifest.num_chunks and position in swarm.verified:
+            position += 1
+        self.reader = position
+        urgent = [i for i in range(position, min(position + ahead, self.manifest.num_chunks)) if i not in swarm.verified]
+        swarm.prioritize(urgent, self.sim.clock.now)
+        self.flush()
 
     # -- the supervisor loop -----------------------------------------------------------------------
 
@@ -386,6 +400,8 @@ class Download:
         host.source.add(effect.index)
         host.announce(effect.index)
         sim.delivered(host, effect.index)
+        if self.reader is not None and effect.index == self.reader and not self.swarm.finished:
+            self._prioritize()
 
     def flush(self) -> None:
         sim = self.sim
@@ -393,27 +409,38 @@ class Download:
             if session.outbox:
                 sim.to_server(self.conns[peer], session.take_outbox())
 
+    def _wake_at(self, peer) -> float | None:
+        """When the worker wakes without a frame: a silent peer's deadline, or the end of the
+        first chunk's solo (PeerWorker.run's timeout)."""
+        swarm = self.swarm
+        deadline, ready = swarm.deadline(peer), swarm.ready_at(peer)
+        if deadline is None or (ready is not None and ready < deadline):
+            return ready
+        return deadline
+
     def _arm(self, peer, conn: Conn) -> None:
-        """One timer per worker, at its session's deadline (a silent peer)."""
-        deadline = self.swarm.deadline(peer)
-        if deadline is not None and (conn.timer_at is None or deadline < conn.timer_at):
-            conn.timer_at = deadline
-            self.sim.clock.at(deadline, self._timer, peer, conn)
+        """One timer per worker, at the earliest moment it must wake."""
+        wake = self._wake_at(peer)
+        if wake is not None and (conn.timer_at is None or wake < conn.timer_at):
+            conn.timer_at = wake
+            self.sim.clock.at(wake, self._timer, peer, conn)
 
     def _timer(self, peer, conn: Conn) -> None:
         conn.timer_at = None
         swarm = self.swarm
         if swarm.finished or self.conns.get(peer) is not conn or peer not in swarm.sessions:
             return
-        deadline = swarm.deadline(peer)
-        if deadline is None:
+        wake = self._wake_at(peer)
+        if wake is None:
             return
-        if self.sim.clock.now < deadline:
+        if self.sim.clock.now < wake:
             self._arm(peer, conn)
             return
         effects = swarm.tick(peer, self.sim.clock.now)
         if not self._carry_out(peer, conn, effects):
             self.flush()
+            if peer in swarm.sessions:
+                self._arm(peer, conn)
 
     def lost(self, conn: Conn) -> None:
         """The server closed the connection, or its host went away."""

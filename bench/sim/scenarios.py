@@ -43,6 +43,7 @@ class Scenario:
     startup_s: float = 0.0  # from a leecher's arrival to its first lookup (a process starting)
     leave_on_complete: bool = False  # leechers exit once their file is verified (p2p-leecher)
     kill_origin_at: float | None = None  # seeder 1 is SIGKILLed once the leechers hold this fraction
+    readers: bool = False  # each leecher's file is read in order as it comes (curl through p2p-peer's gateway)
 
     def bound(self) -> float:
         return bound(self.size, self.seeders, self.leechers)
@@ -114,7 +115,7 @@ def lying_peer(n: int, liars: int = 1, mbit: float = 100, **kw) -> Scenario:
     return base.with_(name=f"lying_peer_{n}", title=f"1 seeder → {n} peers, {liars} of them serving bad chunks", leechers=hosts)
 
 
-def from_testbed(scenario, startup_s: float = 0.0, leave_on_complete: bool = True) -> Scenario:
+def from_testbed(scenario, startup_s: float = 0.0, leave_on_complete: bool = True, readers: bool = False) -> Scenario:
     """A `make bench-net` scenario (bench/net/scenarios.py), its links as they are shaped there."""
     def spec(link) -> HostSpec:
         # The testbed's veths with no netem: about 0.1 ms each way, plus its round trip if shaped.
@@ -122,7 +123,7 @@ def from_testbed(scenario, startup_s: float = 0.0, leave_on_complete: bool = Tru
     return Scenario(
         f"net:{scenario.name}", scenario.title, tuple(spec(l) for l in scenario.seeders),
         tuple(spec(l) for l in scenario.leechers), scenario.size, 512 * KiB, tracker_delay=0.00005,
-        startup_s=startup_s, leave_on_complete=leave_on_complete, kill_origin_at=scenario.kill_seeder_at,
+        startup_s=startup_s, leave_on_complete=leave_on_complete, kill_origin_at=scenario.kill_seeder_at, readers=readers,
     )
 
 
