@@ -71,6 +71,15 @@ if [ "$purpose" = test ]; then
   # The per-host peer's gateway is tested with real HTTP clients.
   need curl curl "HTTP gateway tests" || true
   need aria2c aria2 "HTTP gateway tests: several connections from two gateways" || true
+  # The registry mirror is tested against a real upstream registry, with real clients.
+  need docker-registry docker-registry "registry mirror tests: the upstream registry" || true
+  need skopeo skopeo "registry mirror tests: skopeo copy" || true
+  need ctr containerd "registry mirror tests: ctr images pull" || true
+  # Debian starts the registry it installs on :5000; the tests run their own on free ports (and
+  # containerd with private roots: the system's containerd, which Docker may use, is left alone).
+  if [[ " ${installed[*]} " == *" docker-registry "* ]]; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
   # The Kubernetes manifests are rendered with `kubectl kustomize` (no cluster is contacted).
   need kubectl kubernetes-client "Kubernetes manifest renders" && say "kubectl: $(kubectl version --client 2>/dev/null | grep -o 'v[0-9][0-9.]*' | head -1)"
 fi

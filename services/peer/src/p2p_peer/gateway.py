@@ -24,6 +24,7 @@ import hmac
 import ipaddress
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -330,9 +331,11 @@ class Gateway:
 
     async def _stream(
         self, request: web.Request, response: web.StreamResponse, download: Download, manifest: Manifest,
-        span: Span, started: float,
+        span: Span, started: float, finish: Callable[[], Awaitable[object]] | None = None,
     ) -> web.StreamResponse:
-        """Bytes strictly in order, each run of verified chunks with sendfile as soon as it is."""
+        """Bytes strictly in order, each run of verified chunks with sendfile as soon as it is.
+        `finish` is awaited before the file's last byte goes out (it raises P2PError to cut the
+        response short: a blob whose whole digest is wrong)."""
         reader = object()
         size = manifest.chunk_size
         position = span.start
@@ -347,12 +350,18 @@ class Gateway:
                 while (last + 1) * size < span.end and (last + 1) in download.verified:
                     last += 1
                 stop = min(span.end, (last + 1) * size)
+                if finish is not None and stop == manifest.size:
+                    if stop - 1 > position:  # all but the last byte now, the last once `finish` agrees
+                        await self._ready(request, response, started, prepared)
+                        prepared = True
+                        handle = handle or self._open_part(download, manifest)
+                        await self._send(request, handle, position, stop - 1 - position)
+                        position = stop - 1
+                    await finish()
                 if handle is None:
                     handle = self._open_part(download, manifest)
-                if not prepared:
-                    await response.prepare(request)
-                    self.metrics.first_byte.observe(time.perf_counter() - started)
-                    prepared = True
+                await self._ready(request, response, started, prepared)
+                prepared = True
                 await self._send(request, handle, position, stop - position)
                 position = stop
             if not prepared:  # an empty range of an empty file
@@ -370,6 +379,11 @@ class Gateway:
             if handle is not None:
                 handle.close()
         return response
+
+    async def _ready(self, request: web.Request, response: web.StreamResponse, started: float, prepared: bool) -> None:
+        if not prepared:
+            await response.prepare(request)
+            self.metrics.first_byte.observe(time.perf_counter() - started)
 
     def _open_part(self, download: Download, manifest: Manifest) -> BinaryIO:
         """The file the download writes (its part file, followed across the rename at the end)."""
@@ -445,6 +459,8 @@ def _route_of(request: web.Request) -> str:
         return "fetch"
     if path.startswith("/files/"):
         return "delete" if method == "DELETE" else "file"
+    if path.startswith("/v2"):
+        return "registry"
     return "other"
 
 

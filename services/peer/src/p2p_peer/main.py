@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import ipaddress
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from p2p_shared.catalog import ManifestCache, expand_paths, load_file
+from p2p_shared.errors import P2PError
 from p2p_shared.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from p2p_shared.logs import configure_logging
 from p2p_shared.net.cache import HostCache
@@ -34,6 +36,9 @@ from p2p_shared.settings import (
 
 from .gateway import Gateway
 from .metrics import PeerMetrics
+from .mirror import Mirror
+from .node_config import containerd_config
+from .upstream import parse_registries
 
 log = structlog.get_logger()
 
@@ -61,7 +66,16 @@ class PeerSettings(DownloadSettings):
     http_max_connections: int = Field(512, ge=1)
     http_max_connections_per_address: int = Field(64, ge=1)
     no_prefetch: bool = False
+    registry: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    registry_auth: Path | None = None
+    registry_connect_timeout: float = Field(1.0, gt=0)
+    registry_wait: float = Field(600.0, gt=0)
     metrics_port: int = Field(9104, ge=0, le=65535)
+
+    @field_validator("registry", mode="before")
+    @classmethod
+    def _registries(cls, value):
+        return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
 
     @field_validator("seed", mode="before")
     @classmethod
@@ -78,7 +92,7 @@ class PeerSettings(DownloadSettings):
         except ValueError as exc:
             raise ValueError(f"{exc}: give networks as CIDR, such as 10.0.0.0/8,192.168.1.7") from None
 
-    @field_validator("http_token_file", mode="before")
+    @field_validator("http_token_file", "registry_auth", mode="before")
     @classmethod
     def _unset(cls, value):
         return None if value == "" else value
@@ -104,6 +118,11 @@ def parser() -> argparse.ArgumentParser:
     http.add_argument("--http-max-connections", type=int, help="gateway connections at once")
     http.add_argument("--http-max-connections-per-address", type=int, help="gateway connections from one address at once")
     http.add_argument("--no-prefetch", action="store_true", default=None, help="after a range request of an uncached file, fetch only what readers want")
+    registry = p.add_argument_group("the registry mirror (OCI distribution API, pull only, under /v2/)")
+    registry.add_argument("--registry", action="append", help="an upstream registry, NAME=URL (docker.io=https://registry-1.docker.io); repeatable")
+    registry.add_argument("--registry-auth", type=Path, help="credentials for the upstreams: a Docker config.json")
+    registry.add_argument("--registry-connect-timeout", type=float, help="seconds to connect to an upstream before answering an error (default 1)")
+    registry.add_argument("--registry-wait", type=float, help="seconds to wait for another peer's fetch of a blob from the upstream (default 600)")
     download = p.add_argument_group("downloads")
     add_download_flags(download)
     tls = p.add_argument_group("TLS on the peer protocol")
@@ -132,23 +151,34 @@ async def serve(settings: PeerSettings) -> int:
         log.info("file ready", file=seeded.manifest.name, size=seeded.manifest.size, file_id=seeded.file_id, cached=seconds is None)
     gateway = Gateway(settings, cache, metrics)
     try:
+        upstreams = parse_registries(settings.registry, settings.registry_auth)
+    except ValueError as exc:
+        raise P2PError(str(exc)) from None
+    mirror = Mirror(settings, cache, metrics, upstreams, gateway)
+    gateway.app.add_routes(mirror.routes())
+    try:
         await engine.start()
         await cache.open()
+        await mirror.start()
         await gateway.start(settings.http_host, settings.http_port)
         serve_metrics(registry, settings.metrics_host, settings.metrics_port)
         log.info(
             "peer listening", host=settings.host, port=engine.port, http_host=settings.http_host, http_port=gateway.port,
-            cache_dir=str(settings.cache_dir), cache_size=settings.cache_size,
+            cache_dir=str(settings.cache_dir), cache_size=settings.cache_size, registries=sorted(upstreams),
         )
         await engine.serve_until(stop, settings.health_file)
     finally:
         await gateway.close()
+        await mirror.close()
         await engine.close()
     log.info("peer stopped")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["containerd-config"]:
+        return containerd_config(args[1:])
     settings = build_settings(PeerSettings, parser(), argv)
     configure_logging(settings.log_format, settings.log_level)
     return run(serve(settings))

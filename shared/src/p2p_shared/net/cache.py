@@ -203,6 +203,52 @@ class HostCache(Watcher):
         self._manifests[file_id] = manifest
         return folder / manifest.name
 
+    def make_room(self, size: int, name: str) -> None:
+        """Evict what must go for a file of `size` bytes that is about to come from outside the
+        swarm (see `adopt`); CacheFull (counted) if it cannot fit."""
+        try:
+            victims = self.index.victims(size, name)
+        except DownloadError:
+            if self.metrics is not None:
+                self.metrics.refused.inc()
+            raise
+        for victim in victims:
+            self.evict(victim)
+
+    def staging(self) -> Path:
+        """A folder on the cache's file system for files that come from outside the swarm."""
+        folder = self.directory.parent / "staging"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def adopt(self, staged: Path, manifest: Manifest) -> SeededFile:
+        """A whole file that came from outside the swarm (a blob from a registry), written to
+        `staging()` and verified by the caller, moved into the cache: served and registered
+        complete, as a finished download is."""
+        file_id = manifest.raw_id
+        here = self.complete(file_id)
+        if here is not None:
+            staged.unlink(missing_ok=True)
+            return here
+        self.make_room(manifest.size, manifest.name)
+        folder = self._folder(file_id)
+        final = folder / manifest.name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_atomically(folder / "manifest", manifest.encode())
+            os.replace(staged, final)
+            st = final.stat()
+            _write_atomically(folder / "identity", " ".join(map(str, identity(st))).encode())
+        except OSError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise DownloadError(f"cannot write to the cache at {folder}: {exc.strerror}") from None
+        self.index.add(CacheEntry(file_id, manifest.name, manifest.size, time.time(), complete=True))
+        self._manifests[file_id] = manifest
+        seeded = self._complete[file_id] = SeededFile(final, manifest, manifest.encode(), identity(st))
+        self.engine.serve(seeded)
+        log.info("cached", file=manifest.name, file_id=manifest.file_id, size=manifest.size, source="outside the swarm")
+        return seeded
+
     async def _settle(self, download: Download) -> None:
         """When a download ends: a whole file is remembered with its identity; a failed one
         keeps its verified chunks in its part file, or leaves the cache if nothing is left."""
@@ -273,6 +319,7 @@ class HostCache(Watcher):
     async def open(self) -> None:
         """Find the cache again: serve what is whole, resume what is not."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.directory.parent / "staging", ignore_errors=True)  # unfinished and unverified
         resumed = 0
         for folder in sorted(self.directory.iterdir()):
             found = await asyncio.to_thread(_examine, folder)
