@@ -566,3 +566,70 @@ def test_production_runs_more_with_tls_and_network_policies(kubectl):
 def test_the_preflight_installs_kubectl_from_debian():
     preflight = (REPO / "deploy" / "preflight.sh").read_text()
     assert 'need kubectl kubernetes-client "' in preflight
+
+
+# The registry mirror overlay (production, with every node's containerd pulling through its peer) --
+
+
+@pytest.fixture(scope="module")
+def mirror_docs(kubectl) -> tuple[dict, ...]:
+    return render("overlays/registry-mirror", kubectl)
+
+
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+def test_the_mirror_overlay_matches_the_kubernetes_schemas(mirror_docs, version):
+    for doc in mirror_docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_mirror_overlay_is_privileged_only_where_it_says_and_still_warns_of_restricted(mirror_docs):
+    [namespace] = [d for d in mirror_docs if d["kind"] == "Namespace"]
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "restricted"
+    peer = named(mirror_docs, "DaemonSet", "peer")
+    [init] = pod_spec(peer)["initContainers"]
+    [c] = containers(peer, init=False)
+    # Only the init container runs as root, with nothing else: no capability, no escalation.
+    context = init["securityContext"]
+    assert context["runAsUser"] == 0 and context["capabilities"]["drop"] == ["ALL"] and not context["allowPrivilegeEscalation"]
+    assert c.get("securityContext", {}).get("runAsUser", pod_spec(peer)["securityContext"]["runAsUser"]) > 0
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & pod_spec(peer).keys()
+    [host_path] = [v for v in pod_spec(peer)["volumes"] if "hostPath" in v]
+    assert host_path["hostPath"]["path"] == "/etc/containerd/certs.d"
+    assert [m["name"] for m in init["volumeMounts"]] == [host_path["name"]] and not any(
+        m["name"] == host_path["name"] for m in c["volumeMounts"]
+    )
+    # The other workloads are as production has them.
+    for workload in workloads(mirror_docs):
+        if workload["metadata"]["name"] != "peer":
+            assert all("hostPath" not in v for v in pod_spec(workload).get("volumes", []))
+
+
+def test_the_mirror_overlay_writes_hosts_toml_for_the_registries_the_peer_mirrors(mirror_docs, tmp_path, monkeypatch):
+    peer = named(mirror_docs, "DaemonSet", "peer")
+    [init] = pod_spec(peer)["initContainers"]
+    [c] = containers(peer, init=False)
+    [http] = [p for p in c["ports"] if p["name"] == "http"]
+    assert http["hostPort"] == http["containerPort"] == int(env_value(c, "P2P_HTTP_PORT"))
+    assert env_value(c, "P2P_HTTP_ALLOW") == "$(NODE_IP)/32"
+    assert [e["name"] for e in c["env"]].index("NODE_IP") < [e["name"] for e in c["env"]].index("P2P_HTTP_ALLOW")
+    # The peer takes its settings (the node's address as the kubelet expands it).
+    for entry in c["env"]:
+        if entry["name"].startswith("P2P_"):
+            value = entry.get("value", "x" * 32 if "secretKeyRef" in entry.get("valueFrom", {}) else "10.0.0.1")
+            monkeypatch.setenv(entry["name"], value.replace("$(NODE_IP)", "10.0.0.7"))
+    settings = PeerSettings()
+    assert [str(n) for n in settings.http_allow] == ["10.0.0.7/32"]
+    # The init container's own command, run here with the node's folder in tmp_path.
+    script = init["command"][2].replace("/host/certs.d", str(tmp_path))
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin", "NODE_IP": "10.0.0.7"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    written = {p.parent.name: p.read_text() for p in tmp_path.glob("*/hosts.toml")}
+    assert set(written) == {entry.partition("=")[0] for entry in settings.registry}
+    for entry in settings.registry:
+        name, _, url = entry.partition("=")
+        assert f'server = "{url}"' in written[name] and '[host."http://10.0.0.7:7080"]' in written[name]
+        assert 'capabilities = ["pull", "resolve"]' in written[name]
