@@ -78,9 +78,10 @@ class Conn:
     """One connection, client to server: the server's side (its PeerState, the frames it has
     not read yet, the payload it sends) and the client's (its worker's label)."""
 
-    __slots__ = ("client", "server", "state", "inbox", "busy", "flow", "closed", "open", "timer_at", "label", "on_open", "on_manifest")
+    __slots__ = ("serial", "client", "server", "state", "inbox", "busy", "flow", "closed", "open", "timer_at", "label", "on_open", "on_manifest")
 
     def __init__(self, client: SimHost, server: SimHost) -> None:
+        self.serial = client.sim.next_serial()  # an order for connections that does not depend on memory addresses
         self.client, self.server = client, server
         self.state: PeerState | None = None
         self.inbox: deque = deque()
@@ -105,7 +106,7 @@ class SimHost:
         self.lies = lies  # every chunk it sends fails verification
         self.alive = True
         self.core = ServingCore(None)
-        self.served: set[Conn] = set()  # connections to our server
+        self.served: dict[Conn, None] = {}  # connections to our server, in the order they came
         self.source: Source | None = None
         self.download: Download | None = None
         self.arrived_at = 0.0
@@ -140,7 +141,7 @@ class SimHost:
             return False
         conn.state = self.core.connect()
         conn.state.shell = conn
-        self.served.add(conn)
+        self.served[conn] = None
         return True
 
     def server_gets(self, conn: Conn, frames: list) -> None:
@@ -196,13 +197,15 @@ class SimHost:
 
     def announce(self, index: int) -> None:
         """A chunk we downloaded is verified: the peers following the file hear of it."""
-        for state in self.core.announce(self.source.raw_id, index):
+        # The core keeps its connections in a set (ordered by memory address): the sim sends
+        # in the order the connections came, so that a seed gives one run.
+        for state in sorted(self.core.announce(self.source.raw_id, index), key=_serial):
             self._flush_queued(state.shell)
 
     def server_lost(self, conn: Conn) -> None:
         """The client closed the connection (or its host died)."""
         if conn in self.served:
-            self.served.discard(conn)
+            del self.served[conn]
             self.core.disconnect(conn.state)
             if conn.flow is not None:
                 self.sim.network.cancel(conn.flow)
@@ -481,6 +484,10 @@ class Download:
         if self.spare is not None:
             self.sim.close(self.spare, by_server=False)
             self.spare = None
+
+
+def _serial(state: PeerState) -> int:
+    return state.shell.serial
 
 
 def connect_failure(conn: Conn) -> PeerError:

@@ -97,13 +97,15 @@ def flash_crowd(n: int, over_s: float = 10, mbit: float = 100, **kw) -> Scenario
                       leechers=hosts)
 
 
-def churn(n: int, mbit: float = 100, leave_share: float = 0.1, origin_dies_at: float | None = None, **kw) -> Scenario:
-    """Peers leave once done; a share leave mid-download (after 3 s); two origins, one may die."""
+def churn(n: int, mbit: float = 100, leave_share: float = 0.1, leave_after: float = 3.0, origin_dies_at: float | None = None,
+          **kw) -> Scenario:
+    """Peers leave once done; a share leave mid-download (`leave_after` seconds after arriving);
+    two origins, one may die."""
     base = one_to_many(n, mbit, seeders=2, **kw)
     leaving = round(n * leave_share)
-    hosts = tuple(replace(h, leaves_at=3.0) if i < leaving else h for i, h in enumerate(base.leechers))
+    hosts = tuple(replace(h, leaves_at=leave_after) if i < leaving else h for i, h in enumerate(base.leechers))
     seeders = (replace(base.seeders[0], dies_at=origin_dies_at), base.seeders[1])
-    return base.with_(name=f"churn_{n}", title=f"2 seeders → {n} peers that leave when done, {leaving} after 3 s"
+    return base.with_(name=f"churn_{n}", title=f"2 seeders → {n} peers that leave when done, {leaving} after {leave_after:g} s"
                       + (f", seeder 1 SIGKILLed at {origin_dies_at:g} s" if origin_dies_at else ""),
                       leechers=hosts, seeders=seeders, leave_on_complete=True)
 

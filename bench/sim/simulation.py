@@ -49,6 +49,7 @@ class Simulation:
         self.hosts: list[SimHost] = []
         self.hosts_by_key: dict[tuple[str, int], SimHost] = {}
         self.delivered_chunks = 0
+        self._serials = 0
         self.leechers = 0
         self.finished = 0
         self.gone = 0  # leechers that will not finish: left, died or failed
@@ -67,6 +68,10 @@ class Simulation:
                 self.clock.at(spec.arrive + spec.leaves_at, self.leave, host)
             if spec.dies_at is not None:
                 self.clock.at(spec.dies_at, self.die, host)
+
+    def next_serial(self) -> int:
+        self._serials += 1
+        return self._serials
 
     def _add(self, spec, origin: bool) -> SimHost:
         endpoint = Endpoint(spec.up / 8, spec.down / 8, spec.delay)
@@ -199,7 +204,7 @@ class Simulation:
             if conn.flow is not None:
                 self.network.cancel(conn.flow)
                 conn.flow = None
-            conn.server.served.discard(conn)
+            conn.server.served.pop(conn, None)
             conn.server.core.disconnect(conn.state)
             download = conn.client.download
             if download is not None:
