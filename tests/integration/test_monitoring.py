@@ -132,6 +132,8 @@ def prometheus_scrapes_a_swarm(swarm: LocalSwarm, program: str, tmp_path: Path, 
         for _ in range(2):
             with urllib.request.urlopen(f"{peer.url}/files/demo.bin", timeout=60) as response:
                 assert response.read() == seeded.read_bytes()
+        with urllib.request.urlopen(f"{peer.url}/v2/", timeout=60) as response:  # the registry mirror's base
+            assert response.status == 200
 
         [group] = api(prometheus, "rules")["groups"]
         assert len(group["rules"]) >= 8

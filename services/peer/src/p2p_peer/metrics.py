@@ -33,7 +33,7 @@ class PeerMetrics:
 
         # The registry mirror.
         self.registry_requests = Counter(
-            "p2p_peer_registry_requests_total", "Registry (OCI) requests answered, by kind (manifest, blob, other) and status code",
+            "p2p_peer_registry_requests_total", "Registry (OCI) requests answered, by kind (base, manifest, blob, other) and status code",
             ["kind", "code"], registry=registry,
         )
         self.registry_blobs = Counter(

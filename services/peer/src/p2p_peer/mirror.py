@@ -138,6 +138,7 @@ class Mirror:
     # -- routing ---------------------------------------------------------------------------------
 
     async def base(self, request: web.Request) -> web.StreamResponse:
+        self.metrics.registry_requests.labels("base", "200").inc()
         return web.json_response({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
