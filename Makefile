@@ -118,6 +118,15 @@ bench-net: install netbed-tools
 	$(BIN)/pip install --quiet -c constraints.txt matplotlib
 	$(PY) -m bench.net $(BENCH_NET_ARGS)
 
+# The swarm simulator (bench/sim): the library's own scheduling code on virtual time, 1 seeder to
+# 10 ... 10,000 peers and the named scenarios; bench/results/sim.json, sim.png and a table; then
+# the comparison with the shaped testbed (bench/results/net.json). SIM_ARGS="--sizes 10,100,1000".
+.PHONY: sim
+sim: install
+	$(BIN)/pip install --quiet -c constraints.txt matplotlib
+	$(PY) -m bench.sim validate
+	$(PY) -m bench.sim scale $(SIM_ARGS)
+
 # Remove the namespaces and processes an interrupted bench-net or test run left behind.
 bench-net-clean: install
 	$(PY) -m bench.net clean
