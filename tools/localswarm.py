@@ -238,6 +238,75 @@ class RedisServer:
             self.service.wait()
 
 
+MASTER_NAME = "p2p"  # the name Sentinel watches the registry's primary under
+
+
+def sentinel_config(
+    port: int, bind: str, primary: tuple[str, int], quorum: int, down_after: float, failover_timeout: float,
+    folder: Path,
+) -> list[str]:
+    """A sentinel's command line: its config file written in `folder` (Sentinel rewrites it as it
+    learns), watching `primary` as MASTER_NAME; `down_after` and `failover_timeout` in seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"sentinel-{port}.conf"
+    config.write_text("\n".join([
+        f"port {port}", f"bind {bind}", "protected-mode no", f"dir {folder}",
+        f"sentinel monitor {MASTER_NAME} {primary[0]} {primary[1]} {quorum}",
+        f"sentinel down-after-milliseconds {MASTER_NAME} {int(down_after * 1000)}",
+        f"sentinel failover-timeout {MASTER_NAME} {int(failover_timeout * 1000)}",
+        f"sentinel parallel-syncs {MASTER_NAME} 1", "",
+    ]))
+    return ["redis-server", str(config), "--sentinel"]
+
+
+class SentinelGroup:
+    """The registry's Redis as a primary, a replica and three sentinels (quorum 2) on loopback:
+    `url` is the tracker's `redis+sentinel://` URL. Kill the primary (`servers[primary_index]`)
+    and the sentinels make the replica the primary within about `down_after` plus an election."""
+
+    def __init__(self, workdir: Path, down_after: float = 1.0, failover_timeout: float = 5.0, sentinels: int = 3) -> None:
+        self.workdir = workdir
+        self.down_after, self.failover_timeout = down_after, failover_timeout
+        self.servers = [RedisServer(workdir / "primary"), RedisServer(workdir / "replica")]
+        self.sentinel_ports: list[int] = []
+        self.sentinels: list[Service] = []
+        self.count = sentinels
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://{','.join(f'127.0.0.1:{p}' for p in self.sentinel_ports)}/{MASTER_NAME}/0"
+
+    def start(self) -> SentinelGroup:
+        primary, replica = self.servers
+        primary.start()
+        replica.args = ("--replicaof", "127.0.0.1", str(primary.port))
+        replica.start()
+        for _ in range(self.count):
+            port = free_port()
+            argv = sentinel_config(port, "127.0.0.1", ("127.0.0.1", primary.port), 2, self.down_after,
+                                   self.failover_timeout, self.workdir / "sentinels")
+            sentinel = Service("sentinel", argv)
+            sentinel.wait_for_text("+monitor master")
+            self.sentinels.append(sentinel)
+            self.sentinel_ports.append(port)
+        return self
+
+    def primary_port(self) -> int:
+        """The port the sentinels name as the primary now (asked of the first that answers)."""
+        for port in self.sentinel_ports:
+            answer = subprocess.run(["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", MASTER_NAME],
+                                    capture_output=True, text=True, timeout=5).stdout.split()
+            if len(answer) == 2:
+                return int(answer[1])
+        raise TimeoutError("no sentinel names a primary")
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for server in self.servers:
+            server.stop()
+
+
 def service_argv(role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"p2p_{role}", *args]
 

@@ -51,9 +51,21 @@ class TrackerSettings(CommonSettings):
     @field_validator("registry")
     @classmethod
     def _registry(cls, value: str) -> str:
-        if value == "memory" or urlsplit(value).scheme in ("redis", "rediss", "unix"):
+        scheme = urlsplit(value).scheme
+        if value == "memory" or scheme in ("redis", "rediss", "unix"):
             return value
-        raise ValueError(f"must be memory or a Redis URL (redis://HOST:PORT/DB, rediss://, unix://), not {redacted(value)!r}")
+        if scheme in ("redis+sentinel", "rediss+sentinel"):
+            from .redis_store import sentinel_address  # only a tracker with Redis needs redis-py
+
+            try:
+                sentinel_address(value)
+            except ValueError as exc:
+                raise ValueError(f"{redacted(value)!r}: {exc}") from None
+            return value
+        raise ValueError(
+            "must be memory or a Redis URL (redis://HOST:PORT/DB, rediss://, unix://, "
+            f"redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER_NAME[/DB]), not {redacted(value)!r}"
+        )
 
 
 def redacted(url: str) -> str:
@@ -77,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-holders-per-address", type=int, help="holders one source address may register (default 1024; 0: no limit)")
     p.add_argument("--max-files-per-address", type=int, help="file registrations of one source address's holders (default 4096; 0: no limit)")
     p.add_argument("--max-requests-per-address", type=float, help="datagrams/s one address may send, bursts of twice that (default 200; 0 turns it off)")
-    p.add_argument("--registry", help="where the registry lives: memory (this process), or redis://HOST:PORT/DB, shared by tracker replicas")
+    p.add_argument("--registry", help="where the registry lives: memory (this process), or redis://HOST:PORT/DB, shared by tracker "
+                   "replicas, or redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER_NAME[/DB]: the primary Sentinel names, followed through failovers")
     p.add_argument("--registry-timeout", type=float, help="seconds a call of the registry store may take before the request is answered `unavailable` (default 0.5)")
     add_common_flags(p)
     return p

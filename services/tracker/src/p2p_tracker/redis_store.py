@@ -33,12 +33,14 @@ import hashlib
 import random
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from p2p_shared import registry as registry_module
 from p2p_shared.messages import FileEntry
@@ -483,6 +485,77 @@ def _known(key: HolderKey) -> Callable[[int], bool]:
     return read
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+class SentinelAddress(NamedTuple):
+    """Where Sentinel is and what it watches: from
+    `redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]`
+    (`rediss+sentinel://`: TLS to the Redis servers). The password is the Redis servers'; the
+    sentinels are asked without one (give them none, or set `sentinel auth-pass` for Redis)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def sentinel_address(url: str) -> SentinelAddress:
+    """Parse a redis+sentinel:// URL; ValueError says what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise ValueError(f"not a Sentinel URL: {parts.scheme}://")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":") if credentials else ("", "", "")
+    sentinels = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "26379"
+        host = host.strip("[]")  # an IPv6 address in brackets
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a sentinel is HOST:PORT, not {item!r}")
+        sentinels.append((host, int(port)))
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("the path is /MASTER_NAME or /MASTER_NAME/DB")
+    return SentinelAddress(
+        tuple(sentinels), path[0], int(path[1]) if len(path) == 2 else 0,
+        unquote(username) or None, unquote(password) or None, parts.scheme == "rediss+sentinel",
+    )
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Sentinel's pool (the primary asked of the sentinels at each new connection, connections
+    to a demoted primary dropped) with the blocking pool's bound: at most `max_connections`,
+    a caller waits up to `timeout` for one instead of failing at once."""
+
+
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel manager, its "no primary" error one short line (redis-py's names
+    every client it asked, in full)."""
+
+    def __init__(self, address: SentinelAddress, **options) -> None:
+        super().__init__(address.sentinels, **options)
+        self.where = ", ".join(f"{host}:{port}" for host, port in address.sentinels)
+
+    async def discover_master(self, service_name: str):
+        try:
+            return await super().discover_master(service_name)
+        except MasterNotFoundError:
+            raise MasterNotFoundError(f"no sentinel at {self.where} names a primary for {service_name!r}") from None
+
+
+def _sentinel_pool(address: SentinelAddress, options: dict) -> SentinelConnectionPool:
+    # Each sentinel asked once (the next one on a failure), not retried with a backoff.
+    sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")} | {"retry": Retry(NoBackoff(), 0)}
+    manager = _Sentinels(address, sentinel_kwargs=sentinel_options)
+    credentials = {"username": address.username, "password": address.password, "db": address.db, "ssl": address.tls}
+    return _BlockingSentinelPool(address.master, manager, **options, **credentials)
+
+
 class RedisStore:
     """The registry in Redis (see the module's note); every call is bounded by `timeout`."""
 
@@ -510,15 +583,18 @@ class RedisStore:
         cls, url: str, limits: Limits, timeout: float = 0.5, rng: random.Random | None = None, prefix: str = "p2p:",
         max_connections: int = 64,
     ) -> RedisStore:
-        """A store on the Redis at `url` (redis://, rediss://, unix://), not contacted yet."""
+        """A store on the Redis at `url` (redis://, rediss://, unix://, or redis+sentinel:// for a
+        primary that Sentinel watches and replaces: `sentinel_address`), not contacted yet."""
         # A slow store is answered `unavailable`, not waited for; a connection that broke (a
-        # restarted Redis) is replaced at once, once.
+        # restarted Redis, a primary replaced by Sentinel) is replaced at once, once.
         retry = Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
+        options = dict(max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, retry=retry)
         try:
-            pool = redis.BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout,
-                socket_connect_timeout=timeout, retry=retry,
-            )
+            if urlsplit(url).scheme in SENTINEL_SCHEMES:
+                pool = _sentinel_pool(sentinel_address(url), options)
+            else:
+                pool = redis.BlockingConnectionPool.from_url(url, **options)
         except ValueError as exc:
             raise StoreUnavailable("connection", f"bad Redis URL: {exc}") from None
         return cls(redis.Redis(connection_pool=pool, retry=retry), limits, timeout, rng, prefix)
