@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from p2p_shared import messages
 from tests.host_tools import host_tool
-from tools.localswarm import LocalSwarm, SentinelGroup, Service, free_port, random_file, service_argv, tracker_request
+from tools.localswarm import LocalSwarm, RedisServer, SentinelGroup, Service, free_port, random_file, service_argv, tracker_request
 
 from .conftest import wait_until
 
+REPO = Path(__file__).resolve().parents[2]
 DOWN_AFTER = 1.0  # seconds a primary may be silent before a sentinel calls it down
 # An election and a promotion after that: Sentinel's own figure is a few hundred ms; 5 s is the
 # failover timeout the group is configured for, the most one attempt may take.
@@ -127,3 +130,26 @@ def test_no_sentinel_listening_is_one_line_and_exit_1():
     said = f"cannot use the registry at {url}: registry store unreachable: no sentinel at 127.0.0.1:{port} names a primary for 'p2p'"
     assert said in tracker.output and "Traceback" not in tracker.output
     assert len(tracker.lines) == 1, tracker.output
+
+
+@pytest.mark.parametrize("file", ["docker-compose.yml", "docker-stack.yml"])
+def test_the_sentinel_the_deploy_files_start_watches_the_primary(tmp_path, file):
+    """Their sentinel's script, run here: its folder moved to tmp_path, its port a free one, its
+    primary a redis-server on loopback instead of the `redis` service."""
+    host_tool("redis-server", "redis-server")
+    primary = RedisServer(tmp_path / "primary").start()
+    try:
+        script = yaml.safe_load((REPO / file).read_text())["services"]["sentinel"]["command"][0]
+        port = free_port()
+        script = (script.replace("/tmp", str(tmp_path)).replace("port 26379", f"port {port}")
+                  .replace("monitor p2p redis 6379", f"monitor p2p 127.0.0.1 {primary.port}"))
+        sentinel = Service("sentinel", ["sh", "-c", script])
+        try:
+            sentinel.wait_for_text(f"+monitor master p2p 127.0.0.1 {primary.port} quorum 2")
+            answer = subprocess.run(["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", "p2p"],
+                                    capture_output=True, text=True, timeout=5).stdout.split()
+            assert answer == ["127.0.0.1", str(primary.port)]
+        finally:
+            sentinel.stop()
+    finally:
+        primary.stop()

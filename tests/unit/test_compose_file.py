@@ -5,6 +5,7 @@ services, and the Dockerfile keeps each role's code out of the other roles' imag
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,8 +123,8 @@ def test_a_role_image_holds_no_other_role_code():
 
 def test_trackers_are_replicas_sharing_one_redis_registry_found_by_their_service_name():
     tracker, redis = SERVICES["tracker"], SERVICES["redis"]
-    assert tracker["environment"]["P2P_REGISTRY"] == "${P2P_REGISTRY:-redis://redis:6379/0}"
-    assert tracker["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert tracker["environment"]["P2P_REGISTRY"] == "${P2P_REGISTRY:-redis+sentinel://sentinel:26379/p2p/0}"
+    assert tracker["depends_on"]["redis"] == tracker["depends_on"]["sentinel"] == {"condition": "service_healthy"}
     assert tracker["deploy"]["replicas"] == "${TRACKERS:-2}"
     # Seeders, leechers and peers name the service, which Docker's DNS resolves to every replica.
     for name in ("seeder", "leecher", "peer"):
@@ -134,6 +135,25 @@ def test_trackers_are_replicas_sharing_one_redis_registry_found_by_their_service
     assert "deploy/redis/Dockerfile.redis" in build and "REDIS_IMAGE=$REDIS_IMAGE" in build
     assert " redis async-timeout setuptools" in build  # redis-py (and what it needs on Python 3.11.2) among the wheels
     assert 'need redis-server redis-server' in (REPO / "deploy/preflight.sh").read_text()
+
+
+SENTINEL_URL = re.compile(r"redis\+sentinel://(\w+):(\d+)/(\w+)/0")
+
+
+@pytest.mark.parametrize("file", ["docker-compose.yml", "docker-stack.yml"])
+def test_the_registry_is_a_primary_a_replica_and_three_sentinels_the_trackers_ask(file):
+    services = yaml.safe_load((REPO / file).read_text())["services"]
+    url = re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", services["tracker"]["environment"]["P2P_REGISTRY"])
+    sentinel_service, port, master = SENTINEL_URL.fullmatch(url).groups()
+    sentinel, replica = services[sentinel_service], services["redis-replica"]
+    assert sentinel["deploy"]["replicas"] == 3  # quorum 2 of 3: one sentinel may be lost
+    assert replica["command"][-3:] == ["--replicaof", "redis", "6379"]
+    assert replica["command"][:-3] == services["redis"]["command"]  # memory only, like the primary
+    assert sentinel["image"] == replica["image"] == services["redis"]["image"]
+    script = sentinel["command"][0]
+    assert f"'port {port}'" in script and f"'sentinel monitor {master} redis 6379 2'" in script
+    assert "'sentinel resolve-hostnames yes'" in script  # it names the primary by its service name
+    assert script.rstrip().endswith("exec redis-server /tmp/sentinel.conf --sentinel")
 
 
 def stage_env(role: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from p2p_leecher.main import LeecherSettings
 from p2p_peer.main import PeerSettings
 from p2p_seeder.main import SeederSettings
 from p2p_tracker.main import TrackerSettings
+from p2p_tracker.redis_store import sentinel_address
 from pydantic import ValidationError
 
 from tests.host_tools import host_tool
@@ -194,16 +195,61 @@ def test_trackers_run_as_two_or_more_replicas_behind_one_udp_service(docs):
 
 
 def test_trackers_share_the_redis_service_as_their_registry(docs):
+    """Through the sentinels' Service, which watches the primary the Redis pods start from."""
     [container] = containers(named(docs, "Deployment", "tracker"))
-    url = urlsplit(env_value(container, "P2P_REGISTRY"))
-    assert (url.scheme, url.path) == ("redis", "/0")
-    service = named(docs, "Service", url.hostname)
-    [port] = [p for p in service["spec"]["ports"] if p["port"] == url.port]
-    redis = named(docs, "Deployment", "redis")
-    assert selects(service["spec"]["selector"], pod_labels(redis))
+    address = sentinel_address(env_value(container, "P2P_REGISTRY"))
+    [(host, port)] = address.sentinels
+    assert (address.master, address.db) == ("p2p", 0)
+    service = named(docs, "Service", host)
+    [service_port] = [p for p in service["spec"]["ports"] if p["port"] == port]
+    sentinels = named(docs, "Deployment", host)
+    assert selects(service["spec"]["selector"], pod_labels(sentinels))
+    assert sentinels["spec"]["replicas"] == 3  # quorum 2 of 3: one may be lost
+    [sentinel] = containers(sentinels)
+    assert role(sentinel) == "redis"
+    assert service_port["targetPort"] in {p["name"] for p in sentinel["ports"]}
+    script = sentinel["args"][0]
+    monitor = re.search(r"'sentinel monitor (\S+) (\S+) (\d+) 2'", script)
+    assert monitor and monitor[1] == address.master
+    assert f"'port {port}'" in script and "'sentinel resolve-hostnames yes'" in script
+    # The primary it first watches is pod 0 of the Redis StatefulSet, by its name on the headless Service.
+    redis = named(docs, "StatefulSet", "redis")
+    pod, _, governing = monitor[2].partition(".")
+    assert pod == "redis-0" and governing == redis["spec"]["serviceName"] and redis["spec"]["replicas"] >= 2
+    headless = named(docs, "Service", governing)
+    assert headless["spec"]["clusterIP"] == "None" and selects(headless["spec"]["selector"], pod_labels(redis))
     [server] = containers(redis)
     assert role(server) == "redis"
-    assert port["targetPort"] in {p["name"] for p in server["ports"]} | {p["containerPort"] for p in server["ports"]}
+    assert int(monitor[3]) == next(p["containerPort"] for p in server["ports"] if p["name"] == "redis")
+    # A Redis pod replicates the primary the sentinels name; pod 0 is the primary on a first start.
+    start = server["args"][0]
+    assert "sentinel get-master-addr-by-name p2p" in start and "primary=redis-0.redis" in start
+    assert '--replicaof "$primary" 6379' in start and '--save ""' in start
+
+
+def redis_start(script: str, tmp_path: Path, hostname: str, sentinel_says: str) -> list[str]:
+    """The Redis pod's start script, run here with `hostname`, `redis-cli` and `redis-server`
+    stand-ins: the arguments it would start redis-server with."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in (("hostname", f"echo {hostname}"), ("redis-cli", f"printf '{sentinel_says}'"),
+                       ("redis-server", 'for a in "$@"; do echo "[$a]"; done')):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    ran = subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=10)
+    assert ran.returncode == 0, ran.stderr
+    return [line[1:-1] for line in ran.stdout.splitlines()]
+
+
+def test_a_redis_pod_starts_as_the_primary_only_when_no_sentinel_names_another(tmp_path):
+    [server] = containers(named(base_files(), "StatefulSet", "redis"))
+    script = server["args"][0]
+    first = redis_start(script, tmp_path, "redis-0", "")  # no sentinel answers: the first start
+    assert "--replicaof" not in first and first[first.index("--replica-announce-ip") + 1] == "redis-0.redis"
+    assert redis_start(script, tmp_path, "redis-1", "")[-3:] == ["--replicaof", "redis-0.redis", "6379"]
+    # After a failover to redis-1, redis-0 comes back as its replica, not as a second primary.
+    assert redis_start(script, tmp_path, "redis-0", "redis-1.redis\\n6379\\n")[-3:] == ["--replicaof", "redis-1.redis", "6379"]
+    assert "--replicaof" not in redis_start(script, tmp_path, "redis-1", "redis-1.redis\\n6379\\n")
 
 
 def test_the_tracker_pdb_keeps_one_up():
@@ -542,18 +588,21 @@ def test_production_runs_more_with_tls_and_network_policies(kubectl):
                 secret = volumes[mounts[str(path.parent)]]["secret"]
                 assert secret["secretName"] == "p2p-tls" and path.name in {i["path"] for i in secret["items"]}
                 assert "ca.key" not in {i["key"] for i in secret["items"]}
-    # Redis answers the trackers only.
+    # Redis and its sentinels answer the trackers and each other only.
     policy = named(production, "NetworkPolicy", "redis")["spec"]
-    redis = pod_labels(named(production, "Deployment", "redis"))
+    registry = [pod_labels(named(production, "StatefulSet", "redis")), pod_labels(named(production, "Deployment", "redis-sentinel"))]
     tracker = pod_labels(named(production, "Deployment", "tracker"))
-    assert selects(policy["podSelector"]["matchLabels"], redis)
+    assert all(selects(policy["podSelector"]["matchLabels"], labels) for labels in registry)
     [rule] = policy["ingress"]
-    [source] = rule["from"]
-    assert selects(source["podSelector"]["matchLabels"], tracker)
-    assert not any(
-        selects(source["podSelector"]["matchLabels"], pod_labels(w))
-        for w in workloads(production) if w["metadata"]["name"] != "tracker"
-    )
+    sources = [source["podSelector"]["matchLabels"] for source in rule["from"]]
+    assert any(selects(source, tracker) for source in sources)
+    admitted = [w["metadata"]["name"] for w in workloads(production) if any(selects(s, pod_labels(w)) for s in sources)]
+    assert sorted(admitted) == ["redis", "redis-sentinel", "tracker"]
+    assert {p["port"] for p in rule["ports"]} == {6379, 26379}
+    # The policy that opens the swarm's pods to each other leaves the registry's out.
+    swarm = named(production, "NetworkPolicy", "swarm")["spec"]["podSelector"]
+    [components] = [e["values"] for e in swarm["matchExpressions"] if e["key"] == "app.kubernetes.io/component"]
+    assert "redis" not in components
     # The peers' gateways: beyond the swarm's own pods, only pods that say they are its clients.
     policy = named(production, "NetworkPolicy", "peer-gateway")["spec"]
     assert selects(policy["podSelector"]["matchLabels"], pod_labels(named(production, "DaemonSet", "peer")))
