@@ -2,6 +2,8 @@
 
     python -m bench.net [--only NAME ...] [--size-mib N] [--out FILE]   run, write JSON, chart, README table
     python -m bench.net clean                                           remove a dead run's leftovers
+    python -m bench.net registry [--hosts N] [--size-mib M] [--layers L] [--mbit R]
+                                 container images through the registry mirror, beside straight pulls
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from tools.localswarm import random_file
 
-from . import report, runner
+from . import registry, report, runner
 from .scenarios import MiB, SCENARIOS
 from .testbed import PREFIX, NamespaceError, clean, leftovers, netem_available, unavailable_reason
 
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"scenarios to run: {', '.join(s.name for s in SCENARIOS)}")
     p.add_argument("--size-mib", type=int, help="file size for every scenario (default: each scenario's, 64)")
     p.add_argument("--out", type=Path, default=RESULTS / "net.json")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["registry"]:
+        return _registry(argv[1:])
     args = p.parse_args(argv)
 
     if args.command == "clean":
@@ -68,6 +73,26 @@ def main(argv: list[str] | None = None) -> int:
         report.draw(results, RESULTS / "net.png")
         report.update_readme(results)
     return 0
+
+
+def _registry(argv: list[str]) -> int:
+    problem = unavailable_reason() or (leftovers() and f"leftovers of an earlier run ({', '.join(leftovers())}); "
+                                       "remove them with `make bench-net-clean`")
+    if problem:
+        print(f"bench-net: {problem}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        found = registry.main(argv)
+    except NamespaceError as exc:
+        print(f"bench-net: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench-net: interrupted; namespaces and processes removed", file=sys.stderr)
+        return 130
+    out = RESULTS / "registry.json"
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **found}, indent=1) + "\n")
+    return 0 if all(r["all_verified"] for r in found.values()) else 1
 
 
 def run_all(args) -> dict:

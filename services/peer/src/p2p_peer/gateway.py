@@ -333,57 +333,65 @@ class Gateway:
         self, request: web.Request, response: web.StreamResponse, download: Download, manifest: Manifest,
         span: Span, started: float, finish: Callable[[], Awaitable[object]] | None = None,
     ) -> web.StreamResponse:
-        """Bytes strictly in order, each run of verified chunks with sendfile as soon as it is.
-        `finish` is awaited before the file's last byte goes out (it raises P2PError to cut the
-        response short: a blob whose whole digest is wrong)."""
-        reader = object()
-        size = manifest.chunk_size
-        position = span.start
-        handle: BinaryIO | None = None
+        """Bytes strictly in order, each run of verified chunks with sendfile as soon as it is;
+        the response begins with the first run. `finish` is awaited before the file's last byte
+        goes out (it raises P2PError to cut the response short: a blob whose digest is wrong)."""
         prepared = False
-        try:
-            while position < span.end:
-                index = position // size
-                download.want(reader, index)
-                await download.chunk(index)
-                last = index
-                while (last + 1) * size < span.end and (last + 1) in download.verified:
-                    last += 1
-                stop = min(span.end, (last + 1) * size)
-                if finish is not None and stop == manifest.size:
-                    if stop - 1 > position:  # all but the last byte now, the last once `finish` agrees
-                        await self._ready(request, response, started, prepared)
-                        prepared = True
-                        handle = handle or self._open_part(download, manifest)
-                        await self._send(request, handle, position, stop - 1 - position)
-                        position = stop - 1
-                    await finish()
-                if handle is None:
-                    handle = self._open_part(download, manifest)
-                await self._ready(request, response, started, prepared)
-                prepared = True
-                await self._send(request, handle, position, stop - position)
-                position = stop
-            if not prepared:  # an empty range of an empty file
+
+        async def begin() -> None:
+            nonlocal prepared
+            if not prepared:
                 await response.prepare(request)
+                self.metrics.first_byte.observe(time.perf_counter() - started)
+                prepared = True
+
+        try:
+            await self.send_verified(request, download, manifest, span.start, span.end, begin, finish)
+            await begin()  # an empty range of an empty file
         except P2PError as exc:
             if not prepared:
                 return _error_response(exc)
             # Never complete a response with missing bytes: cut it short.
             self.metrics.http_aborted.inc()
-            log.warning("response cut short: the download failed", file=manifest.name, sent=position - span.start, error=str(exc))
+            log.warning("response cut short: the download failed", file=manifest.name, error=str(exc))
             if request.transport is not None:
                 request.transport.abort()
+        return response
+
+    async def send_verified(
+        self, request: web.Request, download: Download, manifest: Manifest, start: int, end: int,
+        begin: Callable[[], Awaitable[None]], finish: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Bytes [start, end) of a download's file to the client, in order, each run of verified
+        chunks with sendfile as soon as it is (the chunks just ahead fetched first); `begin` is
+        awaited before the first byte, `finish` (if given) before the file's last byte."""
+        reader = object()
+        size = manifest.chunk_size
+        position = start
+        handle: BinaryIO | None = None
+        try:
+            while position < end:
+                index = position // size
+                download.want(reader, index)
+                await download.chunk(index)
+                last = index
+                while (last + 1) * size < end and (last + 1) in download.verified:
+                    last += 1
+                stop = min(end, (last + 1) * size)
+                handle = handle or self._open_part(download, manifest)
+                if finish is not None and stop == manifest.size:
+                    if stop - 1 > position:  # all but the last byte now, the last once `finish` agrees
+                        await begin()
+                        await self._send(request, handle, position, stop - 1 - position)
+                        position = stop - 1
+                    await finish()
+                await begin()
+                await self._send(request, handle, position, stop - position)
+                position = stop
         finally:
             download.want(reader, None)
             if handle is not None:
                 handle.close()
-        return response
-
-    async def _ready(self, request: web.Request, response: web.StreamResponse, started: float, prepared: bool) -> None:
-        if not prepared:
-            await response.prepare(request)
-            self.metrics.first_byte.observe(time.perf_counter() - started)
 
     def _open_part(self, download: Download, manifest: Manifest) -> BinaryIO:
         """The file the download writes (its part file, followed across the rename at the end)."""
