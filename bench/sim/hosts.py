@@ -78,13 +78,14 @@ class Conn:
     """One connection, client to server: the server's side (its PeerState, the frames it has
     not read yet, the payload it sends) and the client's (its worker's label)."""
 
-    __slots__ = ("serial", "client", "server", "state", "inbox", "busy", "flow", "closed", "open", "timer_at", "label", "on_open", "on_manifest")
+    __slots__ = ("serial", "client", "server", "state", "inbox", "pending", "busy", "flow", "closed", "open", "timer_at", "label", "on_open", "on_manifest")
 
     def __init__(self, client: SimHost, server: SimHost) -> None:
         self.serial = client.sim.next_serial()  # an order for connections that does not depend on memory addresses
         self.client, self.server = client, server
         self.state: PeerState | None = None
         self.inbox: deque = deque()
+        self.pending: list[tuple[float, list]] = []  # (arrival time, frames) sent while the server was busy
         self.busy = False
         self.flow = None
         self.closed = False
@@ -147,7 +148,40 @@ class SimHost:
     def server_gets(self, conn: Conn, frames: list) -> None:
         if conn.closed or conn not in self.served:
             return
-        conn.inbox.extend(frames)
+        self._take(conn, frames)
+        if not conn.busy:
+            self._serve(conn)
+
+    def _take(self, conn: Conn, frames: list) -> None:
+        inbox = conn.inbox
+        for frame in frames:
+            # ANNOUNCEs waiting behind a payload are bytes in the socket buffer: read later, one
+            # after the other, they tell the core what one ANNOUNCE of all their chunks would.
+            last = inbox[-1] if inbox else None
+            if (type(frame) is wire.Announce and type(last) is wire.Announce and last.file_id == frame.file_id
+                    and len(last.indices) + len(frame.indices) <= wire.MAX_ANNOUNCED):
+                inbox[-1] = wire.Announce(frame.file_id, last.indices + frame.indices)
+            else:
+                inbox.append(frame)
+
+    def _take_pending(self, conn: Conn) -> None:
+        """The frames sent while a payload was in flight that have arrived by now; an event for the
+        first of the others."""
+        pending, now = conn.pending, self.sim.clock.now
+        taken = 0
+        for arrive, frames in pending:
+            if arrive > now:
+                break
+            self._take(conn, frames)
+            taken += 1
+        del pending[:taken]
+        if pending:
+            self.sim.clock.at(pending[0][0], self._drain, conn)
+
+    def _drain(self, conn: Conn) -> None:
+        if conn.closed or conn not in self.served or conn.busy:
+            return  # once the payload is out, _chunk_sent takes them
+        self._take_pending(conn)
         self._serve(conn)
 
     def _serve(self, conn: Conn) -> None:
@@ -187,6 +221,8 @@ class SimHost:
         raw_id = self.source.raw_id
         self.core.chunk_sent(conn.state, raw_id, index, self.sim.clock.now)
         self.sim.to_client(conn, [wire.Chunk(raw_id, index, NO_BYTES, None), *conn.state.take_queued()])
+        if conn.pending:
+            self._take_pending(conn)
         self._serve(conn)
 
     def _flush_queued(self, conn: Conn) -> None:

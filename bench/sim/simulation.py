@@ -169,8 +169,13 @@ class Simulation:
         self.clock.at(self.clock.now + 2 * delay, conn.server.server_gets, conn, [hello, *first])
 
     def to_server(self, conn: Conn, frames: list) -> None:
-        delay = conn.client.endpoint.delay + conn.server.endpoint.delay
-        self.clock.at(self.clock.now + delay, conn.server.server_gets, conn, frames)
+        arrive = self.clock.now + conn.client.endpoint.delay + conn.server.endpoint.delay
+        if conn.busy or conn.pending:
+            # The server reads nothing while it sends a payload: frames for it wait with no event
+            # of their own, and it takes those that have arrived when it reads again (_chunk_sent).
+            conn.pending.append((arrive, frames))
+            return
+        self.clock.at(arrive, conn.server.server_gets, conn, frames)
 
     def to_client(self, conn: Conn, frames: list) -> None:
         delay = conn.client.endpoint.delay + conn.server.endpoint.delay

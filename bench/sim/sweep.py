@@ -1,0 +1,84 @@
+"""python -m bench.sim sweep: the policies' knobs across N, and on the testbed's scenarios.
+
+Each setting is run on 1 seeder → N peers (100 Mbit/s, 64 MiB) for each N given, and on every
+`make bench-net` scenario as the simulator reproduces it (validate.py): a setting better at
+scale must be no worse there. One JSON line per run (to --out as well); a table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.net.scenarios import SCENARIOS
+
+from .run import knobs, run_scenario
+from .scenarios import from_testbed, one_to_many
+from .validate import STARTUP_S
+
+SETTINGS = {
+    "default": {},
+    "max_peers=4": {"max_peers": 4},
+    "max_peers=16": {"max_peers": 16},
+    "max_peers=32": {"max_peers": 32},
+    "depth=2": {"depth": 2},
+    "depth=8": {"depth": 8},
+    "no_super_seed": {"super_seed": False},
+    "offer_window=2": {"offer_window": 2},
+    "offer_window=8": {"offer_window": 8},
+    "random_first=0": {"random_first": 0},
+    "random_first=16": {"random_first": 16},
+    "refresh=1": {"refresh": 1.0},
+    "refresh=2": {"refresh": 2.0},
+    "chunk=256KiB": {"chunk_kib": 256},
+    "chunk=1MiB": {"chunk_kib": 1024},
+}
+
+
+def testbed_total(setting: dict, seed: int) -> tuple[float, float]:
+    """Sum of the simulated testbed scenarios' times to all, and their largest origin egress."""
+    chunk = setting.get("chunk_kib", 512)
+    k = knobs(**{key: v for key, v in setting.items() if key != "chunk_kib"})
+    total, egress = 0.0, 0.0
+    for scenario in SCENARIOS:
+        if scenario.needs_netem:
+            continue
+        one_to_n = len(scenario.seeders) == 1 and len(scenario.leechers) > 1 or scenario.name == "one_to_1"
+        sim = from_testbed(scenario, startup_s=0.0 if one_to_n else STARTUP_S, leave_on_complete=not one_to_n,
+                           readers=one_to_n).with_(chunk_size=chunk * 1024)
+        summary, _ = run_scenario(sim, k, seed=seed)
+        total += summary["t_all_s"]
+        egress = max(egress, summary["origin_amplification"])
+    return round(total, 2), egress
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sim sweep", description=__doc__)
+    p.add_argument("--sizes", default="100,1000")
+    p.add_argument("--only", help="comma-separated setting names (default: all)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("bench/results/sim-sweep.json"))
+    args = p.parse_args(argv)
+    names = args.only.split(",") if args.only else list(SETTINGS)
+    rows = []
+    for name in names:
+        setting = SETTINGS[name]
+        chunk = setting.get("chunk_kib", 512)
+        k = knobs(**{key: v for key, v in setting.items() if key != "chunk_kib"})
+        row = {"setting": name}
+        for n in map(int, args.sizes.split(",")):
+            summary, _ = run_scenario(one_to_many(n, mbit=100, chunk_kib=chunk), k, seed=args.seed)
+            row[f"n{n}"] = {key: summary[key] for key in ("t_all_s", "ratio_to_bound", "p50_s", "origin_amplification", "wall_s")}
+        row["testbed_total_s"], row["testbed_max_egress_f"] = testbed_total(setting, args.seed)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        args.out.write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=1) + "\n")
+    sizes = args.sizes.split(",")
+    print("| setting | " + " | ".join(f"{n} peers: time to all (× bound), origin" for n in sizes) + " | testbed scenarios, summed |")
+    print("| --- |" + " --- |" * (len(sizes) + 1))
+    for row in rows:
+        cells = [f"{row['n' + n]['t_all_s']} s ({row['n' + n]['ratio_to_bound']}x), {row['n' + n]['origin_amplification']} F" for n in sizes]
+        print(f"| {row['setting']} | " + " | ".join(cells) + f" | {row['testbed_total_s']} s |")
+    return 0
