@@ -139,6 +139,8 @@ class PartFile:
         self.size = size
         self.path = final.with_name(final.name + ".part")
         self._no_space = False
+        self._writes = threading.Condition()  # writes in flight: the descriptor outlives them
+        self._writing = 0
         self.fd = self._open_locked(self.path)
         if self.fd < 0:
             aside = final.with_name(f"{final.name}.{os.uname().nodename}-{os.getpid()}.part")
@@ -215,7 +217,13 @@ class PartFile:
                 raise
 
     def write(self, offset: int, data: memoryview) -> None:
-        """Called from worker threads; pwrite needs no shared file position."""
+        """Called from worker threads; pwrite needs no shared file position. The descriptor is
+        not closed while a write is in flight (`close` waits), and a write that comes after it
+        is closed is refused (a receiving thread may finish a chunk after the download ended)."""
+        with self._writes:
+            if self.fd < 0:
+                raise DownloadError(f"cannot write {self.path}: the download is over")
+            self._writing += 1
         try:
             while data:
                 written = os.pwrite(self.fd, data, offset)
@@ -227,6 +235,10 @@ class PartFile:
                     f"cannot write {self.path}: {exc.strerror}; it is removed to give the space back"
                 ) from None
             raise DownloadError(f"cannot write {self.path}: {exc.strerror}") from None
+        finally:
+            with self._writes:
+                self._writing -= 1
+                self._writes.notify_all()
 
     def finish(self) -> None:
         """fsync, then give the file its final name (atomically) and fsync the folder."""
@@ -284,8 +296,10 @@ class PartFile:
         self.close()
 
     def close(self) -> None:
-        if self._no_space:
-            self._give_back()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._writes:
+            self._writes.wait_for(lambda: not self._writing)
+            if self._no_space:
+                self._give_back()  # (closes the descriptor)
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1

@@ -242,6 +242,7 @@ CLIENT_HANDSHAKE = frozenset({FrameType.HELLO, FrameType.AUTH, FrameType.ERROR})
 CLIENT_RECEIVES = CLIENT_HANDSHAKE | {FrameType.MANIFEST, FrameType.HAVE, FrameType.ANNOUNCE, FrameType.CHUNK}
 
 _HEADER, _BODY, _CHUNK_HEAD, _PAYLOAD, _BROKEN = range(5)
+_FRAME_TYPES = {int(t): t for t in FrameType}
 
 
 class FrameReader:
@@ -298,7 +299,18 @@ class FrameReader:
 
     def receive_frame(self, data: memoryview) -> int:
         """Copy in bytes of `data` up to the end of the next whole frame; returns how many were
-        taken. The caller can then act on that frame (and change `accept`) before the rest."""
+        taken. The caller can then act on that frame (and change `accept`) before the rest.
+        A whole control frame at the start of `data` is decoded where it is, with no copy."""
+        if self._state == _HEADER and not self._filled and not self._events and len(data) >= FRAME_HEADER.size:
+            kind, length = FRAME_HEADER.unpack_from(data)
+            end = FRAME_HEADER.size + length
+            if kind != FrameType.CHUNK and len(data) >= end:
+                try:
+                    self._events.append(_decode_body(self._check_header(kind, length), data[FRAME_HEADER.size : end]))
+                except RemoteProtocolError:
+                    self._state = _BROKEN
+                    raise
+                return end
         taken = 0
         while taken < len(data) and not self._events:
             target = self.get_buffer()
@@ -316,20 +328,24 @@ class FrameReader:
         """True when no frame is partly received (EOF here is a clean close)."""
         return self._state == _HEADER and self._filled == 0
 
+    def _check_header(self, kind: int, length: int) -> FrameType:
+        """The frame's type, if we take it now and its length is within its bounds."""
+        frame_type = _FRAME_TYPES.get(kind)
+        if frame_type is None:
+            raise RemoteProtocolError(f"unknown frame type {kind}")
+        if self.accept is not None and frame_type not in self.accept:
+            raise RemoteProtocolError(f"unexpected {frame_type.name} frame")
+        low, high = _BOUNDS[frame_type]
+        if frame_type == FrameType.CHUNK:
+            high = _ID_INDEX.size + self.max_payload
+        if not low <= length <= high:
+            raise RemoteProtocolError(f"{frame_type.name} frame of {length} bytes out of bounds")
+        return frame_type
+
     def _advance(self) -> None:
         if self._state == _HEADER:
             kind, length = FRAME_HEADER.unpack_from(self._head)
-            try:
-                self._kind = FrameType(kind)
-            except ValueError:
-                raise RemoteProtocolError(f"unknown frame type {kind}") from None
-            if self.accept is not None and self._kind not in self.accept:
-                raise RemoteProtocolError(f"unexpected {self._kind.name} frame")
-            low, high = _BOUNDS[self._kind]
-            if self._kind == FrameType.CHUNK:
-                high = _ID_INDEX.size + self.max_payload
-            if not low <= length <= high:
-                raise RemoteProtocolError(f"{self._kind.name} frame of {length} bytes out of bounds")
+            self._kind = self._check_header(kind, length)
             self._length = length
             if self._kind == FrameType.CHUNK:
                 self._expect(_CHUNK_HEAD, memoryview(self._head)[FRAME_HEADER.size :])
@@ -351,7 +367,7 @@ class FrameReader:
             self._expect(_HEADER, memoryview(self._head)[: FRAME_HEADER.size])
 
 
-def _decode_body(kind: FrameType, body: bytearray) -> Event:
+def _decode_body(kind: FrameType, body: bytearray | memoryview) -> Event:
     if kind == FrameType.HELLO:
         nonce = bytes(body[_HELLO.size :])
         if len(nonce) not in (0, NONCE_BYTES):

@@ -4,7 +4,8 @@ The decisions are sans-IO (p2p_shared.swarm for the conversations with peers, .s
 whom to meet and when to give up); this is their I/O. The supervisor loop here looks the file up
 again while it downloads, starts a worker (worker.py) per peer it should talk to, and ends
 workers' stories: chunks back to the plan, back-off or ban. Chunks are hashed and written at
-their offsets on the engine's verify pool. Who else wants to know what happens (the engine,
+their offsets by the thread that received them (plain TCP: `precheck`), or on the engine's
+verify pool (TLS). Who else wants to know what happens (the engine,
 which serves the verified chunks; a progress bar; an HTTP reader) watches: `Watcher`.
 """
 
@@ -386,6 +387,19 @@ class Download:
         return result
 
     # -- what workers need (worker.SwarmHost) -------------------------------------------------
+
+    def precheck(self, index: int, data: memoryview) -> bool | None:
+        """Called by a connection's receiving thread as a chunk arrives: hash it and write it if
+        it matches, so that it costs no hop to the pool. Only bytes that match the manifest are
+        written, so a copy the swarm then has no use for (an endgame duplicate, a chunk it did
+        not ask for) writes what the file holds there anyway. None: not checked here (the
+        download is not under way, or the chunk is verified already)."""
+        manifest, part, swarm = self.manifest, self._part, self.swarm
+        if manifest is None or part is None or swarm is None or not 0 <= index < manifest.num_chunks:
+            return None
+        if swarm.plan.is_done(index):
+            return None
+        return verify_and_write(manifest, part, index, data)
 
     def verify(self, index: int, data: memoryview) -> Future[bool]:
         assert self.manifest is not None and self._part is not None

@@ -1,51 +1,60 @@
-"""One connection to a peer: a buffered protocol that receives chunk payloads in place.
+"""One connection to a peer: chunk payloads received in place, checked where they land.
 
-The kernel copies each payload straight into a buffer from this connection's small pool
-(`recv_into` through `get_buffer`), and the pool refuses any payload beyond the requests in
-flight, so a peer cannot make us allocate more than `depth` chunk buffers. Frames become
-events on a queue that the download's worker for this peer consumes (net/worker.py).
+Plain TCP: a thread of this connection reads the socket (blocking calls, the GIL released),
+frame by frame: a header, then a whole chunk payload with one `recv_into(MSG_WAITALL)` straight
+into a buffer from this connection's small pool. The same thread then hands the payload to the
+download's `check` (SHA-256 and pwrite, which release the GIL too), so a chunk costs the event
+loop one wake-up, with its verdict, instead of a wake-up per 64 KiB read and a hop to a verify
+pool. Frames become events on a queue that the download's worker for this peer consumes
+(net/worker.py); our frames (requests, announcements) are written from the loop without
+blocking it.
+
+TLS: the same thread, which then owns the TLS connection alone (OpenSSL's objects are not to
+be used by two threads at once): it reads without blocking and waits in select() for the
+socket or for our frames to write, which the loop hands it with a wake-up byte. TLS records
+are decrypted straight into the pooled buffer, off the loop. The handshake (mutual, with the
+same contexts as before, net/tls.py) runs in a thread of its own before that.
+
+Either way the pool refuses any payload beyond the requests in flight, so a peer cannot make us
+allocate more than `depth` chunk buffers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
+import socket
 import ssl
+import threading
+from collections.abc import Callable
 
 from .. import wire
 from ..errors import PeerClosed, PeerConnectError, PeerRejected, PeerTimeout, RemoteProtocolError
 from ..handshake import ClientHandshake
 
 MAX_QUEUED_EVENTS = 1024
+WAITALL_FROM = 4096  # bytes: reads this large wait for all of them (a payload); smaller ones, for the frame's next bytes
+
+# What the receiving thread makes of a payload: True (it matched the manifest and is written),
+# False (it did not; nothing written), None (not checked: the worker asks the verify pool), or
+# the error the write raised.
+Check = Callable[[int, memoryview], "bool | Exception | None"]
 
 
-class _PeerProtocol(asyncio.BufferedProtocol):
-    def __init__(self, conn: PeerConnection) -> None:
-        self.conn = conn
+class Received:
+    """The buffer of a chunk received by the connection's thread, with what `check` said of it."""
 
-    def connection_made(self, transport) -> None:
-        self.conn._transport = transport
+    __slots__ = ("buffer", "verdict")
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn._frames.get_buffer()
+    def __init__(self, buffer: bytearray, verdict: bool | Exception | None) -> None:
+        self.buffer = buffer
+        self.verdict = verdict
 
-    def buffer_updated(self, nbytes: int) -> None:
-        conn = self.conn
-        try:
-            conn._frames.buffer_updated(nbytes)
-        except RemoteProtocolError as exc:
-            conn._fail(exc)
-            return
-        while (event := conn._frames.next_event()) is not None:
-            conn.events.put_nowait(event)
-        if conn.events.qsize() > MAX_QUEUED_EVENTS:
-            conn._fail(RemoteProtocolError("peer sent more frames than we asked for"))
-
-    def eof_received(self) -> bool:
-        self.conn._fail(PeerClosed(f"{self.conn.label} closed the connection"))
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn._fail(PeerClosed(f"{self.conn.label} connection lost" + (f": {exc}" if exc else "")))
+    def result(self) -> bool:
+        if isinstance(self.verdict, Exception):
+            raise self.verdict
+        return bool(self.verdict)
 
 
 class PeerConnection:
@@ -55,43 +64,251 @@ class PeerConnection:
         self.depth = depth
         self.events: asyncio.Queue = asyncio.Queue()
         self._frames = wire.FrameReader(self._allocate, max_payload=chunk_size, accept=wire.CLIENT_HANDSHAKE)
-        self._transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = None  # the socket `_reader` reads (a TLS one if `_tls_out`)
+        self._tls_out: bytearray | None = None  # TLS: our frames for the reader thread to write
+        self._wake: tuple[socket.socket, socket.socket] | None = None  # TLS: tells the reader thread there is some
+        self._reader: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outgoing = bytearray()  # what the socket did not take yet (plain TCP)
+        self._lock = threading.Lock()  # the buffer pool and the inbox, shared with the reader thread
+        self._inbox: list = []
+        self._inbox_scheduled = False
+        self._closed = False
         self._free: list[bytearray] = []
         self._lent = 0
         self.error: Exception | None = None
         self.announces = False  # the peer sends and understands ANNOUNCE frames
+        self.check: Check | None = None  # set by the download: hash and write in the receiving thread
+
+    # -- chunk buffers (called from the reader thread and the loop) --------------------------
 
     def _allocate(self, size: int) -> bytearray:
-        if size > self.chunk_size:
-            raise RemoteProtocolError(f"chunk of {size} bytes, larger than the manifest's chunk size")
-        if self._lent >= self.depth:
-            raise RemoteProtocolError("peer sent a chunk we did not ask for")
-        self._lent += 1
-        return self._free.pop() if self._free else bytearray(self.chunk_size)
+        with self._lock:
+            if size > self.chunk_size:
+                raise RemoteProtocolError(f"chunk of {size} bytes, larger than the manifest's chunk size")
+            if self._lent >= self.depth:
+                raise RemoteProtocolError("peer sent a chunk we did not ask for")
+            self._lent += 1
+            return self._free.pop() if self._free else bytearray(self.chunk_size)
 
     def take_chunks(self, chunk_size: int, depth: int) -> None:
         """From now on, take chunk payloads of up to `chunk_size` bytes, `depth` at a time (a
         connection opened for a manifest goes on to serve the download)."""
-        self.chunk_size, self.depth = chunk_size, depth
-        self._frames.max_payload = chunk_size
+        with self._lock:
+            self.chunk_size, self.depth = chunk_size, depth
+            self._frames.max_payload = chunk_size
 
-    def release(self, buffer: bytearray) -> None:
+    def release(self, buffer: bytearray | Received) -> None:
         """Give a chunk buffer back once its bytes are verified and written."""
-        self._lent -= 1
-        self._free.append(buffer)
+        if isinstance(buffer, Received):
+            buffer = buffer.buffer
+        with self._lock:
+            self._lent -= 1
+            self._free.append(buffer)
+
+    # -- the reader thread, and writing --------------------------------------------------------
+
+    def _start_reader(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._sock, self._loop = sock, loop
+        if isinstance(sock, ssl.SSLSocket):
+            sock.setblocking(False)
+            self._tls_out = bytearray()
+            self._wake = socket.socketpair()
+            for end in self._wake:
+                end.setblocking(False)
+            target = self._read_tls
+        else:
+            sock.setblocking(True)
+            target = self._read_plain
+        self._reader = threading.Thread(target=self._run_reader, args=(sock, target), name=f"peer-{self.label}", daemon=True)
+        self._reader.start()
+
+    def _run_reader(self, sock: socket.socket, read: Callable[[socket.socket], None]) -> None:
+        try:
+            read(sock)
+        except (OSError, RemoteProtocolError, PeerClosed) as exc:
+            if isinstance(exc, OSError):
+                exc = PeerClosed(f"{self.label} connection lost: {exc.strerror or exc}")
+            self._post([exc])
+        finally:
+            # The loop closes the socket, once it no longer waits on it (fd numbers are reused).
+            assert self._loop is not None
+            with contextlib.suppress(RuntimeError):  # a closed loop: the socket goes with its object
+                self._loop.call_soon_threadsafe(self._reader_done, sock)
+
+    def _reader_done(self, sock: socket.socket) -> None:
+        self._abort()
+        sock.close()
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()
+
+    def _read_plain(self, sock: socket.socket) -> None:
+        frames = self._frames
+        while True:
+            target = frames.get_buffer()
+            size = len(target)
+            n = sock.recv_into(target, size, socket.MSG_WAITALL if size >= WAITALL_FROM else 0)
+            if n == 0:
+                raise PeerClosed(f"{self.label} closed the connection")
+            self._received(n)
+
+    def _read_tls(self, sock: ssl.SSLSocket) -> None:
+        frames, wake = self._frames, self._wake
+        assert wake is not None and self._tls_out is not None
+        poll = select.poll()  # (select() would refuse descriptors past 1023)
+        poll.register(wake[0], select.POLLIN)
+        out = bytearray()  # taken from `_tls_out`, not yet taken by TLS
+        while True:
+            if self._tls_out:
+                with self._lock:
+                    out += self._tls_out
+                    self._tls_out.clear()
+            blocked = False  # TLS wants the socket writable before it goes on
+            if out:
+                try:
+                    del out[: sock.send(out)]  # a retry after "want write" carries the same bytes first, as TLS needs
+                except ssl.SSLWantWriteError:
+                    blocked = True
+                except ssl.SSLWantReadError:
+                    pass
+            try:
+                n = sock.recv_into(frames.get_buffer())
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
+                blocked = blocked or isinstance(want, ssl.SSLWantWriteError)
+                poll.register(sock, select.POLLIN | (select.POLLOUT if blocked else 0))
+                if any(fd == wake[0].fileno() for fd, _ in poll.poll()):
+                    with contextlib.suppress(BlockingIOError):
+                        wake[0].recv(4096)
+                continue
+            except ssl.SSLZeroReturnError:
+                n = 0
+            if n == 0:
+                raise PeerClosed(f"{self.label} closed the connection")
+            self._received(n)
+
+    def _received(self, nbytes: int) -> None:
+        """In the reader thread: `nbytes` more of the stream; whole frames go to the loop, a
+        chunk's payload checked first."""
+        frames = self._frames
+        frames.buffer_updated(nbytes)
+        events = []
+        while (event := frames.next_event()) is not None:
+            if isinstance(event, wire.Chunk) and self.check is not None:
+                try:
+                    verdict = self.check(event.index, event.data)
+                except Exception as exc:  # a write that failed ends the download, on the loop
+                    verdict = exc
+                event = wire.Chunk(event.file_id, event.index, event.data, Received(event.buffer, verdict))
+            events.append(event)
+        if events:
+            self._post(events)
+
+    def _post(self, items: list) -> None:
+        """From the reader thread: onto the loop, with one wake-up for what piles up meanwhile."""
+        with self._lock:
+            self._inbox.extend(items)
+            if self._inbox_scheduled:
+                return
+            self._inbox_scheduled = True
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._take_inbox)
+        except RuntimeError:  # the loop is closed: no one is waiting any more
+            pass
+
+    def _take_inbox(self) -> None:
+        with self._lock:
+            items, self._inbox = self._inbox, []
+            self._inbox_scheduled = False
+        for item in items:
+            if isinstance(item, Exception):
+                self._fail(item)
+                return
+            self.events.put_nowait(item)
+        if self.events.qsize() > MAX_QUEUED_EVENTS:
+            self._fail(RemoteProtocolError("peer sent more frames than we asked for"))
+
+    def _write_tls(self, data: bytes) -> None:
+        """Hand our frames to the reader thread, which alone may use the TLS connection."""
+        assert self._tls_out is not None and self._wake is not None
+        with self._lock:
+            self._tls_out += data
+        try:
+            self._wake[1].send(b"\0")
+        except (BlockingIOError, OSError):  # full: a wake-up is pending anyway; closed: so is the connection
+            pass
+
+    def _write_plain(self, data: bytes) -> None:
+        """Write without blocking the loop: what the socket does not take waits for room."""
+        sock = self._sock
+        assert sock is not None and self._loop is not None
+        if self._outgoing:
+            self._outgoing += data
+            return
+        try:
+            sent = sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(PeerClosed(f"{self.label} connection lost: {exc.strerror or exc}"))
+            return
+        if sent < len(data):
+            self._outgoing += data[sent:]
+            self._loop.add_writer(sock.fileno(), self._flush_outgoing)
+
+    def _flush_outgoing(self) -> None:
+        sock = self._sock
+        assert sock is not None and self._loop is not None
+        try:
+            sent = sock.send(self._outgoing, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(PeerClosed(f"{self.label} connection lost: {exc.strerror or exc}"))
+            return
+        del self._outgoing[:sent]
+        if not self._outgoing:
+            self._loop.remove_writer(sock.fileno())
+
+    # -- both ------------------------------------------------------------------------------
 
     def _fail(self, exc: Exception) -> None:
         if self.error is None:
             self.error = exc
             self.events.put_nowait(exc)
-        if self._transport is not None:
-            self._transport.abort()
+        self._abort()
+
+    def _abort(self) -> None:
+        self._closed = True
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            if self._outgoing and self._loop is not None:
+                self._loop.remove_writer(sock.fileno())
+                self._outgoing.clear()
+            # Wakes the reader thread, which then asks the loop to close the socket. (The socket's
+            # own shutdown, not SSLSocket's, which would drop the TLS object under the thread.)
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def send(self, event: wire.Event) -> None:
+        self.send_all((event,))
+
+    def send_all(self, events) -> None:
+        """Our frames, in one write."""
         if self.error is not None:
             raise self.error
-        assert self._transport is not None
-        self._transport.write(wire.encode(event))
+        if self._closed:
+            raise PeerClosed(f"{self.label}: connection closed")
+        data = b"".join(wire.encode(event) for event in events)
+        if not data:
+            return
+        if self._tls_out is not None:
+            self._write_tls(data)
+        else:
+            self._write_plain(data)
+            if self.error is not None:
+                raise self.error
 
     async def next_event(self, timeout: float) -> wire.Event:
         """The next frame; a PeerError (or RemoteProtocolError) if the connection failed."""
@@ -113,8 +330,44 @@ class PeerConnection:
         return event
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+        self._abort()
+
+
+async def _connect(conn: PeerConnection, host: str, port: int, tls: ssl.SSLContext | None, timeout: float) -> None:
+    """A TCP connection (and the TLS handshake, in a thread, under `timeout`) for the reader thread."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    last: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, do_handshake_on_connect=False)
+            sock.settimeout(timeout)
+            try:
+                await asyncio.to_thread(sock.do_handshake)
+            except asyncio.CancelledError:
+                # The thread may still be in the handshake: make it fail now; the socket is
+                # closed once nothing holds it, not under that thread.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                raise
+            except BaseException:
+                sock.close()
+                raise
+        conn._start_reader(sock, loop)
+        return
+    raise last or OSError(f"no address for {host}")
 
 
 async def open_peer(
@@ -134,30 +387,24 @@ async def open_peer(
     our HELLO without a secret (the holder answers them once it has read it: one round trip
     less), after the proofs with one; their answers wait in `events`."""
     conn = PeerConnection(f"{host}:{port}", chunk_size, depth)
-    loop = asyncio.get_running_loop()
     try:
-        await asyncio.wait_for(
-            loop.create_connection(lambda: _PeerProtocol(conn), host, port, ssl=tls, server_hostname="" if tls else None),
-            timeout,
-        )
+        await asyncio.wait_for(_connect(conn, host, port, tls, timeout), timeout)
     except (OSError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise PeerConnectError(f"cannot connect to {host}:{port}: {reason}") from None
     try:
         handshake = ClientHandshake(secret, conn.label, shares=shares)
-        conn.send(handshake.hello())
         if first and secret is None:
             conn._frames.accept = wire.CLIENT_RECEIVES  # their answers may follow the HELLO at once
-            for frame in first:
-                conn.send(frame)
+            conn.send_all((handshake.hello(), *first))
+        else:
+            conn.send(handshake.hello())
         while not handshake.done:
-            for frame in handshake.receive(await conn.next_event(timeout)):
-                conn.send(frame)
+            conn.send_all(handshake.receive(await conn.next_event(timeout)))
         conn.announces = bool(handshake.peer_flags & wire.FLAG_ANNOUNCE)
         conn._frames.accept = wire.CLIENT_RECEIVES
         if first and secret is not None:
-            for frame in first:
-                conn.send(frame)
+            conn.send_all(first)
     except BaseException:
         conn.close()
         raise

@@ -32,6 +32,7 @@ from ..errors import P2PError, RemoteProtocolError
 from ..ratelimit import TokenBucket
 from ..serving import Action, PeerState, Refuse, Send, SendChunk, SendManifest, ServingCore
 from ..source import ChunkSource
+from .tls import TlsStream
 
 if TYPE_CHECKING:
     from ..settings import ServingSettings
@@ -66,38 +67,50 @@ class ServingMetrics:
 
 
 COPY_BLOCK = 256 * 1024
+SEND_BUFFER = 2 << 20  # bytes; the kernel doubles it
+READ_SIZE = 65536  # bytes of requests read at once
 REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about refused connections
 
 
-async def _send_payload(writer: asyncio.StreamWriter, handle: BinaryIO, offset: int, length: int) -> int:
-    """Send file bytes: os.sendfile straight away while the socket has room (most chunks fit
-    the socket buffer whole), then the loop's sendfile, which waits for room, for the rest; on
-    a loop without one (uvloop), or where the kernel cannot (TLS), blocks copied through memory."""
+async def _send_payload(conn: _Connection, handle: BinaryIO, offset: int, length: int) -> int:
+    """Send file bytes. Plain TCP: os.sendfile straight away, the whole chunk in one call when the
+    socket buffer has room (SEND_BUFFER makes it so unless the peer is behind), then the loop's
+    sendfile, which waits for room, for the rest. TLS: the chunk read with one preadv into the
+    connection's buffer and handed whole to its TLS thread, which encrypts and sends it. On a
+    loop without sendfile (uvloop), read and written through memory."""
+    writer = conn.writer
+    if isinstance(writer, TlsStream):
+        block = conn.block(length)
+        got = os.preadv(handle.fileno(), [block], offset)
+        writer.write(block[:got])
+        await writer.drain()  # all of it with the kernel: the buffer is free again
+        return got
     transport = writer.transport
     sent = 0
     sock = transport.get_extra_info("socket")
-    if transport.get_write_buffer_size() == 0 and sock is not None and transport.get_extra_info("sslcontext") is None:
-        while sent < length:
+    if sock is not None and transport.get_extra_info("sslcontext") is None:
+        if transport.get_write_buffer_size() == 0:
+            while sent < length:
+                try:
+                    n = os.sendfile(sock.fileno(), handle.fileno(), offset + sent, length - sent)
+                except BlockingIOError:
+                    break
+                if n == 0:
+                    return sent
+                sent += n
+        if sent < length:
+            # Its fallback reads from the file position and skips the seek for offset 0.
+            handle.seek(offset + sent)
             try:
-                n = os.sendfile(sock.fileno(), handle.fileno(), offset + sent, length - sent)
-            except BlockingIOError:
-                break
-            if n == 0:
-                return sent
-            sent += n
-    if sent < length:
-        # Its fallback (TLS) reads from the file position and skips the seek for offset 0.
-        handle.seek(offset + sent)
-        try:
-            return sent + await asyncio.get_running_loop().sendfile(transport, handle, offset + sent, length - sent)
-        except NotImplementedError:
-            pass
-    while sent < length:
-        block = os.pread(handle.fileno(), min(COPY_BLOCK, length - sent), offset + sent)
-        if not block:
+                return sent + await asyncio.get_running_loop().sendfile(transport, handle, offset + sent, length - sent)
+            except NotImplementedError:
+                pass
+    while sent < length:  # (a transport may keep what it is given: fresh bytes each time)
+        data = os.pread(handle.fileno(), min(COPY_BLOCK, length - sent), offset + sent)
+        if not data:
             break
-        writer.write(block)
-        sent += len(block)
+        writer.write(data)
+        sent += len(data)
         await writer.drain()
     return sent
 
@@ -121,14 +134,20 @@ class Listener:
 class _Connection:
     """The shell's side of one connection: its writer, and the files it opened to send from."""
 
-    __slots__ = ("writer", "state", "opened", "sending")
+    __slots__ = ("writer", "state", "opened", "sending", "_block")
 
-    def __init__(self, writer: asyncio.StreamWriter, state: PeerState) -> None:
+    def __init__(self, writer: asyncio.StreamWriter | TlsStream, state: PeerState) -> None:
         self.writer = writer
         self.state = state
         self.opened: dict[bytes, BinaryIO] = {}
         self.sending: bytes | None = None  # the file whose payload is in flight
+        self._block: memoryview | None = None  # TLS: where a chunk is read to, one at a time
         state.shell = self
+
+    def block(self, length: int) -> memoryview:
+        if self._block is None or len(self._block) < length:
+            self._block = memoryview(bytearray(length))
+        return self._block[:length]
 
     def flush(self) -> None:
         """Announcements queued while a payload was in flight, or since the last frame."""
@@ -239,6 +258,9 @@ class PeerServer:
             # socket of socket.create_server has proto 0, and without this a MANIFEST frame's
             # body waited 40 ms for the delayed ACK of its header.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Room for a few chunks, so that most go out in one sendfile call (no wake-up per
+            # 64 KiB as the buffer drains); no more than autotuning reaches (tcp_wmem) here.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             self._active += 1
             self._by_address[address] = self._by_address.get(address, 0) + 1
             self.metrics.connections.inc()
@@ -257,10 +279,11 @@ class PeerServer:
                 served.set_result(None)
 
         try:
-            await loop.connect_accepted_socket(
-                lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(), serve), conn,
-                ssl=tls, ssl_handshake_timeout=self.handshake_timeout if tls else None,
-            )
+            if tls is not None:  # TLS off the loop, in a thread of the connection's own
+                stream = await TlsStream.accept(conn, tls, label, self.handshake_timeout)
+                await serve(stream, stream)  # type: ignore[arg-type]
+            else:
+                await loop.connect_accepted_socket(lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(), serve), conn)
             await served
         except (OSError, ssl.SSLError, TimeoutError) as exc:  # a TLS handshake that failed or never came
             log.debug("connection not set up", peer=label, tls=tls is not None, error=str(exc) or type(exc).__name__)
@@ -278,11 +301,13 @@ class PeerServer:
         conn = _Connection(writer, core.connect())
         state = conn.state
         frames = wire.FrameReader(max_payload=0, accept=wire.SERVER_HANDSHAKE)
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 # A peer that never completes its HELLO is dropped sooner than an idle one.
                 timeout = self.idle_timeout if state.ready else min(self.idle_timeout, self.handshake_timeout)
-                data = await asyncio.wait_for(reader.read(65536), timeout)
+                async with asyncio.timeout(timeout):
+                    data = await reader.read(READ_SIZE)
                 if not data:
                     break
                 pending = memoryview(data)
@@ -291,19 +316,26 @@ class PeerServer:
                     if (event := frames.next_event()) is None:
                         break
                     answering = state.ready
-                    actions = core.receive(state, event, _now())
+                    actions = core.receive(state, event, loop.time())
                     if state.ready:
                         frames.accept = wire.SERVER_RECEIVES
                     if not answering:  # the handshake
                         if await self._carry_out(conn, actions):
                             return
                         continue
+                    if not actions:  # what the peer holds, say: at most new offers to write
+                        if state.queued:
+                            conn.flush()
+                        continue
                     # A peer that stops reading is dropped like an idle one.
-                    if await asyncio.wait_for(self._carry_out(conn, actions), self.idle_timeout):
-                        return
-                    conn.flush()
-                    await asyncio.wait_for(writer.drain(), self.idle_timeout)  # one answer at a time in our memory
-                await asyncio.wait_for(writer.drain(), self.idle_timeout)
+                    async with asyncio.timeout(self.idle_timeout):
+                        if await self._carry_out(conn, actions):
+                            return
+                        conn.flush()
+                        await writer.drain()  # one answer at a time in our memory
+                if writer.transport.get_write_buffer_size():
+                    async with asyncio.timeout(self.idle_timeout):
+                        await writer.drain()
         except TimeoutError:  # idle, or not reading what we send: what is queued is dropped with it
             log.debug("idle connection closed", peer=label)
             writer.transport.abort()
@@ -378,7 +410,7 @@ class PeerServer:
         conn.writer.write(wire.chunk_header(file_id, index, length))
         conn.state.in_payload, conn.sending = True, file_id
         try:
-            if length and await _send_payload(conn.writer, handle, chunk.offset, length) < length:
+            if length and await _send_payload(conn, handle, chunk.offset, length) < length:
                 # The file shrank under us: the frame is cut short, so the stream is unusable.
                 log.warning("file shrank while being served", file=source.manifest.name)
                 raise ConnectionAbortedError("short file")

@@ -1,9 +1,21 @@
 """TLS for the chunk channel. Trust is membership: any certificate signed by the swarm CA is
-accepted, and host names are not checked (seeders are found by address, often changing ones)."""
+accepted, and host names are not checked (seeders are found by address, often changing ones).
+
+The kernel cannot take the record layer here (no `tls` module: `OP_ENABLE_KTLS` would have
+nothing to hand it to, and Python 3.11 does not name it), so TLS is done in user space, by
+OpenSSL, but off the event loop: a server's connection in a thread of its own (`TlsStream`),
+a client's in its connection's reader thread (net/peer_client.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import select
+import socket
 import ssl
+import threading
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,3 +67,223 @@ def serving_context(settings: TlsSettings) -> ssl.SSLContext | None:
 def fetching_context(settings: TlsSettings) -> ssl.SSLContext | None:
     """The client context for fetching from peers: TLS once a CA is given."""
     return client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls_ca else None
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    """Close after a failed handshake with a FIN, not a reset: what the peer sent and TLS did not
+    read is read first (a reset could overtake the alert TLS sent it)."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)  # (with a timeout, Python would wait for more)
+        for _ in range(16):
+            if not socket.socket.recv(sock, 65536):
+                break
+    sock.close()
+
+
+class TlsStream:
+    """A server's TLS connection, driven by a thread of its own: the handshake, the encryption
+    of what we send (a chunk in one call, the GIL released) and the decryption of what the peer
+    sends happen off the event loop. The thread alone uses the TLS object (OpenSSL's are not to
+    be shared by threads at once); the loop talks to it through a queue and a wake-up socket.
+
+    For the peer server's coroutine it stands in for asyncio's stream reader and writer: `read`
+    asks for one block of at most n bytes and the thread reads nothing more until asked again
+    (a flood of requests waits in the kernel, as with a paused transport), `write` queues,
+    `drain` waits until the thread has handed everything queued to the kernel.
+    """
+
+    def __init__(self, sock: ssl.SSLSocket, label: str) -> None:
+        self.label = label
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._wake = socket.socketpair()
+        for end in (sock, *self._wake):
+            end.setblocking(False)
+        self._lock = threading.Lock()
+        self._out: deque[bytes | bytearray | memoryview] = deque()
+        self._queued = 0  # bytes written to us, not yet to the kernel
+        self._want = 0  # bytes the loop asked to read; 0: none asked
+        self._reading: asyncio.Future[bytes] | None = None
+        self._draining: asyncio.Future[None] | None = None
+        self._closing = False  # no more writes; the thread ends once the queue is out
+        self._error: Exception | None = None
+        self._eof = False
+        self.transport = self  # (the coroutine aborts "the transport")
+        threading.Thread(target=self._run, name=f"tls-{label}", daemon=True).start()
+
+    @classmethod
+    async def accept(cls, sock: socket.socket, context: ssl.SSLContext, label: str, timeout: float) -> TlsStream:
+        """The server side of the TLS handshake (a client certificate checked if the context
+        asks for one), in a thread, within `timeout`."""
+        tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        tls.settimeout(timeout)
+        try:
+            await asyncio.to_thread(tls.do_handshake)
+        except asyncio.CancelledError:
+            # The thread may still be in the handshake: make it fail now; the socket is closed
+            # once nothing holds it, not under that thread.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(tls, socket.SHUT_RDWR)
+            raise
+        except BaseException:
+            _close_quietly(tls)
+            raise
+        return cls(tls, label)
+
+    # -- the loop's side -------------------------------------------------------------------------
+
+    async def read(self, n: int) -> bytes:
+        """At most `n` decrypted bytes; b"" once the peer is done."""
+        if self._error is not None:
+            raise self._error
+        if self._eof:
+            return b""
+        self._reading = self._loop.create_future()
+        with self._lock:
+            self._want = n
+        self._poke()
+        try:
+            return await self._reading
+        finally:
+            self._reading = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        with self._lock:
+            self._out.append(data)
+            self._queued += len(data)
+        self._poke()
+
+    async def drain(self) -> None:
+        """Until everything written is with the kernel."""
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            if not self._queued:
+                return
+            self._draining = self._loop.create_future()
+        try:
+            await self._draining
+        finally:
+            self._draining = None
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Close once what is queued is sent (an error frame, say)."""
+        self._closing = True
+        self._poke()
+
+    def abort(self) -> None:
+        """Close now; what is queued is dropped."""
+        self._closing = True
+        with self._lock:
+            self._out.clear()
+        with contextlib.suppress(OSError):  # wakes the thread (the socket's own shutdown, not SSLSocket's)
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        self._poke()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway; closed: so are we
+            self._wake[1].send(b"\0")
+
+    def _deliver(self, data: bytes | None, error: Exception | None) -> None:
+        if error is not None:
+            self._error = self._error or error
+        if data is not None and not data:
+            self._eof = True
+        reading, draining = self._reading, self._draining
+        if reading is not None and not reading.done():
+            if self._error is not None:
+                reading.set_exception(self._error)
+            elif data is not None:
+                reading.set_result(data)
+        if draining is not None and not draining.done():
+            if self._error is not None:
+                draining.set_exception(self._error)
+            elif not self._queued:
+                draining.set_result(None)
+
+    def _ended(self) -> None:
+        self._closing = True
+        self._deliver(None, self._error or ConnectionResetError(f"{self.label}: connection closed"))
+        self._sock.close()
+        for end in self._wake:
+            end.close()
+
+    # -- the thread's side -----------------------------------------------------------------------
+
+    def _post(self, data: bytes | None = None, error: Exception | None = None) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: no one waits any more
+            self._loop.call_soon_threadsafe(self._deliver, data, error)
+
+    def _run(self) -> None:
+        try:
+            self._pump()
+        except (OSError, ValueError) as exc:
+            self._post(error=exc if isinstance(exc, OSError) else ConnectionResetError(str(exc)))
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._ended)
+
+    def _pump(self) -> None:
+        sock, wake = self._sock, self._wake[0]
+        poll = select.poll()  # (select() would refuse descriptors past 1023)
+        poll.register(wake, select.POLLIN)
+        sending: memoryview | None = None  # TLS retries a write with the same bytes
+        while True:
+            blocked = False  # TLS wants the socket writable before it goes on
+            while True:
+                if sending is None:
+                    with self._lock:
+                        if not self._out:
+                            break
+                        sending = memoryview(self._out.popleft())
+                try:
+                    sent = sock.send(sending)
+                except ssl.SSLWantWriteError:
+                    blocked = True
+                    break
+                except ssl.SSLWantReadError:
+                    break
+                sending = sending[sent:] if sent < len(sending) else None
+                with self._lock:
+                    self._queued -= sent
+                    empty = not self._queued
+                if empty:
+                    self._post()
+            if self._closing and sending is None and not self._out:
+                return
+            want_read = False
+            with self._lock:
+                want = self._want
+            if want:
+                try:
+                    data = sock.recv(want)
+                except ssl.SSLWantReadError:
+                    want_read = True
+                except ssl.SSLWantWriteError:
+                    blocked = True
+                except ssl.SSLZeroReturnError:
+                    data = b""
+                if not (want_read or blocked):
+                    with self._lock:
+                        self._want = 0
+                    self._post(data)
+                    if not data:
+                        return
+                    continue
+            mask = (select.POLLIN if want_read else 0) | (select.POLLOUT if blocked else 0)
+            if mask:
+                poll.register(sock, mask)
+            else:  # (a hung-up socket would wake us without end)
+                with contextlib.suppress(KeyError):
+                    poll.unregister(sock)
+            if any(fd == wake.fileno() for fd, _ in poll.poll()):
+                with contextlib.suppress(BlockingIOError):
+                    wake.recv(4096)

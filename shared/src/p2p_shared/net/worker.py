@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,7 +19,7 @@ from typing import Protocol
 from ..errors import PeerBanned, PeerError, PeerRejected
 from ..settings import DownloadSettings
 from ..swarm import Checked, Effect, End, Release, Swarm, Verify
-from .peer_client import PeerConnection, open_peer
+from .peer_client import PeerConnection, Received, open_peer
 
 Peer = Hashable
 
@@ -35,6 +35,9 @@ class SwarmHost(Protocol):
     def verify(self, index: int, data: memoryview) -> Future[bool]:
         """Hash chunk `index` and write it if it matches (on the verify pool)."""
 
+    def precheck(self, index: int, data: memoryview) -> bool | Exception | None:
+        """The same, in a connection's receiving thread; None if not checked there."""
+
     def record(self, peer: Peer, effect: Effect) -> None:
         """A download-wide effect: a chunk delivered or rejected, chunks returned."""
 
@@ -46,7 +49,7 @@ class SwarmHost(Protocol):
 class _Outcome:
     index: int
     buffer: object
-    future: Future[bool]
+    result: Callable[[], bool]  # the verdict; raises DownloadError if the write failed
 
 
 class PeerWorker:
@@ -64,8 +67,7 @@ class PeerWorker:
         if conn is None or session is None or not session.outbox:
             return
         try:
-            for frame in session.take_outbox():
-                conn.send(frame)
+            conn.send_all(session.take_outbox())
         except PeerError:
             pass
 
@@ -84,6 +86,7 @@ class PeerWorker:
                 raise PeerBanned(str(exc)) from None
         loop = asyncio.get_running_loop()
         self.conn = conn
+        conn.check = host.precheck
         try:
             swarm.open(self.peer, conn.label, self.origin, conn.announces, loop.time())
             host.flush()
@@ -91,14 +94,15 @@ class PeerWorker:
                 wake = [t for t in (swarm.deadline(self.peer), swarm.ready_at(self.peer)) if t is not None]
                 timeout = max(0.0, min(wake) - loop.time()) if wake else None
                 try:
-                    event = await asyncio.wait_for(conn.events.get(), timeout)
+                    # Waiting costs a task: only when nothing is queued.
+                    event = conn.events.get_nowait() if conn.events.qsize() else await asyncio.wait_for(conn.events.get(), timeout)
                 except TimeoutError:
                     effects = swarm.tick(self.peer, loop.time())
                 else:
                     if isinstance(event, Exception):
                         raise event
                     if isinstance(event, _Outcome):  # raises DownloadError if the write failed
-                        event = Checked(event.index, event.future.result(), event.buffer)
+                        event = Checked(event.index, event.result(), event.buffer)
                     effects = swarm.receive(self.peer, event, loop.time())
                 self._carry_out(conn, effects, loop)
                 host.flush()
@@ -110,9 +114,12 @@ class PeerWorker:
         for effect in effects:
             match effect:
                 case Verify(index=index, data=data, buffer=buffer):
+                    if isinstance(buffer, Received) and buffer.verdict is not None:  # checked as it arrived
+                        conn.events.put_nowait(_Outcome(index, buffer, buffer.result))
+                        continue
                     future = self.host.verify(index, data)
                     future.add_done_callback(
-                        lambda f, i=index, b=buffer: loop.call_soon_threadsafe(conn.events.put_nowait, _Outcome(i, b, f))
+                        lambda f, i=index, b=buffer: loop.call_soon_threadsafe(conn.events.put_nowait, _Outcome(i, b, f.result))
                     )
                 case Release(buffer=buffer):
                     conn.release(buffer)  # type: ignore[arg-type]
