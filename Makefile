@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 SWARM_ARGS ?=
 COMPOSE := docker compose $(if $(TLS),-f docker-compose.yml -f docker-compose.tls.yml)
 
-.PHONY: bench bench-net bench-net-clean netbed-tools certs fuzz mutate install preflight test test-unit test-integration test-docker swarm compose-plugin images up down stack stack-down logs clean
+.PHONY: bench bench-net bench-net-clean chaos chaos-clean netbed-tools certs fuzz mutate install preflight test test-unit test-integration test-docker swarm compose-plugin images up down stack stack-down logs clean
 
 $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -135,3 +135,20 @@ bench-net-clean: install
 netbed-tools:
 	@command -v ip >/dev/null && command -v tc >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
+
+# The chaos soak (root; README, "Reliability: the chaos soak"): the swarm on shaped hosts (Redis
+# with a replica and Sentinel, 2 tracker replicas, 2 seeders, 8 p2p-peers) under a workload and a
+# nemesis for CHAOS_MINUTES, judged by a checker; any seed must pass. bench/results/chaos/:
+# history, logs, verdict.txt, timeline.png. Exit 0 only when every property held.
+CHAOS_MINUTES ?= 60
+CHAOS_SEED ?= 1
+chaos: install netbed-tools
+	@command -v redis-server >/dev/null && command -v mkfs.ext4 >/dev/null && command -v faketime >/dev/null || \
+		[ "$$(id -u)" != 0 ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends redis-server e2fsprogs faketime >/dev/null; systemctl disable --now redis-server >/dev/null 2>&1 || true; }
+	$(BIN)/pip install --quiet -c constraints.txt matplotlib
+	$(PY) -m bench.chaos --minutes $(CHAOS_MINUTES) --seed $(CHAOS_SEED) $(CHAOS_ARGS)
+
+# Remove the namespaces, mounts and processes an interrupted soak left behind.
+chaos-clean: install
+	$(PY) -m bench.chaos clean

@@ -64,6 +64,8 @@ if [ "$purpose" = test ]; then
     esac
   done
   need ip iproute2 "network namespace tests" || true
+  # The chaos soak steps a host's clock with libfaketime (tests/integration/test_chaos.py).
+  need faketime faketime "the chaos soak: a host's clock stepped or running fast" || true
   need tc iproute2 "shaped links" || true
   # Full-disk tests mount small ext4 images on loop devices (tmpfs hides what ext4 does).
   need mkfs.ext4 e2fsprogs "full-disk tests on ext4" || true

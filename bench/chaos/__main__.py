@@ -1,0 +1,85 @@
+"""`make chaos`: a soak of the swarm on shaped hosts under a nemesis, judged by a checker.
+
+    python -m bench.chaos [--minutes M] [--seed S] [--large-mib N] [--out DIR]   run, check, draw
+    python -m bench.chaos check DIR                                              judge a run's folder again
+    python -m bench.chaos clean                                                  remove a dead run's leftovers
+
+Exit 0 only when every property held; the verdict is the last line printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.net.testbed import NamespaceError, PREFIX, clean, leftovers, unavailable_reason
+
+from .checker import check
+from .hosts import unmount_leftovers
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "chaos"
+
+
+def _terminate(*_):
+    raise KeyboardInterrupt  # SIGTERM tears down like Ctrl-C: through every `finally`
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", nargs="?", default="run", choices=["run", "check", "clean"])
+    p.add_argument("folder", nargs="?", type=Path, help="check: the run's folder")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--large-mib", type=int, default=256, help="the largest files' size (one of this, one 64 MiB larger)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="the run's folder (history, logs, verdict, timeline)")
+    args = p.parse_args(argv)
+
+    if args.command == "clean":
+        mounts = unmount_leftovers(Path(tempfile.gettempdir()) / PREFIX.rstrip("-"))
+        gone = clean()
+        print(f"removed {len(gone)} leftover namespaces and {len(mounts)} mounts")
+        return 0
+    if args.command == "check":
+        if args.folder is None:
+            p.error("check needs the run's folder")
+        return _judge(args.folder)
+    problem = unavailable_reason() or (leftovers() and f"leftovers of an earlier run ({', '.join(leftovers())}); "
+                                       "remove them with `python -m bench.chaos clean`")
+    if problem:
+        print(f"chaos: {problem}", file=sys.stderr)
+        return 1
+    from .run import soak  # imports matplotlib-free code only; the timeline is drawn after
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        soak(args.out, args.minutes, args.seed, args.large_mib)
+    except NamespaceError as exc:
+        print(f"chaos: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chaos: interrupted; namespaces, mounts and processes removed", file=sys.stderr)
+        return 130
+    return _judge(args.out)
+
+
+def _judge(folder: Path) -> int:
+    ok, lines = check(folder)
+    verdict = folder / "verdict.txt"
+    verdict.write_text("\n".join(lines) + "\n")  # the timeline shows its figures and verdict
+    try:
+        from .timeline import draw
+
+        draw(folder, folder / "timeline.png")
+        lines.insert(-1, f"timeline: {folder / 'timeline.png'}")
+    except ImportError:
+        lines.insert(-1, "timeline: not drawn (matplotlib is missing: pip install matplotlib)")
+    verdict.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The checker: reads a soak's folder (history.jsonl, catalogue.json, logs/) after the run, and
+nothing else, and judges five properties, one verdict line each, then the run's figures:
+
+  exact       every download that reported success holds the exact bytes (SHA-256 of the file)
+  completion  every download finished; every failed attempt failed with one clear line while a
+              fault was on (or within RECOVERY seconds of one ending), never on a quiet swarm;
+              every download finished within `bound(size)` seconds (workload.bound says why) of
+              the later of its start and the end of the last fault that overlapped it
+  resources   no process of ours grew: for each process that lived through the run, the median
+              RSS of the last third at most 1.5x that of the first third plus 64 MiB, and its open
+              descriptors at most 32 more than the first third's most
+  logs        no traceback in any log; every error line of ours is one of the documented ones
+              (DOCUMENTED: each names the README passage that documents it), and no line that is
+              not a log event at all
+  egress      the origin (both seeders' interface bytes) sent at most EGRESS_MULTIPLE times the
+              bytes of the distinct files the workload asked for
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from .workload import bound
+
+RECOVERY = 15.0  # seconds after a fault ends during which its effects may still fail an attempt
+EGRESS_MULTIPLE = 4.0
+OURS = re.compile(r"^(t\d|s\d|p\d)$")
+
+# Error lines our services may log, each documented in the README (section in the comment).
+DOCUMENTED = [
+    re.compile(p) for p in (
+        r"^registry store (gave no answer within|unreachable)",  # Tracker replicas: Redis down or slow
+        r"^tracker (unreachable|did not answer)",  # Reliability: the tracker restarts
+        r"^cannot reach any tracker",
+        r"^no holder",  # the gateway's 504
+        r"^download failed",  # the gateway's 502
+        r"^cache: ",  # the peer's cache (full disk: 507)
+        r"^no room",
+        r"^gateway: ",
+    )
+]
+
+
+def load(folder: Path) -> tuple[dict, list[dict], dict]:
+    records = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines() if line.strip()]
+    run = next(r for r in records if r["type"] == "run")
+    catalogue = json.loads((folder / "catalogue.json").read_text())
+    return run, records, catalogue
+
+
+def _overlapping(faults: list[dict], start: float, end: float, grace: float = 0.0) -> list[dict]:
+    return [f for f in faults if f["started"] is not None and f["started"] <= end and (f["ended"] or end) + grace >= start]
+
+
+def check(folder: Path) -> tuple[bool, list[str]]:
+    run, records, catalogue = load(folder)
+    faults = [r for r in records if r["type"] == "fault"]
+    downloads = [r for r in records if r["type"] == "download"]
+    samples = [r for r in records if r["type"] == "sample"]
+    egress = next((r for r in records if r["type"] == "egress"), None)
+    lines, held = [], []
+
+    def verdict(name: str, ok: bool, text: str) -> None:
+        held.append(ok)
+        lines.append(f"{'PASS' if ok else 'FAIL'} {name}: {text}")
+
+    # exact
+    done = [d for d in downloads if d["status"] == "ok"]
+    wrong = [d for d in done if d["sha256"] != catalogue[d["name"]]["sha256"]]
+    verdict("exact", not wrong and bool(done),
+            f"{len(done)} downloads reported success, {len(wrong)} with other bytes"
+            + "".join(f"; download {d['id']} ({d['name']} at {d['host']})" for d in wrong[:5]))
+
+    # completion
+    problems = []
+    ratios = []
+    for d in downloads:
+        size = catalogue[d["name"]]["size"]
+        if d["status"] != "ok":
+            problems.append(f"download {d['id']} ({d['name']} at {d['host']}) {d['status']}: "
+                            f"{d['attempts'][-1]['error'] if d['attempts'] else 'never started'}")
+            continue
+        for attempt in d["attempts"]:
+            if "error" not in attempt:
+                continue
+            error = attempt["error"]
+            if not error or "\n" in error or error == "no output":
+                problems.append(f"download {d['id']}: an attempt failed without a clear line ({error!r})")
+            if not _overlapping(faults, attempt["start"], attempt["end"], RECOVERY):
+                problems.append(f"download {d['id']} ({d['name']} at {d['host']}): an attempt failed with no fault on: {error}")
+        touching = _overlapping(faults, d["started"], d["ended"])
+        since = max([d["started"], *[f["ended"] for f in touching if f["ended"] is not None]])
+        took = d["ended"] - since
+        ratios.append(took / bound(size))
+        if took > bound(size):
+            problems.append(f"download {d['id']} ({d['name']} at {d['host']}) took {took:.1f} s after its last fault, "
+                            f"over its bound of {bound(size):.0f} s")
+    failed_attempts = sum(1 for d in downloads for a in d["attempts"] if "error" in a)
+    verdict("completion", not problems and bool(downloads),
+            f"{len(done)} of {len(downloads)} downloads finished ({failed_attempts} failed attempts, each during a fault "
+            f"or within {RECOVERY:g} s of one); slowest after its last fault {max(ratios, default=0):.2f}x its bound "
+            "(45 s + size at 2 MiB/s)" + "".join(f"; {p}" for p in problems[:8]))
+
+    # resources
+    span = max([s["t"] for s in samples], default=0)
+    grown = []
+    checked = 0
+    by_life: dict[tuple[str, int], list[dict]] = {}
+    for s in samples:
+        if OURS.match(s["proc"]) and s.get("state") != "T":
+            by_life.setdefault((s["proc"], s["pid"]), []).append(s)
+    for (name, pid), life in sorted(by_life.items()):
+        first = [s for s in life if s["t"] < span / 3]
+        last = [s for s in life if s["t"] > 2 * span / 3]
+        if len(first) < 3 or len(last) < 3:
+            continue
+        checked += 1
+        rss_first, rss_last = statistics.median(s["rss"] for s in first), statistics.median(s["rss"] for s in last)
+        fds_first, fds_last = max(s["fds"] for s in first), max(s["fds"] for s in last)
+        if rss_last > 1.5 * rss_first + (64 << 20):
+            grown.append(f"{name} (pid {pid}) RSS {rss_first / 2**20:.0f} -> {rss_last / 2**20:.0f} MiB")
+        if fds_last > fds_first + 32:
+            grown.append(f"{name} (pid {pid}) descriptors {fds_first} -> {fds_last}")
+    peak = max((s["rss"] for s in samples if OURS.match(s["proc"])), default=0)
+    verdict("resources", not grown and checked > 0,
+            f"{checked} processes lived through the run; none grew (RSS last third <= 1.5x first + 64 MiB, "
+            f"descriptors <= first + 32); peak RSS {peak / 2**20:.0f} MiB" + "".join(f"; {g}" for g in grown[:8]))
+
+    # logs
+    bad = []
+    errors = Counter()
+    for log in sorted((folder / "logs").glob("*.log")):
+        name = log.stem
+        for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+            if "Traceback" in line:
+                bad.append(f"{name}.log:{number}: a traceback")
+            if not OURS.match(name) or line.startswith("# chaos:") or not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                bad.append(f"{name}.log:{number}: not a log event: {line[:120]}")
+                continue
+            if not isinstance(event, dict):
+                bad.append(f"{name}.log:{number}: not a log event: {line[:120]}")
+                continue
+            if event.get("level") in ("error", "critical"):
+                text = str(event.get("event", ""))
+                errors[text[:60]] += 1
+                if not any(p.search(text) for p in DOCUMENTED):
+                    bad.append(f"{name}.log:{number}: an undocumented error line: {text[:160]}")
+    verdict("logs", not bad,
+            f"no traceback; {sum(errors.values())} error lines, every one documented" if not bad
+            else f"{len(bad)} problems" + "".join(f"; {b}" for b in bad[:8]))
+
+    # egress
+    asked = {d["name"] for d in downloads}
+    needed = sum(catalogue[n]["size"] for n in asked)
+    sent = sum(egress["seeders_tx"].values()) if egress else None
+    fetched = sum(egress["peers_rx"].values()) if egress else None
+    verdict("egress", sent is not None and needed > 0 and sent <= EGRESS_MULTIPLE * needed,
+            f"the origin sent {sent / 2**20:.0f} MiB = {sent / max(needed, 1):.2f}x the {needed / 2**20:.0f} MiB of distinct "
+            f"files asked for (bound {EGRESS_MULTIPLE:g}x); the peers received {fetched / 2**20:.0f} MiB"
+            if sent is not None else "no egress record (the run did not finish)")
+
+    kinds = Counter(f["kind"] for f in faults)
+    moved = sum(catalogue[d["name"]]["size"] for d in done)
+    lines.append(
+        f"figures: seed {run['seed']}, {run['minutes']:g} min; {len(faults)} faults ("
+        + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + f"); {len(downloads)} downloads, "
+        f"{moved / 2**30:.2f} GiB read through the gateways; {failed_attempts} failed attempts"
+    )
+    ok = all(held)
+    lines.append(f"VERDICT: {'PASS' if ok else 'FAIL'} ({sum(held)} of {len(held)} properties held)")
+    return ok, lines
