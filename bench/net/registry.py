@@ -92,7 +92,8 @@ def _wait_for(paths: list[Path], timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def run(mode: str, n: int, size: int, layers: int, mbit: float, prepared) -> dict:
+def run(mode: str, n: int, size: int, layers: int, mbit: float, prepared, part_mib: int | None = None,
+        logs: Path | None = None) -> dict:
     image, storage, pulled = prepared
     link = Link(mbit * Mbit, mbit * Mbit)
     with Testbed() as bed:
@@ -113,11 +114,13 @@ def run(mode: str, n: int, size: int, layers: int, mbit: float, prepared) -> dic
                 assert done.returncode == 0
             else:
                 (folder / upstream).mkdir(parents=True)
-                (folder / upstream / "hosts.toml").write_text(f'server = "http://{upstream}"\n')
+                (folder / upstream / "hosts.toml").write_text(
+                    f'server = "http://{upstream}"\n\n[host."http://{upstream}"]\n  capabilities = ["pull", "resolve"]\n')
             hosts_dirs.append(folder)
         daemons = []
         if swarm is not None:
-            daemons = [swarm.peer(h, "--registry", f"{upstream}=http://{upstream}", wait=False) for h in hosts]
+            parts = ["--registry-part-size", f"{part_mib}MiB"] if part_mib else []
+            daemons = [swarm.peer(h, "--registry", f"{upstream}=http://{upstream}", *parts, wait=False) for h in hosts]
             for d in daemons:
                 d.wait_for("registered with tracker", timeout=60)
         _wait_for(sockets)
@@ -154,10 +157,16 @@ def run(mode: str, n: int, size: int, layers: int, mbit: float, prepared) -> dic
                 failures.append(f"{h.name}: blobs missing from its content store")
         for d in daemons:
             d.stop(timeout=10)
+        if logs is not None:
+            logs.mkdir(parents=True, exist_ok=True)
+            for h, d in zip(hosts, daemons):
+                (logs / f"{mode}-{h.name}.log").write_text(d.output)
+            for h, pull in zip(hosts, pulls):
+                (logs / f"{mode}-{h.name}-ctr.log").write_text(pull.output)
     bits = pulled * 8
     u = mbit * Mbit
     return {
-        "mode": mode, "hosts": n, "image_bytes": pulled, "layers": layers, "mbit": mbit,
+        "mode": mode, "hosts": n, "part_mib": part_mib, "image_bytes": pulled, "layers": layers, "mbit": mbit,
         "completion_seconds": finished, "time_to_all": max(finished.values()) if finished and not failures else None,
         "all_verified": not failures and len(finished) == n, "failures": failures,
         "upstream_egress_bytes": egress, "upstream_egress_over_image": egress / pulled,
@@ -175,12 +184,14 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--mbit", type=float, default=50)
     p.add_argument("--only", choices=["mirror", "direct"])
+    p.add_argument("--part-mib", type=int, help="the peers' --registry-part-size (default theirs)")
+    p.add_argument("--logs", type=Path, help="keep every peer's and ctr's output in this folder")
     args = p.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory(prefix="p2pbench-registry-") as data:
         prepared = prepare_storage(Path(data), args.size_mib * MiB, args.layers)
         for mode in ([args.only] if args.only else ["mirror", "direct"]):
-            result = run(mode, args.hosts, args.size_mib * MiB, args.layers, args.mbit, prepared)
+            result = run(mode, args.hosts, args.size_mib * MiB, args.layers, args.mbit, prepared, args.part_mib, args.logs)
             results[mode] = result
             shown = (f"{result['time_to_all']:.1f} s ({result['time_to_all'] / result['bound_seconds']:.2f}x the bound "
                      f"{result['bound_seconds']:.1f} s), upstream sent {result['upstream_egress_over_image']:.2f} x the image"

@@ -69,6 +69,14 @@ class Registry:
     def push(self, image: Image, auth: str | None = None) -> None:
         push(self.url, image, auth)
 
+    def blob_bytes(self) -> dict[str, int]:
+        """Blob bytes the registry sent (whole or in ranges), by digest, from its access log."""
+        sent: dict[str, int] = {}
+        pattern = r'"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64})[^"]*" 20[06] (\d+)'
+        for match in re.finditer(pattern, self.log.read_text()):
+            sent[match[1]] = sent.get(match[1], 0) + int(match[2])
+        return sent
+
     def blob_gets(self) -> dict[str, int]:
         """Blob GETs the registry answered with bytes (200 or 206), by digest, from its access log."""
         counts: dict[str, int] = {}

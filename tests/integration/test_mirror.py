@@ -276,3 +276,30 @@ def test_basic_auth_at_the_upstream_with_credentials_from_a_docker_config(tmp_pa
         assert status == 401 and json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
     finally:
         registry.stop()
+
+
+def test_large_blobs_come_in_parts_each_sent_once_by_the_upstream_to_peers_asking_at_once(tmp_path, swarm, upstream):
+    image = build_image(random.Random(11), "team/large", "v1", [3_000_000, 2_500_000])
+    upstream.push(image)
+    peers = [mirror_peer(swarm, tmp_path, f"peer-{n}", upstream, "--registry-part-size", "512KiB") for n in range(4)]
+    layers = image.layers()
+    results: dict[tuple[int, str], bytes] = {}
+    start = threading.Barrier(len(peers) * len(layers))
+
+    def pull(n: int, digest: str) -> None:
+        start.wait()
+        results[n, digest] = get(f"{peers[n].url}/v2/team/large/blobs/{digest}")[2]
+
+    threads = [threading.Thread(target=pull, args=(n, d)) for n in range(len(peers)) for d in layers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert all(results[n, d] == image.blobs[d] for n in range(len(peers)) for d in layers)
+    assert upstream.blob_bytes() == {d: len(image.blobs[d]) for d in layers}  # each byte once, in parts
+    assert not [p.name for p in peers if "Traceback" in p.output]
+    # A range of a large blob, and the blob again from the cache.
+    [first] = layers[:1]
+    status, headers, body = get(f"{peers[0].url}/v2/team/large/blobs/{first}", {"Range": "bytes=600000-1200000"})
+    assert (status, body) == (206, image.blobs[first][600000:1200001])
+    assert get(f"{peers[1].url}/v2/team/large/blobs/{first}")[2] == image.blobs[first]

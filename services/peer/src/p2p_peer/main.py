@@ -70,6 +70,8 @@ class PeerSettings(DownloadSettings):
     registry_auth: Path | None = None
     registry_connect_timeout: float = Field(1.0, gt=0)
     registry_wait: float = Field(600.0, gt=0)
+    registry_part_size: Size = 4 << 20
+    no_registry_prefetch: bool = False
     metrics_port: int = Field(9104, ge=0, le=65535)
 
     @field_validator("registry", mode="before")
@@ -122,6 +124,8 @@ def parser() -> argparse.ArgumentParser:
     registry.add_argument("--registry", action="append", help="an upstream registry, NAME=URL (docker.io=https://registry-1.docker.io); repeatable")
     registry.add_argument("--registry-auth", type=Path, help="credentials for the upstreams: a Docker config.json")
     registry.add_argument("--registry-connect-timeout", type=float, help="seconds to connect to an upstream before answering an error (default 1)")
+    registry.add_argument("--registry-part-size", help="a blob larger than this comes in parts of this size, each a swarm file fetched from the upstream by one peer (default 4MiB)")
+    registry.add_argument("--no-registry-prefetch", action="store_true", default=None, help="fetch a layer only when a client asks for it, not as soon as its image manifest is served")
     registry.add_argument("--registry-wait", type=float, help="seconds to wait for another peer's fetch of a blob from the upstream (default 600)")
     download = p.add_argument_group("downloads")
     add_download_flags(download)

@@ -49,6 +49,7 @@ from p2p_shared.errors import (
 )
 from p2p_shared.manifest import Manifest
 from p2p_shared.net.cache import HostCache
+from p2p_shared.net.download import Download
 
 from .gateway import Gateway, byte_span
 from .metrics import PeerMetrics
@@ -68,6 +69,11 @@ MANIFEST_TYPES = (
 )
 MAX_MANIFEST = 4 << 20  # bytes: the spec's suggested limit
 MANIFEST_MEMORY = 64 << 20  # bytes of manifests kept by digest
+MAX_SIZES = 100_000  # blob sizes kept from manifests
+MAX_PARTED = 1024  # large blobs whose parts this host follows
+WINDOW = 2  # parts of one blob fetched from the upstream at once, across the swarm
+UPSTREAM_PARTS = 1  # parts one peer fetches from the upstream at once: the others' downlinks carry the rest
+LOOKAHEAD = 8  # parts looked up in the swarm ahead of the first one nobody holds yet
 MAX_TAGS = 10_000  # tags whose last answer is kept
 READ_BLOCK = 1 << 20
 POLL = 0.25  # seconds between lookups while another peer fetches a blob
@@ -90,10 +96,14 @@ def oci_error(status: int, code: str, message: str) -> web.Response:
 
 @dataclass
 class Fetch:
-    """A blob coming from the upstream into this host's cache: readers follow `written`."""
+    """A blob (or one part of it: `offset`, `length`) coming from the upstream into this host's
+    cache as the swarm file `name`: readers follow `written`."""
 
     digest: str
+    name: str
     path: Path
+    offset: int = 0
+    length: int | None = None  # a part's; None: the whole blob
     size: int | None = None
     written: int = 0
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -103,6 +113,49 @@ class Fetch:
     def grew(self) -> None:
         event, self.changed = self.changed, asyncio.Event()
         event.set()
+
+
+@dataclass
+class Part:
+    """Where one part of a large blob comes from on this host: a whole file of the cache, a
+    download through the swarm, or this host's own fetch from the upstream."""
+
+    file: SeededFile | None = None
+    download: Download | None = None
+    manifest: Manifest | None = None
+    fetch: Fetch | None = None
+
+    def settled(self) -> bool:
+        """Whole somewhere the swarm can take it from (or, for our own fetch, failed)."""
+        return self.fetch is None or self.fetch.done.done()
+
+
+class Parted:
+    """A large blob as parts of `size` bytes, each a swarm file of its own named
+    `sha256:<hex>.<k>`. Parts enter the swarm as their fetches from the upstream end, so the
+    swarm spreads part k while the upstream sends the next: at most WINDOW parts of a blob are
+    fetched from the upstream at once in the whole swarm (a peer claims a part only within
+    WINDOW of the first part nobody holds yet), the rest come from peers. The whole digest is
+    checked over the parts in order once all are here."""
+
+    def __init__(self, digest: str, size: int, part_size: int) -> None:
+        self.digest, self.size, self.part_size = digest, size, part_size
+        self.count = -(-size // part_size)
+        loop = asyncio.get_running_loop()
+        self.parts: list[asyncio.Future] = [loop.create_future() for _ in range(self.count)]
+        self.checked: asyncio.Future = loop.create_future()
+        self.tasks: list[asyncio.Task] = []
+
+    def name(self, k: int) -> str:
+        return f"{self.digest}.{k}"
+
+    def span(self, k: int) -> tuple[int, int]:
+        start = k * self.part_size
+        return start, min(self.size, start + self.part_size)
+
+    def settled(self, k: int) -> bool:
+        part = self.parts[k]
+        return part.done() and (part.exception() is not None or part.result().settled())
 
 
 class Mirror:
@@ -119,6 +172,9 @@ class Mirror:
         self.fetches: dict[str, Fetch] = {}  # from the upstream, under way here
         self.checks: dict[bytes, asyncio.Future] = {}  # swarm file id -> its digest check
         self.bad: set[bytes] = set()  # swarm files registered under a digest they do not match
+        self.sizes: OrderedDict[str, int] = OrderedDict()  # blob digest -> size, from manifests
+        self.parted: OrderedDict[str, Parted] = OrderedDict()  # large blobs, by digest
+        self._claiming = 0  # claims of parts under way
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -209,6 +265,9 @@ class Mirror:
             media_type, body = self.manifests[known]
             return _manifest_response(request, known, media_type, body)
         self._keep_manifest(digest, media_type, body)
+        for layer, size in self._learn_sizes(body):
+            if size > self.settings.registry_part_size and not self.settings.no_registry_prefetch:
+                self._blob(upstream, repository, layer, size)  # the client asks for it next: start now
         if not by_digest:
             self.tags[key] = digest
             self.tags.move_to_end(key)
@@ -242,6 +301,36 @@ class Mirror:
         media_type = declared if declared in MANIFEST_TYPES else header_type or MANIFEST_TYPES[0]
         return digest, media_type, body
 
+    def _learn_sizes(self, body: bytes) -> list[tuple[str, int]]:
+        """An image manifest's blobs and their sizes (kept: a blob asked for next is fetched in
+        parts without asking its size again); its layers, returned."""
+        layers = []
+        try:
+            manifest = json.loads(body)
+            descriptors = [manifest["config"], *manifest["layers"]] if "layers" in manifest else []
+            for d in descriptors:
+                if DIGEST.match(d["digest"]) and isinstance(d["size"], int) and d["size"] >= 0:
+                    self.sizes[d["digest"]] = d["size"]
+                    self.sizes.move_to_end(d["digest"])
+                    layers.append((d["digest"], d["size"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return []
+        while len(self.sizes) > MAX_SIZES:
+            self.sizes.popitem(last=False)
+        return layers[1:]
+
+    async def _size(self, upstream: Upstream, repository: str, digest: str) -> int | None:
+        """The blob's size: from a manifest this mirror served, else from the upstream (HEAD);
+        None when neither says (the blob is then fetched whole)."""
+        if digest in self.sizes:
+            return self.sizes[digest]
+        try:
+            response = await self.client.request(upstream, "HEAD", repository, f"/v2/{repository}/blobs/{digest}")
+        except UpstreamError:
+            return None
+        async with response:
+            return response.content_length if response.status == 200 else None
+
     def _keep_manifest(self, digest: str, media_type: str, body: bytes) -> None:
         if digest in self.manifests:
             self.manifests.move_to_end(digest)
@@ -259,6 +348,9 @@ class Mirror:
         local = await self._local(digest)
         if local is not None:
             return await self._send_local(request, local, digest, started)
+        size = await self._size(upstream, repository, digest)
+        if size is not None and size > self.settings.registry_part_size:
+            return await self._parted(request, upstream, repository, digest, size, started)
         deadline = time.monotonic() + self.settings.registry_wait
         while True:
             fetch = self.fetches.get(digest)
@@ -270,6 +362,10 @@ class Mirror:
             if request.method == "HEAD":
                 return await self._head_upstream(upstream, repository, digest)
             if await self._claim(digest):
+                manifest = await self._in_swarm(digest)  # its last fetcher registers it before it gives the lease back
+                if manifest is not None:
+                    await self._release(digest)
+                    return await self._from_swarm(request, manifest, digest, started)
                 fetch = self._start_fetch(upstream, repository, digest, leased=True)
                 return await self._from_fetch(request, fetch, started)
             if time.monotonic() > deadline:
@@ -393,15 +489,19 @@ class Mirror:
 
     # -- from the upstream -----------------------------------------------------------------------
 
-    def _start_fetch(self, upstream: Upstream, repository: str, digest: str, leased: bool) -> Fetch:
-        staged = self.cache.staging() / f"{digest.split(':')[1]}.{os.getpid()}.{id(self)}"
-        fetch = self.fetches[digest] = Fetch(digest, staged)
+    def _start_fetch(
+        self, upstream: Upstream, repository: str, digest: str, leased: bool, name: str | None = None,
+        offset: int = 0, length: int | None = None,
+    ) -> Fetch:
+        name = name or digest
+        staged = self.cache.staging() / f"{name.split(':')[1]}.{os.getpid()}.{id(self)}"
+        fetch = self.fetches[name] = Fetch(digest, name, staged, offset, length)
         fetch.task = asyncio.create_task(self._fetch(fetch, upstream, repository, leased))
         fetch.done.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # read: never "never retrieved"
         return fetch
 
     async def _fetch(self, fetch: Fetch, upstream: Upstream, repository: str, leased: bool) -> None:
-        renew = asyncio.create_task(self._renew(fetch.digest)) if leased else None
+        renew = asyncio.create_task(self._renew(fetch.name)) if leased else None
         try:
             seeded = await self._fetch_into_cache(fetch, upstream, repository)
         except BaseException as exc:
@@ -417,13 +517,16 @@ class Mirror:
             if self.cache.engine.link is not None:
                 await self.cache.engine.link.settled(5.0)  # the tracker knows we hold it: waiters find it
         finally:
-            self.fetches.pop(fetch.digest, None)
+            self.fetches.pop(fetch.name, None)
             if renew is not None:
                 renew.cancel()
-                link = self.cache.engine.link
-                if link is not None:
-                    with contextlib.suppress(P2PError):
-                        await link.claim(fetch.digest, release=True)
+                await self._release(fetch.name)
+
+    async def _release(self, key: str) -> None:
+        link = self.cache.engine.link
+        if link is not None:
+            with contextlib.suppress(P2PError):
+                await link.claim(key, release=True)
 
     async def _renew(self, digest: str) -> None:
         link = self.cache.engine.link
@@ -437,12 +540,22 @@ class Mirror:
 
     async def _fetch_into_cache(self, fetch: Fetch, upstream: Upstream, repository: str) -> SeededFile:
         chunk_size = self.settings.chunk_size
-        response = await self.client.request(upstream, "GET", repository, f"/v2/{repository}/blobs/{fetch.digest}")
+        part = fetch.length is not None
+        headers = {"Range": f"bytes={fetch.offset}-{fetch.offset + fetch.length - 1}"} if part else None
+        response = await self.client.request(upstream, "GET", repository, f"/v2/{repository}/blobs/{fetch.digest}", headers)
         async with response:
-            _check_status(response.status, upstream, "blob", fetch.digest)
+            if part and response.status == 200 and fetch.offset == 0 and response.content_length == fetch.length:
+                pass  # the whole blob is this one part
+            elif part and response.status != 206:
+                _check_status(response.status, upstream, "blob", fetch.digest)
+                raise UpstreamError(502, "UNAVAILABLE", f"upstream {upstream.name} answered a range of {fetch.digest} whole")
+            else:
+                _check_status(response.status if not part else 200, upstream, "blob", fetch.digest)
             fetch.size = response.content_length
+            if part and fetch.size != fetch.length:
+                raise UpstreamError(502, "UNAVAILABLE", f"upstream {upstream.name} sent {fetch.size} bytes for a part of {fetch.length}")
             if fetch.size is not None:
-                self.cache.make_room(fetch.size, fetch.digest)
+                self.cache.make_room(fetch.size, fetch.name)
             hasher = Hashing(chunk_size)
             with open(fetch.path, "wb", buffering=0) as out:
                 fetch.grew()  # readers learn the size
@@ -456,12 +569,13 @@ class Mirror:
         self.metrics.registry_bytes.labels("upstream").inc(fetch.written)
         if fetch.size is not None and fetch.written != fetch.size:
             raise UpstreamError(502, "BLOB_UNKNOWN", f"upstream {upstream.name} sent {fetch.written} bytes of {fetch.size} for {fetch.digest}")
-        if "sha256:" + hasher.whole.hexdigest() != fetch.digest:
+        if not part and "sha256:" + hasher.whole.hexdigest() != fetch.digest:  # a part: checked with the others
             self.metrics.registry_mismatches.labels("upstream").inc()
             raise UpstreamError(502, "DIGEST_INVALID", f"upstream {upstream.name} sent bytes that are not {fetch.digest}")
         fetch.size = fetch.written
-        manifest = Manifest(name=fetch.digest, size=fetch.written, chunk_size=chunk_size, digests=hasher.chunk_digests())
-        self.metrics.registry_blobs.labels("upstream").inc()
+        manifest = Manifest(name=fetch.name, size=fetch.written, chunk_size=chunk_size, digests=hasher.chunk_digests())
+        if not part:
+            self.metrics.registry_blobs.labels("upstream").inc()
         return self.cache.adopt(fetch.path, manifest)
 
     async def _from_fetch(self, request: web.Request, fetch: Fetch, started: float) -> web.StreamResponse:
@@ -506,6 +620,233 @@ class Mirror:
             if handle is not None:
                 handle.close()
         return response
+
+
+    # -- large blobs, in parts (Parted) -----------------------------------------------------------
+
+    async def _parted(
+        self, request: web.Request, upstream: Upstream, repository: str, digest: str, size: int, started: float
+    ) -> web.StreamResponse:
+        response, span = self._response(request, digest, size)
+        if response.status == 416 or request.method == "HEAD":
+            return response
+        blob = self._blob(upstream, repository, digest, size)
+        if span.partial:  # a range: from the whole, checked blob
+            try:
+                await asyncio.shield(blob.checked)
+            except P2PError as exc:
+                raise _as_oci(exc, digest) from None
+        prepared = False
+
+        async def begin() -> None:
+            nonlocal prepared
+            if not prepared:
+                await response.prepare(request)
+                self.metrics.first_byte.observe(time.perf_counter() - started)
+                prepared = True
+
+        finish = lambda: asyncio.shield(blob.checked)  # noqa: E731
+        position = span.start
+        try:
+            for k in range(span.start // blob.part_size, (span.end - 1) // blob.part_size + 1):
+                part: Part = await asyncio.shield(blob.parts[k])
+                low, high = blob.span(k)
+                start, end = max(position, low) - low, min(span.end, high) - low
+                last = finish if high == size and end == high - low else None
+                await self._send_part(request, part, start, end, begin, last)
+                position = low + end
+            await begin()
+        except P2PError as exc:
+            if not prepared:
+                raise _as_oci(exc, digest) from None
+            self.metrics.http_aborted.inc()
+            log.warning("blob response cut short", digest=digest, sent=position - span.start, error=str(exc))
+            if request.transport is not None:
+                request.transport.abort()
+        return response
+
+    async def _send_part(self, request: web.Request, part: Part, start: int, end: int, begin, finish) -> None:
+        """Bytes [start, end) of one part, in order, as they are verified or written."""
+        if part.download is not None:
+            assert part.manifest is not None
+            with self.cache.reading(part.manifest.raw_id):
+                await self.gateway.send_verified(request, part.download, part.manifest, start, end, begin, finish)
+            return
+        fetch = part.fetch
+        if fetch is not None and fetch.done.done() and fetch.done.exception() is None:
+            part = Part(file=fetch.done.result())
+            fetch = None
+        if part.file is not None:
+            with part.file.open() as handle:
+                if finish is not None and end - 1 > start:
+                    await begin()
+                    await self.gateway._send(request, handle, start, end - 1 - start)
+                    start = end - 1
+                if finish is not None:
+                    await finish()
+                await begin()
+                await self.gateway._send(request, handle, start, end - start)
+            return
+        assert fetch is not None
+        while fetch.size is None and not fetch.done.done():  # its file is made with the upstream's answer
+            await fetch.changed.wait()
+        if fetch.done.done():
+            return await self._send_part(request, Part(fetch=fetch), start, end, begin, finish)
+        with open(fetch.path, "rb", buffering=0) as handle:  # the part file as our fetch writes it
+            position = start
+            while position < end:
+                changed = fetch.changed
+                if fetch.done.done() and fetch.done.exception() is not None:
+                    raise _as_oci(fetch.done.exception(), fetch.digest)
+                ready = min(end, fetch.written if not fetch.done.done() else end)
+                if finish is not None and ready == end:
+                    if ready - 1 > position:
+                        await begin()
+                        await self.gateway._send(request, handle, position, ready - 1 - position)
+                        position = ready - 1
+                    if not fetch.done.done():
+                        await changed.wait()
+                        continue
+                    await finish()
+                if ready > position:
+                    await begin()
+                    await self.gateway._send(request, handle, position, ready - position)
+                    position = ready
+                else:
+                    await changed.wait()
+
+    def _blob(self, upstream: Upstream, repository: str, digest: str, size: int) -> Parted:
+        """The parts of a large blob, found or fetched: one Parted per digest, shared by readers."""
+        blob = self.parted.get(digest)
+        if blob is not None and not (blob.checked.done() and blob.checked.exception() is not None):
+            self.parted.move_to_end(digest)
+            return blob
+        blob = self.parted[digest] = Parted(digest, size, self.settings.registry_part_size)
+        blob.checked.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        for future in blob.parts:
+            future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        blob.tasks = [
+            asyncio.create_task(self._acquire(blob, upstream, repository)),
+            asyncio.create_task(self._check_parts(blob)),
+        ]
+        while len(self.parted) > MAX_PARTED:
+            old = self.parted.popitem(last=False)[1]
+            if old.checked.done():
+                continue
+            self.parted[old.digest] = old  # under way: kept
+            self.parted.move_to_end(old.digest, last=False)
+            break
+        return blob
+
+    async def _acquire(self, blob: Parted, upstream: Upstream, repository: str) -> None:
+        """Find every part: here, in the swarm, or (within the window) by claiming its fetch."""
+        deadline = time.monotonic() + self.settings.registry_wait
+        try:
+            while not all(p.done() for p in blob.parts):
+                frontier = next((k for k in range(blob.count) if not blob.settled(k)), blob.count)
+                progress = False
+                for k in range(frontier, min(blob.count, frontier + LOOKAHEAD)):
+                    if blob.parts[k].done():
+                        continue
+                    found = await self._find_part(blob, k, upstream, repository, claim=k < frontier + WINDOW)
+                    if found is not None:
+                        blob.parts[k].set_result(found)
+                        progress = True
+                if time.monotonic() > deadline:
+                    raise OciError(504, "UNAVAILABLE", f"{blob.digest}: its parts did not all come in {self.settings.registry_wait:g}s")
+                if not progress:
+                    waits = [p.result().fetch.done for p in blob.parts if p.done() and p.result().fetch is not None
+                             and not p.result().fetch.done.done()]
+                    if waits:  # our own fetches: the window moves when one ends
+                        await asyncio.wait([asyncio.shield(w) for w in waits], timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        await asyncio.sleep(POLL)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else DownloadError("stopped")
+            for part in blob.parts:
+                if not part.done():
+                    part.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _upstream_parts(self) -> int:
+        return sum(1 for f in self.fetches.values() if f.length is not None and not f.done.done())
+
+    async def _find_part(self, blob: Parted, k: int, upstream: Upstream, repository: str, claim: bool) -> Part | None:
+        name = blob.name(k)
+        file_id = self.cache.find(name)
+        if file_id is not None and file_id not in self.bad:
+            local = self.cache.complete(file_id)
+            if local is not None:
+                return Part(file=local)
+        fetch = self.fetches.get(name)
+        if fetch is not None:
+            return Part(fetch=fetch)
+        manifest = await self._in_swarm(name)
+        if manifest is not None:
+            download = self.cache.fetch(manifest.file_id)
+            try:
+                await download.ready()
+            except P2PError:
+                return None
+            return Part(download=download, manifest=manifest)
+        if not claim or self._upstream_parts() + self._claiming >= UPSTREAM_PARTS:
+            return None
+        self._claiming += 1  # a slot held while the claim is out: the cap is not passed by claims at once
+        try:
+            if not await self._claim(name):
+                return None
+            # Its last fetcher registers it before it gives the lease back: look once more.
+            manifest = await self._in_swarm(name)
+            if manifest is not None:
+                await self._release(name)
+                return None  # taken from the swarm on the next round
+            low, high = blob.span(k)
+            return Part(fetch=self._start_fetch(upstream, repository, blob.digest, True, name, low, high - low))
+        finally:
+            self._claiming -= 1
+
+    async def _check_parts(self, blob: Parted) -> None:
+        """The parts, in order, hash to the blob's digest; else every part goes (and the swarm
+        files among them are not taken again)."""
+        whole = hashlib.sha256()
+        parts: list[Part] = []
+        try:
+            for future in blob.parts:
+                part: Part = await asyncio.shield(future)
+                parts.append(part)
+                path = await self._whole_part(part)
+                await asyncio.to_thread(_hash_into, whole, path)
+            if "sha256:" + whole.hexdigest() != blob.digest:
+                swarm = [p.manifest.raw_id for p in parts if p.manifest is not None]
+                self.bad.update(swarm)
+                source = "swarm" if swarm else "upstream"
+                self.metrics.registry_mismatches.labels(source).inc()
+                log.warning("a large blob's parts do not make its digest: dropped", digest=blob.digest, source=source)
+                for p in parts:
+                    raw = p.manifest.raw_id if p.manifest is not None else (p.file or p.fetch.done.result()).raw_id
+                    self.cache.forget(raw)
+                raise DigestMismatch(f"the parts of {blob.digest} ({source}) do not match it")
+            sources = {"swarm" if p.download is not None else "upstream" if p.fetch is not None else "cache" for p in parts}
+            self.metrics.registry_blobs.labels("upstream" if "upstream" in sources else "swarm" if "swarm" in sources else "cache").inc()
+            blob.checked.set_result(None)
+        except BaseException as exc:
+            blob.checked.set_exception(exc if isinstance(exc, Exception) else DownloadError("stopped"))
+            self.parted.pop(blob.digest, None)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _whole_part(self, part: Part) -> Path:
+        if part.file is not None:
+            return part.file.path
+        if part.fetch is not None:
+            return (await asyncio.shield(part.fetch.done)).path
+        assert part.download is not None and part.download.task is not None and part.manifest is not None
+        await asyncio.shield(part.download.task)
+        local = self.cache.complete(part.manifest.raw_id)
+        if local is None:
+            raise DownloadError(f"{part.manifest.name} left the cache before it was checked")
+        return local.path
 
 
 class Hashing:
@@ -580,6 +921,12 @@ def _manifest_response(request: web.Request, digest: str, media_type: str, body:
         "Docker-Distribution-API-Version": "registry/2.0",
     }
     return web.Response(status=200, body=body, headers=headers)  # aiohttp leaves a HEAD's body out
+
+
+def _hash_into(hasher, path: Path) -> None:
+    with open(path, "rb") as handle:
+        while block := handle.read(READ_BLOCK):
+            hasher.update(block)
 
 
 def _sha256_file(path: Path) -> str:
