@@ -66,17 +66,24 @@ def schedule(seed: int, minutes: float, warmup: float, quiet: float) -> list[Fau
     longest = max(4.0, min(40.0, 2.5 * gap))
     kinds = list(KINDS)
     rng.shuffle(kinds)
-    faults, at = [], warmup
-    while True:
-        at += rng.uniform(0.4, 1.6) * gap
-        kind = kinds.pop(0) if kinds else rng.choice(KINDS)
+    first_round = min(span, gap * 1.2 * len(KINDS))  # every kind once, in slots of this window
+    slot = first_round / len(KINDS)
+    faults = []
+
+    def add(kind: str, at: float) -> None:
         duration = 0.0 if kind == "bitrot" else rng.uniform(0.25, 1.0) * longest
         if kind in ("redis_stall", "redis_failover"):
             duration = max(duration, 4.0)  # past Sentinel's down-after: the failover happens
+        faults.append(Fault(kind, round(at, 3), round(min(duration, window_end - at), 3), rng.random()))
+
+    for i, kind in enumerate(kinds):
+        add(kind, warmup + (i + rng.uniform(0.0, 0.5)) * slot)
+    at = warmup + first_round
+    while True:
+        at += rng.uniform(0.4, 1.6) * gap
         if at > window_end - 2:
             break
-        duration = min(duration, window_end - at)
-        faults.append(Fault(kind, round(at, 3), round(duration, 3), rng.random()))
+        add(rng.choice(KINDS), at)
     return faults
 
 

@@ -502,6 +502,10 @@ class Download:
                 task.cancel()
             if tasks:
                 await asyncio.wait(tasks)
+            # Read each end: a worker cancelled as an answer came may end with its peer's error
+            # instead (3.11's wait_for), which asyncio would log as never retrieved.
+            for task in tasks:
+                task.cancelled() or task.exception()
             for peer in list(self._workers):
                 swarm.close(peer, loop.time())
             self._workers.clear()

@@ -1,0 +1,97 @@
+"""Bugs the chaos soak found, each reproduced alone (README, "Reliability: the chaos soak").
+
+1. A peer worker that ended with an error while its download was finishing (cancelled at that
+   moment, on Python 3.11 `asyncio.wait_for` may let the answer it was given win over the
+   cancellation, and the worker then raises the peer's refusal) was never read: asyncio logged
+   "Task exception was never retrieved" with a traceback at an error level (seed 22, a peer that
+   had dropped the file refusing it as the download ended). The download now reads every
+   worker's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import types
+
+import pytest
+
+from p2p_shared.errors import PeerBanned
+from p2p_shared.net import download as download_module
+
+
+class _FakeSupervisor:
+    """Two peers at once; nothing stalls, no lookup is due."""
+
+    def __init__(self) -> None:
+        self.book = types.SimpleNamespace(is_origin=lambda peer: False)
+        self.given = False
+
+    def begin(self, now):
+        pass
+
+    def lookup_due(self, now, count):
+        return False
+
+    def candidates(self, running, now):
+        if self.given:
+            return []
+        self.given = True
+        return [("198.18.0.5", 7001), ("198.18.0.6", 7001)]
+
+    def stalled(self, now, count, plan):
+        return None
+
+
+class _Worker:
+    """The first peer delivers the last chunk (the swarm finishes); the second is waiting, and
+    when cancelled raises its peer's refusal instead, as a worker can when the answer and the
+    cancellation come together."""
+
+    def __init__(self, download, peer, origin, spare) -> None:
+        self.download, self.peer, self.label = download, peer, f"{peer[0]}:{peer[1]}"
+
+    async def run(self) -> None:
+        if self.peer[0].endswith(".5"):
+            self.download.swarm.finished = True
+            return
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise PeerBanned(f"{self.label} does not serve this file (unknown_file: no such file here)") from None
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_worker_that_ends_with_an_error_as_its_download_finishes_is_read_not_logged(monkeypatch):
+    monkeypatch.setattr(download_module, "PeerWorker", _Worker)
+    unretrieved: list[dict] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: unretrieved.append(context))
+        download = object.__new__(download_module.Download)
+        closed = []
+        download.swarm = types.SimpleNamespace(
+            finished=False, manifest=types.SimpleNamespace(file_id=b"\x01" * 32), plan=None,
+            close=lambda peer, now: closed.append(peer) or 0,
+        )
+        download._supervisor = _FakeSupervisor()
+        download._part = object()
+        download._finished = asyncio.Event()
+        download._workers, download._spare, download._spare_timer = {}, {}, None
+        download.peer_count, download.watchers = 0, []
+        download.metrics = types.SimpleNamespace(peers_active=types.SimpleNamespace(inc=lambda n=1: None, dec=lambda n=1: None))
+        await download._supervise()
+        assert closed  # every worker's peer closed in the swarm
+        del download
+        gc.collect()
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    gc.collect()
+    assert not unretrieved, [c.get("message") for c in unretrieved]
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
