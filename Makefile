@@ -112,11 +112,16 @@ mutate: install
 
 # Shaped hosts (network namespaces, root): every scenario with our services and with libtorrent
 # (about 11 minutes); bench/results/net.json, net.png and the README table. BENCH_NET_ARGS="--only one_to_8".
+# Then a new image pulled by 8 hosts' containerd through the registry mirror, and straight from the
+# registry (about 8 minutes): bench/results/registry.json. BENCH_REGISTRY_ARGS="--size-mib 64 --hosts 4".
 bench-net: install netbed-tools
 	@/usr/bin/python3 -c 'import libtorrent' 2>/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-libtorrent >/dev/null; }
+	@command -v docker-registry >/dev/null && command -v containerd >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry containerd >/dev/null; }
 	$(BIN)/pip install --quiet -c constraints.txt matplotlib
 	$(PY) -m bench.net $(BENCH_NET_ARGS)
+	$(PY) -m bench.net registry $(BENCH_REGISTRY_ARGS)
 
 # The swarm simulator (bench/sim): the library's own scheduling code on virtual time, 1 seeder to
 # 10 ... 10,000 peers and the named scenarios; bench/results/sim.json, sim.png and a table; then
