@@ -33,15 +33,21 @@ def hashlib_file_seconds(path: Path) -> float:
 
 
 def _send(path: str, ports: multiprocessing.Queue) -> None:
+    import resource
+
     with socket.create_server(("127.0.0.1", 0)) as server:
         ports.put(server.getsockname()[1])
         conn, _ = server.accept()
+        before = resource.getrusage(resource.RUSAGE_SELF)
         with conn, open(path, "rb") as f:
             conn.sendfile(f)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        ports.put((after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime))
 
 
-def tcp_seconds(path: Path, out: Path, verify: bool) -> float:
-    """One stream: sendfile in a sender process; recv_into a 512 KiB buffer, SHA-256, pwrite."""
+def tcp_seconds(path: Path, out: Path, verify: bool, sender_cpu: list | None = None) -> float:
+    """One stream: sendfile in a sender process; recv_into a 512 KiB buffer, SHA-256, pwrite.
+    `sender_cpu` gets the sender's (user, kernel) CPU seconds from its first sendfile to its last."""
     size = path.stat().st_size
     ports: multiprocessing.Queue = multiprocessing.Queue()
     sender = multiprocessing.Process(target=_send, args=(str(path), ports))
@@ -65,6 +71,8 @@ def tcp_seconds(path: Path, out: Path, verify: bool) -> float:
                 os.pwrite(fd, view[:want], offset)
                 offset += want
         elapsed = time.perf_counter() - started
+        if sender_cpu is not None:
+            sender_cpu.extend(ports.get(timeout=30))
     finally:
         os.close(fd)
         sender.join(30)
@@ -104,13 +112,16 @@ def one_chunk_seconds(port: int, file_id: str, chunk_size: int) -> float:
 
 
 def tcp_cpu(path: Path, out: Path, verify: bool) -> dict:
-    """`tcp_seconds`, with the receiving thread's CPU time (user and kernel apart)."""
+    """`tcp_seconds`, with the receiving thread's CPU time (user and kernel apart), and the
+    sending process's."""
     import resource
 
+    sender: list[float] = []
     before = resource.getrusage(resource.RUSAGE_THREAD)
-    seconds = tcp_seconds(path, out, verify)
+    seconds = tcp_seconds(path, out, verify, sender)
     after = resource.getrusage(resource.RUSAGE_THREAD)
-    return {"seconds": seconds, "utime": after.ru_utime - before.ru_utime, "stime": after.ru_stime - before.ru_stime}
+    return {"seconds": seconds, "utime": after.ru_utime - before.ru_utime, "stime": after.ru_stime - before.ru_stime,
+            "sender": {"utime": sender[0], "stime": sender[1]}}
 
 
 LT_PEER = Path(__file__).with_name("net") / "lt_peer.py"

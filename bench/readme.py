@@ -9,6 +9,7 @@ from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+CPU_START, CPU_END = "<!-- bench-cpu:start -->", "<!-- bench-cpu:end -->"
 
 
 def many_leechers_row(m: dict, r: dict, label) -> tuple[str, str]:
@@ -59,7 +60,7 @@ def table(r: dict) -> str:
         (f"{', '.join(seeders)} seeders", ", ".join(f"{s['by_seeders'][k]['seconds']:.2f}" for k in seeders) + " s"),
         many_leechers_row(m, r, label),
         ("one of 3 seeders SIGKILLed after 100 chunks / undisturbed", f"{f['one_seeder_killed_seconds']:.2f} s / {f['undisturbed_seconds']:.2f} s"),
-        ("mutual TLS on the chunk channel / plain", f"{tls['tls_seconds']:.2f} s / {tls['plain_seconds']:.2f} s ({tls['tls_seconds'] / tls['plain_seconds']:.1f}x)"),
+        ("mutual TLS on the chunk channel / plain", f"{tls['tls_seconds']:.2f} s / {tls['plain_seconds']:.2f} s ({tls['tls_seconds'] / tls['plain_seconds']:.1f}x; CPU per role below)"),
         ("seeder start-up hashing vs hashlib on one thread, same file",
          f"{st['seeder_hash_seconds']:.2f} s vs {st['hashlib_one_thread_seconds']:.2f} s ({st['seeder_hash_seconds'] / st['hashlib_one_thread_seconds']:.2f}x: both cores)"),
         ("seeder start to registered / restart with the file unchanged (manifest cache)",
@@ -87,8 +88,66 @@ def replace_between(readme: Path, start: str, end: str, text: str) -> None:
     readme.write_text(f"{before}{start}\n{text}\n{end}{after}")
 
 
+def _cpu(x: dict) -> str:
+    """CPU seconds per GiB, user + kernel."""
+    total = x["total"] if "total" in x else x["utime"] + x["stime"]
+    return f"{total:.2f} ({x['utime']:.2f} + {x['stime']:.2f})"
+
+
+def cpu_table(c: dict, date: str) -> str:
+    """Each role's CPU per GiB, plain and over mutual TLS, beside the same rounds' yardsticks."""
+    p, t = c["plain"], c["tls"]
+    lt = c.get("libtorrent")
+    raw = c["tcp_hash"]
+
+    def timing(m: dict) -> str:
+        versus = f"{m['seconds'] / lt['seconds']:.2f}x libtorrent, " if lt else ""
+        return f"{m['seconds']:.2f} s: {versus}{m['seconds'] / raw['seconds']:.2f}x the raw stream"
+
+    rows = [
+        ("leecher, process start to verified, fsynced file", _cpu(p["leecher"]), _cpu(t["leecher"]), "1.0"),
+        ("the 3 seeders together", _cpu(p["seeders"]), _cpu(t["seeders"]), "0.3"),
+        ("tracker", _cpu(p["tracker"]), _cpu(t["tracker"]), ""),
+        ("leecher's time", timing(p), timing(t), "0.5x libtorrent, 1.0x the raw stream"),
+        ("TLS / plain: time; leecher CPU; seeders CPU", "", f"{t['seconds'] / p['seconds']:.2f}x; "
+         f"{t['leecher']['total'] / p['leecher']['total']:.2f}x; {t['seeders']['total'] / p['seeders']['total']:.2f}x", "1.3x"),
+    ]
+    yardsticks = [
+        ("hashlib SHA-256 alone, in memory, one core", f"{c['hashlib_cpu_per_gib']:.2f}", ""),
+        ("a leecher process that only starts (imports, `--help`), per process", f"{c['leecher_startup_cpu_seconds']:.2f}", ""),
+        ("raw stream, receiver: `recv_into` 512 KiB + SHA-256 + `pwrite`", _cpu(raw["cpu_per_gib"]), f"{raw['seconds']:.2f} s"),
+    ]
+    if "sender_cpu_per_gib" in raw:
+        yardsticks.append(("raw stream, sender: one `sendfile` of the whole file", _cpu(raw["sender_cpu_per_gib"]), ""))
+    nohash = c["tcp_nohash"]
+    yardsticks.append(("raw stream without SHA-256, receiver", _cpu(nohash["cpu_per_gib"]), f"{nohash['seconds']:.2f} s"))
+    if lt:
+        yardsticks.append(("libtorrent 2.0 (Debian's), 3 seeds → 1 leecher on loopback, the leecher", _cpu(lt["cpu_per_gib"]),
+                           f"{lt['seconds']:.2f} s"))
+    lines = [
+        f"`python -m bench.run --only cpu` (also part of `make bench`), {date}, 1 GiB, medians of "
+        f"{len(c['rounds'])} rounds, every measurement once per round. CPU seconds per GiB, user + kernel, "
+        "from `/proc/<pid>/stat` of each process (the leecher's from `wait4` at its exit):",
+        "",
+        "| role | plain TCP | mutual TLS | target |",
+        "| --- | --- | --- | --- |",
+        *(f"| {a} | {b_} | {c_} | {d} |" for a, b_, c_, d in rows),
+        "",
+        "| yardstick, same rounds | CPU s/GiB (user + kernel) | time |",
+        "| --- | --- | --- |",
+        *(f"| {a} | {b_} | {c_} |" for a, b_, c_ in yardsticks),
+    ]
+    return "\n".join(lines)
+
+
 def update(results: dict, readme: Path = README) -> None:
     replace_between(readme, START, END, table(results))
+    if "cpu" in results:
+        update_cpu(results["cpu"], results["date"], readme)
+
+
+def update_cpu(cpu: dict, date: str, readme: Path = README) -> None:
+    replace_between(readme, CPU_START, CPU_END, cpu_table(cpu, date))
 
 
 if __name__ == "__main__":

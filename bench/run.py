@@ -225,26 +225,6 @@ def bench_seeder_killed(files: dict[str, Path], work: Path, repeat: int) -> dict
     return {"undisturbed_seconds": statistics.median(normal), "one_seeder_killed_seconds": statistics.median(faulted)}
 
 
-def bench_tls(files: dict[str, Path], work: Path, repeat: int) -> dict:
-    """The cost of mutual TLS on the chunk channel: 1 GiB from 3 seeders, with and without."""
-    certs = work / "certs"
-    subprocess.run([str(Path(__file__).parents[1] / "deploy" / "make-certs.sh"), str(certs)], check=True, capture_output=True)
-    seeder_tls = ["--tls-cert", str(certs / "seeder.crt"), "--tls-key", str(certs / "seeder.key"), "--tls-ca", str(certs / "ca.crt")]
-    leecher_tls = ["--tls-ca", str(certs / "ca.crt"), "--tls-cert", str(certs / "leecher.crt"), "--tls-key", str(certs / "leecher.key")]
-    out = work / "tls-out"
-    plain, tls = [], []
-    with LocalSwarm(work / "plain-swarm", heartbeat=30) as open_swarm, LocalSwarm(work / "tls-swarm", heartbeat=30) as tls_swarm:
-        for swarm, extra in ((open_swarm, []), (tls_swarm, seeder_tls)):
-            swarm.start_tracker()
-            for _ in range(3):
-                swarm.add_seeder([files["main.bin"]], "--cache-dir", str(work / "manifest-cache"), *extra)
-        for _ in range(repeat):
-            plain.append(download(open_swarm, "main.bin", out)["seconds"])
-            tls.append(download(tls_swarm, "main.bin", out, *leecher_tls)["seconds"])
-    clean(out)
-    return {"plain_seconds": statistics.median(plain), "tls_seconds": statistics.median(tls)}
-
-
 def tls_args(work: Path) -> tuple[list[str], list[str]]:
     """Mutual TLS: (a seeder's arguments, a leecher's), certificates made by deploy/make-certs.sh."""
     certs = work / "certs"
@@ -305,18 +285,32 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
 
     result: dict = {"bytes": size, "rounds": rounds, "hashlib_seconds": median_of(repeat, lambda: baselines.hashlib_seconds(size))}
     result["hashlib_cpu_per_gib"] = result["hashlib_seconds"] * per_gib
+    result["leecher_startup_cpu_seconds"] = statistics.median(startup_cpu() for _ in range(3))
     for base in ("tcp_hash", "tcp_nohash", "libtorrent"):
         if base in rounds[0]:
             result[base] = {
                 "seconds": med(lambda r: r[base]["seconds"]),
                 "cpu_per_gib": {k: med(lambda r: r[base][k]) * per_gib for k in ("utime", "stime")},
             }
+            if "sender" in rounds[0][base]:
+                result[base]["sender_cpu_per_gib"] = {k: med(lambda r: r[base]["sender"][k]) * per_gib for k in ("utime", "stime")}
     for mode in ("plain", "tls"):
         result[mode] = {"seconds": med(lambda r: r[mode]["seconds"])}
         for role in ROLES:
             result[mode][role] = {k: med(lambda r: r[mode][role][k]) * per_gib for k in ("utime", "stime")}
             result[mode][role]["total"] = med(lambda r: r[mode][role]["utime"] + r[mode][role]["stime"]) * per_gib
     return result
+
+
+def startup_cpu() -> float:
+    """CPU seconds of a leecher process that only starts (imports) and prints its help: the part
+    of its CPU per GiB that does not depend on the bytes."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(service_argv("leecher", "--help"), check=True, capture_output=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def baselines_cpu(data: Path, work: Path, verify: bool) -> dict:
@@ -330,13 +324,17 @@ def baselines_cpu(data: Path, work: Path, verify: bool) -> dict:
 
 def cpu_rows(c: dict) -> list[tuple[str, str, str]]:
     """The CPU table: each role's CPU seconds per GiB (user + kernel), plain and TLS, and the yardsticks."""
-    rows = [("hashlib SHA-256 alone, one core", f"{c['hashlib_cpu_per_gib']:.2f} s/GiB", "")]
+    rows = [("hashlib SHA-256 alone, one core", f"{c['hashlib_cpu_per_gib']:.2f} s/GiB", ""),
+            ("leecher process start-up alone (imports, --help)", f"{c['leecher_startup_cpu_seconds']:.2f} s", "")]
     for base, label in (("tcp_hash", "raw stream: sendfile -> recv_into + SHA-256 + pwrite"),
                         ("tcp_nohash", "raw stream without SHA-256"), ("libtorrent", "libtorrent 2.0, 3 seeds -> 1 leecher")):
         if base in c:
             b = c[base]
             rows.append((f"{label} (receiver)", f"{b['cpu_per_gib']['utime'] + b['cpu_per_gib']['stime']:.2f} s/GiB",
                          f"user {b['cpu_per_gib']['utime']:.2f} + kernel {b['cpu_per_gib']['stime']:.2f}; {b['seconds']:.2f} s"))
+            if "sender_cpu_per_gib" in b:
+                u, k = b["sender_cpu_per_gib"]["utime"], b["sender_cpu_per_gib"]["stime"]
+                rows.append((f"{label} (sender)", f"{u + k:.2f} s/GiB", f"user {u:.2f} + kernel {k:.2f}"))
     for mode in ("plain", "tls"):
         m = c[mode]
         for role in ROLES:
@@ -608,6 +606,8 @@ def table(results: dict) -> str:
     t_ = results["tls"]
     rows.append((f"{size_gib:g} GiB over mutual TLS / plain", f"{t_['tls_seconds']:.2f} s / {t_['plain_seconds']:.2f} s",
                  f"{t_['tls_seconds'] / t_['plain_seconds']:.2f}x"))
+    if "cpu" in results:
+        rows += cpu_rows(results["cpu"])
     rows += gateway_rows(results.get("gateway", {}))
     rows += tracker_rows(t)
     return aligned(rows)
@@ -700,8 +700,9 @@ def main() -> int:
         results["many_leechers"] = bench_many_leechers(files["many.bin"], work, 1 if args.quick else 2)
         print("a seeder killed mid-download", flush=True)
         results["fault"] = bench_seeder_killed(files, work, repeat)
-        print("mutual TLS", flush=True)
-        results["tls"] = bench_tls(files, work, repeat)
+        print("CPU per GiB of each role, plain and mutual TLS, beside the yardsticks", flush=True)
+        results["cpu"] = bench_cpu(files["main.bin"], work, repeat)
+        results["tls"] = {"plain_seconds": results["cpu"]["plain"]["seconds"], "tls_seconds": results["cpu"]["tls"]["seconds"]}
         print("the per-host peer's gateway", flush=True)
         results["gateway"] = bench_gateway(files["main.bin"], work, repeat)
         print("tracker load", flush=True)
@@ -731,6 +732,10 @@ def only_cpu(quick: bool, repeat: int, out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(aligned(cpu_rows(results["cpu"])))
+    if not quick and out.resolve() == (RESULTS / "cpu.json").resolve():
+        from .readme import update_cpu
+
+        update_cpu(results["cpu"], results["date"])
     print(f"results in {out}")
     return 0
 

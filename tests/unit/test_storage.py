@@ -212,3 +212,49 @@ def test_checking_a_big_file_says_how_far_it_got(tmp_path):
             reporter(4096)
     assert [e["percent"] for e in logs] == [12.5, 25.0]
     assert verified_chunks(path, m) == set(range(8))
+
+
+def test_a_write_after_the_part_file_is_closed_is_refused_and_writes_nothing(tmp_path):
+    """A receiving thread may finish a chunk after its download ended: its descriptor number
+    may be another file's by then, so nothing is written through it."""
+    part = PartFile(tmp_path / "f.bin", 8)
+    part.reserve()
+    part.close()
+    with pytest.raises(DownloadError, match="the download is over"):
+        part.write(0, memoryview(b"late"))
+    assert (tmp_path / "f.bin.part").read_bytes() == bytes(8)
+
+
+def test_closing_waits_for_the_write_in_flight(tmp_path, monkeypatch):
+    import threading
+
+    part = PartFile(tmp_path / "f.bin", 8)
+    part.reserve()
+    entered, release, closer_waits = threading.Event(), threading.Event(), threading.Event()
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(fd, data, offset):
+        entered.set()
+        assert release.wait(30)
+        return real_pwrite(fd, data, offset)
+
+    class Watched(threading.Condition):
+        def wait_for(self, predicate, timeout=None):
+            if not predicate():
+                closer_waits.set()
+            return super().wait_for(predicate, timeout)
+
+    monkeypatch.setattr(output.os, "pwrite", slow_pwrite)
+    part._writes = Watched()
+    writer = threading.Thread(target=part.write, args=(0, memoryview(b"12345678")))
+    writer.start()
+    assert entered.wait(30)
+    closer = threading.Thread(target=part.close)
+    closer.start()
+    assert closer_waits.wait(30)  # close is waiting for the write ...
+    assert part.fd >= 0  # ... with the descriptor open
+    release.set()
+    writer.join(30)
+    closer.join(30)
+    assert part.fd == -1
+    assert (tmp_path / "f.bin.part").read_bytes() == b"12345678"

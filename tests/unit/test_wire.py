@@ -304,3 +304,31 @@ _KINDS = {
     wire.GetHave: "GET_HAVE", wire.Have: "HAVE", wire.Announce: "ANNOUNCE", wire.Decline: "DECLINE",
     wire.Request: "REQUEST", wire.Chunk: "CHUNK", wire.Error: "ERROR",
 }
+
+
+@pytest.mark.parametrize("event,data", TABLE)
+def test_receive_frame_decodes_a_whole_control_frame_where_it_lies(event, data):
+    """The peer server's batches: a whole frame at the start of the bytes read is decoded
+    without copying, to the same event; what follows is left for the next call."""
+    reader = wire.FrameReader()
+    stream = memoryview(data + b"\x06")  # and the first byte of a next frame
+    assert reader.receive_frame(stream) == len(data)
+    assert reader.next_event() == event
+    assert reader.at_frame_boundary
+
+
+@pytest.mark.parametrize("why,data", [
+    ("unknown frame type", b"\x63\x00\x00\x00\x00"),
+    ("unexpected MANIFEST frame", wire.encode(wire.ManifestData(FID, b"x"))),
+    ("out of bounds", b"\x06\x00\x00\x00\x05" + bytes(5)),
+])
+def test_a_whole_frame_is_refused_as_the_byte_by_byte_path_refuses_it(why, data):
+    whole = wire.FrameReader(accept=wire.SERVER_RECEIVES)
+    with pytest.raises(RemoteProtocolError, match=why):
+        whole.receive_frame(memoryview(data))
+    with pytest.raises(LocalProtocolError):  # and the reader is not used again
+        whole.get_buffer()
+    piecewise = wire.FrameReader(accept=wire.SERVER_RECEIVES)
+    with pytest.raises(RemoteProtocolError, match=why):
+        for byte in data:
+            piecewise.receive_data(bytes([byte]))

@@ -68,6 +68,9 @@ class PeerConnection:
         self._tls_out: bytearray | None = None  # TLS: our frames for the reader thread to write
         self._wake: tuple[socket.socket, socket.socket] | None = None  # TLS: tells the reader thread there is some
         self._reader: threading.Thread | None = None
+        self._owned: socket.socket | None = None  # the socket, until closed
+        self._finished = False  # the reader thread is done with it
+        self._writer_fd: int | None = None  # the loop waits for room to write on this descriptor
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outgoing = bytearray()  # what the socket did not take yet (plain TCP)
         self._lock = threading.Lock()  # the buffer pool and the inbox, shared with the reader thread
@@ -109,7 +112,7 @@ class PeerConnection:
     # -- the reader thread, and writing --------------------------------------------------------
 
     def _start_reader(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
-        self._sock, self._loop = sock, loop
+        self._sock, self._owned, self._loop = sock, sock, loop
         if isinstance(sock, ssl.SSLSocket):
             sock.setblocking(False)
             self._tls_out = bytearray()
@@ -131,17 +134,23 @@ class PeerConnection:
                 exc = PeerClosed(f"{self.label} connection lost: {exc.strerror or exc}")
             self._post([exc])
         finally:
-            # The loop closes the socket, once it no longer waits on it (fd numbers are reused).
-            assert self._loop is not None
-            with contextlib.suppress(RuntimeError):  # a closed loop: the socket goes with its object
-                self._loop.call_soon_threadsafe(self._reader_done, sock)
+            # The sockets close here, unless the loop still waits to write on ours: descriptor
+            # numbers are reused, so it must not be closed under the loop's feet.
+            with self._lock:
+                self._finished = True
+                waiting = self._writer_fd is not None
+                if not waiting:
+                    self._close_sockets()
+            if waiting:
+                assert self._loop is not None
+                with contextlib.suppress(RuntimeError):  # a closed loop: it waits for nothing any more
+                    self._loop.call_soon_threadsafe(self._abort)
 
-    def _reader_done(self, sock: socket.socket) -> None:
-        self._abort()
-        sock.close()
-        if self._wake is not None:
-            for end in self._wake:
-                end.close()
+    def _close_sockets(self) -> None:
+        """With the lock held, by whichever side is last: the reader thread, or the loop."""
+        for sock in (self._owned, *(self._wake or ())):
+            if sock is not None:
+                sock.close()
 
     def _read_plain(self, sock: socket.socket) -> None:
         frames = self._frames
@@ -233,11 +242,11 @@ class PeerConnection:
         """Hand our frames to the reader thread, which alone may use the TLS connection."""
         assert self._tls_out is not None and self._wake is not None
         with self._lock:
+            if self._finished:
+                return  # (its failure is on its way to the events)
             self._tls_out += data
-        try:
-            self._wake[1].send(b"\0")
-        except (BlockingIOError, OSError):  # full: a wake-up is pending anyway; closed: so is the connection
-            pass
+            with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                self._wake[1].send(b"\0")
 
     def _write_plain(self, data: bytes) -> None:
         """Write without blocking the loop: what the socket does not take waits for room."""
@@ -246,16 +255,19 @@ class PeerConnection:
         if self._outgoing:
             self._outgoing += data
             return
-        try:
-            sent = sock.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._fail(PeerClosed(f"{self.label} connection lost: {exc.strerror or exc}"))
-            return
-        if sent < len(data):
-            self._outgoing += data[sent:]
-            self._loop.add_writer(sock.fileno(), self._flush_outgoing)
+        with self._lock:
+            if self._finished:
+                return  # (its failure is on its way to the events)
+            try:
+                sent = sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the reader thread sees the same and reports it
+            if sent < len(data):
+                self._outgoing += data[sent:]
+                self._writer_fd = sock.fileno()
+                self._loop.add_writer(self._writer_fd, self._flush_outgoing)
 
     def _flush_outgoing(self) -> None:
         sock = self._sock
@@ -264,12 +276,20 @@ class PeerConnection:
             sent = sock.send(self._outgoing, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
-        except OSError as exc:
-            self._fail(PeerClosed(f"{self.label} connection lost: {exc.strerror or exc}"))
-            return
+        except OSError:
+            sent = len(self._outgoing)  # dropped: the reader thread reports the failure
         del self._outgoing[:sent]
         if not self._outgoing:
-            self._loop.remove_writer(sock.fileno())
+            self._stop_waiting_to_write()
+
+    def _stop_waiting_to_write(self) -> None:
+        with self._lock:
+            if self._writer_fd is not None:
+                assert self._loop is not None
+                self._loop.remove_writer(self._writer_fd)
+                self._writer_fd = None
+                if self._finished:  # the reader thread left the sockets to us
+                    self._close_sockets()
 
     # -- both ------------------------------------------------------------------------------
 
@@ -281,26 +301,26 @@ class PeerConnection:
 
     def _abort(self) -> None:
         self._closed = True
-        if self._sock is not None:
+        self._outgoing.clear()
+        self._stop_waiting_to_write()
+        with self._lock:
             sock, self._sock = self._sock, None
-            if self._outgoing and self._loop is not None:
-                self._loop.remove_writer(sock.fileno())
-                self._outgoing.clear()
-            # Wakes the reader thread, which then asks the loop to close the socket. (The socket's
-            # own shutdown, not SSLSocket's, which would drop the TLS object under the thread.)
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            if sock is not None and not self._finished:
+                # Wakes the reader thread, which then closes the sockets. (The socket's own
+                # shutdown, not SSLSocket's, which would drop the TLS object under the thread.)
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def send(self, event: wire.Event) -> None:
         self.send_all((event,))
 
     def send_all(self, events) -> None:
-        """Our frames, in one write."""
+        """Our frames, in one write; the chunks they announce, in one ANNOUNCE per file."""
         if self.error is not None:
             raise self.error
         if self._closed:
             raise PeerClosed(f"{self.label}: connection closed")
-        data = b"".join(wire.encode(event) for event in events)
+        data = b"".join(wire.encode(event) for event in _announcing_once(events))
         if not data:
             return
         if self._tls_out is not None:
@@ -331,6 +351,22 @@ class PeerConnection:
 
     def close(self) -> None:
         self._abort()
+
+
+def _announcing_once(events) -> list[wire.Event]:
+    """The frames with every ANNOUNCE of a file merged into its first (up to MAX_ANNOUNCED
+    chunks a frame): what a holder learns is the same, in fewer frames for it to read."""
+    merged: list[wire.Event] = []
+    first: dict[bytes, int] = {}  # file id -> the position of its open ANNOUNCE in `merged`
+    for event in events:
+        if isinstance(event, wire.Announce):
+            at = first.get(event.file_id)
+            if at is not None and len(merged[at].indices) + len(event.indices) <= wire.MAX_ANNOUNCED:  # type: ignore[union-attr]
+                merged[at] = wire.Announce(event.file_id, merged[at].indices + event.indices)  # type: ignore[union-attr]
+                continue
+            first[event.file_id] = len(merged)
+        merged.append(event)
+    return merged
 
 
 async def _connect(conn: PeerConnection, host: str, port: int, tls: ssl.SSLContext | None, timeout: float) -> None:

@@ -108,6 +108,7 @@ class TlsStream:
         self._closing = False  # no more writes; the thread ends once the queue is out
         self._error: Exception | None = None
         self._eof = False
+        self._finished = False  # the thread is done, and has closed the sockets
         self.transport = self  # (the coroutine aborts "the transport")
         threading.Thread(target=self._run, name=f"tls-{label}", daemon=True).start()
 
@@ -184,13 +185,17 @@ class TlsStream:
         self._closing = True
         with self._lock:
             self._out.clear()
-        with contextlib.suppress(OSError):  # wakes the thread (the socket's own shutdown, not SSLSocket's)
-            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+            if not self._finished:  # wakes the thread (the socket's own shutdown, not SSLSocket's)
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
         self._poke()
 
     def _poke(self) -> None:
-        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway; closed: so are we
-            self._wake[1].send(b"\0")
+        # Under the lock: the thread closes the sockets when it ends (descriptor numbers are reused).
+        with self._lock:
+            if not self._finished:
+                with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                    self._wake[1].send(b"\0")
 
     def _deliver(self, data: bytes | None, error: Exception | None) -> None:
         if error is not None:
@@ -212,9 +217,6 @@ class TlsStream:
     def _ended(self) -> None:
         self._closing = True
         self._deliver(None, self._error or ConnectionResetError(f"{self.label}: connection closed"))
-        self._sock.close()
-        for end in self._wake:
-            end.close()
 
     # -- the thread's side -----------------------------------------------------------------------
 
@@ -228,6 +230,10 @@ class TlsStream:
         except (OSError, ValueError) as exc:
             self._post(error=exc if isinstance(exc, OSError) else ConnectionResetError(str(exc)))
         finally:
+            with self._lock:
+                self._finished = True
+                for sock in (self._sock, *self._wake):
+                    sock.close()
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._ended)
 

@@ -105,7 +105,8 @@ class PeerWorker:
                         event = Checked(event.index, event.result(), event.buffer)
                     effects = swarm.receive(self.peer, event, loop.time())
                 self._carry_out(conn, effects, loop)
-                host.flush()
+                if not conn.events.qsize():  # (frames of events that came together go out together)
+                    host.flush()
         finally:
             self.conn = None
             conn.close()
