@@ -32,6 +32,7 @@ from collections.abc import Callable
 from .. import wire
 from ..errors import PeerClosed, PeerConnectError, PeerRejected, PeerTimeout, RemoteProtocolError
 from ..handshake import ClientHandshake
+from .tls import handshake
 
 MAX_QUEUED_EVENTS = 1024
 WAITALL_FROM = 4096  # bytes: reads this large wait for all of them (a payload); smaller ones, for the frame's next bytes
@@ -388,19 +389,7 @@ async def _connect(conn: PeerConnection, host: str, port: int, tls: ssl.SSLConte
             raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
-            sock = tls.wrap_socket(sock, do_handshake_on_connect=False)
-            sock.settimeout(timeout)
-            try:
-                await asyncio.to_thread(sock.do_handshake)
-            except asyncio.CancelledError:
-                # The thread may still be in the handshake: make it fail now; the socket is
-                # closed once nothing holds it, not under that thread.
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                raise
-            except BaseException:
-                sock.close()
-                raise
+            sock = await handshake(sock, tls, timeout, server_side=False)
         conn._start_reader(sock, loop)
         return
     raise last or OSError(f"no address for {host}")

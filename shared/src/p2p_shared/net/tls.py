@@ -69,6 +69,25 @@ def fetching_context(settings: TlsSettings) -> ssl.SSLContext | None:
     return client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls_ca else None
 
 
+async def handshake(sock: socket.socket, context: ssl.SSLContext, timeout: float, *, server_side: bool) -> ssl.SSLSocket:
+    """The TLS handshake on a connected socket, in a thread (the loop goes on), within `timeout`;
+    the socket is closed if it fails."""
+    tls = context.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False)
+    tls.settimeout(timeout)
+    try:
+        await asyncio.to_thread(tls.do_handshake)
+    except asyncio.CancelledError:
+        # The thread may still be in the handshake: make it fail now; the socket is closed once
+        # nothing holds it, not under that thread.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(tls, socket.SHUT_RDWR)
+        raise
+    except BaseException:
+        _close_quietly(tls)
+        raise
+    return tls
+
+
 def _close_quietly(sock: socket.socket) -> None:
     """Close after a failed handshake with a FIN, not a reset: what the peer sent and TLS did not
     read is read first (a reset could overtake the alert TLS sent it)."""
@@ -116,20 +135,7 @@ class TlsStream:
     async def accept(cls, sock: socket.socket, context: ssl.SSLContext, label: str, timeout: float) -> TlsStream:
         """The server side of the TLS handshake (a client certificate checked if the context
         asks for one), in a thread, within `timeout`."""
-        tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        tls.settimeout(timeout)
-        try:
-            await asyncio.to_thread(tls.do_handshake)
-        except asyncio.CancelledError:
-            # The thread may still be in the handshake: make it fail now; the socket is closed
-            # once nothing holds it, not under that thread.
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(tls, socket.SHUT_RDWR)
-            raise
-        except BaseException:
-            _close_quietly(tls)
-            raise
-        return cls(tls, label)
+        return cls(await handshake(sock, context, timeout, server_side=True), label)
 
     # -- the loop's side -------------------------------------------------------------------------
 
