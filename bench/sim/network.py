@@ -40,6 +40,14 @@ class Clock:
     def at(self, when: float, callback: Callable, *args: object) -> None:
         heapq.heappush(self._queue, (when, next(self._seq), callback, args))
 
+    def drop(self, stale: Callable[[tuple], bool]) -> None:
+        """Forget the events `stale` says no longer matter (the queue is rebuilt)."""
+        self._queue[:] = [entry for entry in self._queue if not stale(entry)]  # in place: run() holds it
+        heapq.heapify(self._queue)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
     def run(self, until: float = float("inf"), stop: Callable[[], bool] | None = None) -> None:
         queue, pop = self._queue, heapq.heappop
         while queue:
@@ -109,6 +117,7 @@ class Network:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.flows = 0  # started, in all
+        self._stale = 0  # finish events in the clock's queue for a rate that changed since
 
     @staticmethod
     def delay(a: Endpoint, b: Endpoint) -> float:
@@ -126,6 +135,7 @@ class Network:
     def cancel(self, flow: Flow) -> None:
         """The connection closed: the flow stops where it is."""
         if flow.live:
+            self._stale += 1
             self._remove(flow)
 
     def _remove(self, flow: Flow) -> None:
@@ -168,4 +178,15 @@ class Network:
             flow.since = now
             flow.rate = rate
             flow.version += 1
+            self._stale += flow.version > 1
             at(now + max(flow.remaining, 0.0) / rate, self._finish, flow, flow.version)
+        if self._stale > 50_000 and 2 * self._stale > len(self.clock):
+            # Slow flows rescheduled again and again leave finish events far ahead: memory.
+            self.clock.drop(self._outdated)
+            self._stale = 0
+
+    def _outdated(self, entry: tuple) -> bool:
+        if entry[2] != self._finish:
+            return False
+        flow, version = entry[3]
+        return not flow.live or version != flow.version
