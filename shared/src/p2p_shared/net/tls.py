@@ -100,16 +100,19 @@ def _close_quietly(sock: socket.socket) -> None:
 
 
 class TlsStream:
-    """A server's TLS connection, driven by a thread of its own: the handshake, the encryption
-    of what we send (a chunk in one call, the GIL released) and the decryption of what the peer
-    sends happen off the event loop. The thread alone uses the TLS object (OpenSSL's are not to
-    be shared by threads at once); the loop talks to it through a queue and a wake-up socket.
+    """A server's TLS connection, driven by a thread of its own: the encryption of what we send
+    (a chunk in one call, the GIL released) and the decryption of what the peer sends happen off
+    the event loop. The thread alone uses the TLS object (OpenSSL's are not to be shared by
+    threads at once); the loop hands it what to write through a queue and a wake-up socket, and
+    it hands the loop what it read with call_soon_threadsafe.
 
-    For the peer server's coroutine it stands in for asyncio's stream reader and writer: `read`
-    asks for one block of at most n bytes and the thread reads nothing more until asked again
-    (a flood of requests waits in the kernel, as with a paused transport), `write` queues,
-    `drain` waits until the thread has handed everything queued to the kernel.
+    For the peer server's coroutine it stands in for asyncio's stream reader and writer: the
+    thread reads ahead at most READ_AHEAD bytes the coroutine has not taken (beyond that, a flood
+    of requests waits in the kernel, as with a paused transport); `write` queues; `drain` waits
+    until the thread has handed everything queued to the kernel.
     """
+
+    READ_AHEAD = 65536  # bytes read and not yet taken, at most
 
     def __init__(self, sock: ssl.SSLSocket, label: str) -> None:
         self.label = label
@@ -118,11 +121,13 @@ class TlsStream:
         self._wake = socket.socketpair()
         for end in (sock, *self._wake):
             end.setblocking(False)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # what both sides touch: the queues and counts below
         self._out: deque[bytes | bytearray | memoryview] = deque()
         self._queued = 0  # bytes written to us, not yet to the kernel
-        self._want = 0  # bytes the loop asked to read; 0: none asked
-        self._reading: asyncio.Future[bytes] | None = None
+        self._unread = 0  # bytes the thread read that the coroutine has not taken
+        self._stalled = False  # the thread stopped reading: READ_AHEAD bytes wait
+        self._inbox = bytearray()  # (loop side) what was read, not yet taken
+        self._reading: asyncio.Future[None] | None = None
         self._draining: asyncio.Future[None] | None = None
         self._closing = False  # no more writes; the thread ends once the queue is out
         self._error: Exception | None = None
@@ -141,26 +146,36 @@ class TlsStream:
 
     async def read(self, n: int) -> bytes:
         """At most `n` decrypted bytes; b"" once the peer is done."""
-        if self._error is not None:
-            raise self._error
-        if self._eof:
-            return b""
-        self._reading = self._loop.create_future()
+        while not self._inbox:
+            if self._eof:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._reading = self._loop.create_future()
+            try:
+                await self._reading
+            finally:
+                self._reading = None
+        data = bytes(self._inbox[:n])
+        del self._inbox[:n]
         with self._lock:
-            self._want = n
-        self._poke()
-        try:
-            return await self._reading
-        finally:
-            self._reading = None
+            self._unread -= len(data)
+            resume = self._stalled and self._unread < self.READ_AHEAD
+            if resume:
+                self._stalled = False
+        if resume:
+            self._poke()
+        return data
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
             return
         with self._lock:
+            idle = not self._out  # else the thread has a wake-up coming, or is at work on the queue
             self._out.append(data)
             self._queued += len(data)
-        self._poke()
+        if idle:
+            self._poke()
 
     async def drain(self) -> None:
         """Until everything written is with the kernel."""
@@ -204,16 +219,17 @@ class TlsStream:
                     self._wake[1].send(b"\0")
 
     def _deliver(self, data: bytes | None, error: Exception | None) -> None:
+        """From the thread: bytes read (b"": the end), everything written, or an error."""
         if error is not None:
             self._error = self._error or error
-        if data is not None and not data:
-            self._eof = True
+        if data is not None:
+            if data:
+                self._inbox += data
+            else:
+                self._eof = True
         reading, draining = self._reading, self._draining
-        if reading is not None and not reading.done():
-            if self._error is not None:
-                reading.set_exception(self._error)
-            elif data is not None:
-                reading.set_result(data)
+        if reading is not None and not reading.done() and (data is not None or self._error is not None):
+            reading.set_result(None)  # (read() raises the error, or returns the bytes)
         if draining is not None and not draining.done():
             if self._error is not None:
                 draining.set_exception(self._error)
@@ -273,10 +289,12 @@ class TlsStream:
                 return
             want_read = False
             with self._lock:
-                want = self._want
-            if want:
+                room = self.READ_AHEAD - self._unread
+                if room <= 0:
+                    self._stalled = True
+            if room > 0:
                 try:
-                    data = sock.recv(want)
+                    data = sock.recv(room)
                 except ssl.SSLWantReadError:
                     want_read = True
                 except ssl.SSLWantWriteError:
@@ -285,7 +303,7 @@ class TlsStream:
                     data = b""
                 if not (want_read or blocked):
                     with self._lock:
-                        self._want = 0
+                        self._unread += len(data)
                     self._post(data)
                     if not data:
                         return
