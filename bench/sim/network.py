@@ -92,9 +92,9 @@ class Flow:
         self.live = True
 
 
-def _fill(capacity: float, flows: list[Flow], caps: list[float]) -> list[float]:
+def _fill(capacity: float, caps: list[float]) -> list[float]:
     """Max-min shares of `capacity` among flows each capped at `caps[i]`."""
-    n = len(flows)
+    n = len(caps)
     even = capacity / n
     if min(caps) >= even:
         return [even] * n
@@ -154,19 +154,13 @@ class Network:
         flow.done()
 
     def _reshare(self, src: Endpoint, dst: Endpoint) -> None:
-        touched = []
-        if src.out:
-            flows = src.out
-            shares = _fill(src.up, flows, [f.dst.down / len(f.dst.inn) for f in flows])
-            for flow, share in zip(flows, shares):
+        if src.out:  # the uplink: each flow capped by its receiver's downlink split evenly
+            for flow, share in zip(src.out, _fill(src.up, [f.dst.down / len(f.dst.inn) for f in src.out])):
                 flow.up_share = share
-            touched.extend(flows)
-        if dst.inn:
-            flows = dst.inn
-            shares = _fill(dst.down, flows, [f.src.up / len(f.src.out) for f in flows])
-            for flow, share in zip(flows, shares):
+        if dst.inn:  # the downlink: each flow capped by its sender's uplink split evenly
+            for flow, share in zip(dst.inn, _fill(dst.down, [f.src.up / len(f.src.out) for f in dst.inn])):
                 flow.down_share = share
-            touched.extend(flows)
+        touched = src.out + dst.inn
         now = self.clock.now
         at = self.clock.at
         for flow in touched:

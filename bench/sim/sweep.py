@@ -12,7 +12,10 @@ import json
 import sys
 from pathlib import Path
 
+from contextlib import contextmanager
+
 from bench.net.scenarios import SCENARIOS
+from p2p_shared.offers import OfferBook
 
 from .run import knobs, run_scenario
 from .scenarios import from_testbed, one_to_many
@@ -34,13 +37,44 @@ SETTINGS = {
     "refresh=2": {"refresh": 2.0},
     "chunk=256KiB": {"chunk_kib": 256},
     "chunk=1MiB": {"chunk_kib": 1024},
+    "max_connections=64": {"max_connections": 64},
+    "max_connections=1024": {"max_connections": 1024},
+    "max_connections=16384": {"max_connections": 16384},
+    # Not a knob: a change of the library's code, tried here (the library is not changed).
+    "experiment:announces_count_as_active": {"patch": "announces_count_as_active"},
 }
+
+
+@contextmanager
+def patched(name: str | None):
+    """announces_count_as_active: an origin's OfferBook counts a downloader that announces chunks
+    it got elsewhere as active, so it is not 'starved' (offered any chunk) while its peers feed it."""
+    if name is None:
+        yield
+        return
+    assert name == "announces_count_as_active", name
+    original = OfferBook.holds
+
+    def holds(self, conn, indices, now):
+        if conn in self._active_at:
+            self._active_at[conn] = now
+        return original(self, conn, indices, now)
+
+    OfferBook.holds = holds
+    try:
+        yield
+    finally:
+        OfferBook.holds = original
+
+
+def _knobs(setting: dict):
+    return knobs(**{key: v for key, v in setting.items() if key not in ("chunk_kib", "patch")})
 
 
 def testbed_total(setting: dict, seed: int) -> tuple[float, float]:
     """Sum of the simulated testbed scenarios' times to all, and their largest origin egress."""
     chunk = setting.get("chunk_kib", 512)
-    k = knobs(**{key: v for key, v in setting.items() if key != "chunk_kib"})
+    k = _knobs(setting)
     total, egress = 0.0, 0.0
     for scenario in SCENARIOS:
         if scenario.needs_netem:
@@ -66,12 +100,13 @@ def main(argv: list[str]) -> int:
     for name in names:
         setting = SETTINGS[name]
         chunk = setting.get("chunk_kib", 512)
-        k = knobs(**{key: v for key, v in setting.items() if key != "chunk_kib"})
+        k = _knobs(setting)
         row = {"setting": name}
-        for n in map(int, args.sizes.split(",")):
-            summary, _ = run_scenario(one_to_many(n, mbit=100, chunk_kib=chunk), k, seed=args.seed)
-            row[f"n{n}"] = {key: summary[key] for key in ("t_all_s", "ratio_to_bound", "p50_s", "origin_amplification", "wall_s")}
-        row["testbed_total_s"], row["testbed_max_egress_f"] = testbed_total(setting, args.seed)
+        with patched(setting.get("patch")):
+            for n in map(int, args.sizes.split(",")):
+                summary, _ = run_scenario(one_to_many(n, mbit=100, chunk_kib=chunk), k, seed=args.seed)
+                row[f"n{n}"] = {key: summary[key] for key in ("t_all_s", "ratio_to_bound", "p50_s", "origin_amplification", "wall_s")}
+            row["testbed_total_s"], row["testbed_max_egress_f"] = testbed_total(setting, args.seed)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         args.out.write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=1) + "\n")
