@@ -75,7 +75,7 @@ def load_auths(path: Path) -> dict[str, tuple[str, str]]:
         user, password = entry.get("username"), entry.get("password")
         if entry.get("auth"):
             try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                user, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 raise ValueError(f"{path}: the auth of {key} is not base64 of user:password") from None
         if user and password is not None:
