@@ -171,3 +171,40 @@ async def test_a_client_without_a_certificate_gets_nothing_from_a_tls_server(cer
     finally:
         listener.close()
     assert holder.requests == []
+
+
+async def test_a_tls_handshake_that_trickles_is_given_up_within_its_time_in_all_and_closed(certs):
+    """A client that sends its hello a byte at a time, each within the timeout, is dropped when
+    the handshake's time is up, not when a single read waits that long."""
+    context = server_context(certs / "seeder.crt", certs / "seeder.key", certs / "ca.crt")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+
+    def trickle(sock: socket.socket) -> None:
+        record = b"\x16\x03\x01\x02\x00" + bytes(512)  # a handshake record of 512 bytes, slowly
+        for byte in record:
+            if stop.wait(0.05):  # the pace of the slow peer under test
+                return
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                return
+
+    with listener, socket.create_connection(listener.getsockname(), timeout=10) as slow:
+        conn, _ = await loop.sock_accept(listener)
+        sender = threading.Thread(target=trickle, args=(slow,))
+        sender.start()
+        started = loop.time()
+        try:
+            with pytest.raises(TimeoutError):
+                await TlsStream.accept(conn, context, "slow", timeout=0.5)
+            assert loop.time() - started < 5  # (a byte every 0.05 s would take 26 s)
+            # The server's side is closed once its handshake thread is out: the client sees the end.
+            slow.settimeout(10)
+            while await asyncio.to_thread(slow.recv, 4096):
+                pass
+        finally:
+            stop.set()
+            sender.join(10)

@@ -182,17 +182,26 @@ class PeerConnection:
                     blocked = True
                 except ssl.SSLWantReadError:
                     pass
+            # A payload comes in TLS records of 16 KiB at most: they are read one after the other
+            # into its buffer, and the frame reader hears once of all that came.
+            target = frames.get_buffer()
+            n = 0
             try:
-                n = sock.recv_into(frames.get_buffer())
+                while True:
+                    got = sock.recv_into(target[n:])
+                    n += got
+                    if not got or n == len(target) or len(target) < WAITALL_FROM:
+                        break
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
-                blocked = blocked or isinstance(want, ssl.SSLWantWriteError)
-                poll.register(sock, select.POLLIN | (select.POLLOUT if blocked else 0))
-                if any(fd == wake[0].fileno() for fd, _ in poll.poll()):
-                    with contextlib.suppress(BlockingIOError):
-                        wake[0].recv(4096)
-                continue
+                if not n:
+                    blocked = blocked or isinstance(want, ssl.SSLWantWriteError)
+                    poll.register(sock, select.POLLIN | (select.POLLOUT if blocked else 0))
+                    if any(fd == wake[0].fileno() for fd, _ in poll.poll()):
+                        with contextlib.suppress(BlockingIOError):
+                            wake[0].recv(4096)
+                    continue
             except ssl.SSLZeroReturnError:
-                n = 0
+                pass
             if n == 0:
                 raise PeerClosed(f"{self.label} closed the connection")
             self._received(n)

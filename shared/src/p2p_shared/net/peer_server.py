@@ -3,12 +3,16 @@ answered in order, from the ChunkSources of the moment (complete files, part fil
 and go while the server runs. What to answer is decided in p2p_shared.serving; this is its I/O.
 
 A connection reads a batch of pipelined requests, then answers each: the CHUNK header with
-`write`, the payload with `sendfile` (chunk bytes never enter Python), a manifest in blocks.
-Each answer waits until the peer has taken the one before (the transport's buffer is below its
-high-water mark), and while it sends it does not read: a flood of requests waits in the
-kernel's socket buffer, and a peer that reads nothing holds a few hundred KiB of ours at most.
-Caps on connections, in all and per address, apply as the TCP connection arrives, before any
-TLS handshake; refusals are counted, and logged at most once every REFUSAL_LOG_EVERY seconds.
+`write`, the payload with one `sendfile` (chunk bytes never enter Python), a manifest in
+blocks. Over TLS the kernel cannot encrypt (no kernel TLS here): the connection's TLS runs in a
+thread of its own (net/tls.py, `TlsStream`), which gets each chunk read with one preadv and
+encrypts it in one call. Each answer waits until the peer has taken the one before (the
+transport's buffer is below its high-water mark; over TLS, empty), and while it sends it does
+not read: a flood of requests waits in the kernel's socket buffer, and a peer that reads
+nothing holds a chunk of ours at most, besides the kernel's send buffer (SEND_BUFFER).
+Frames that need no answer (what a downloader holds) cost no timer and no drain. Caps on
+connections, in all and per address, apply as the TCP connection arrives, before any TLS
+handshake; refusals are counted, and logged at most once every REFUSAL_LOG_EVERY seconds.
 
 Announcements (a download's newly verified chunks, an origin's next offers) are written only
 between frames: one queued while a payload is in flight is sent right after it.

@@ -70,20 +70,23 @@ def fetching_context(settings: TlsSettings) -> ssl.SSLContext | None:
 
 
 async def handshake(sock: socket.socket, context: ssl.SSLContext, timeout: float, *, server_side: bool) -> ssl.SSLSocket:
-    """The TLS handshake on a connected socket, in a thread (the loop goes on), within `timeout`;
-    the socket is closed if it fails."""
+    """The TLS handshake on a connected socket, in a thread (the loop goes on), within `timeout`
+    in all (a peer that trickles its bytes does not get a timeout per read); the socket is
+    closed if it fails."""
     tls = context.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False)
     tls.settimeout(timeout)
+    thread = asyncio.ensure_future(asyncio.to_thread(tls.do_handshake))
     try:
-        await asyncio.to_thread(tls.do_handshake)
-    except asyncio.CancelledError:
-        # The thread may still be in the handshake: make it fail now; the socket is closed once
-        # nothing holds it, not under that thread.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(tls, socket.SHUT_RDWR)
-        raise
+        await asyncio.wait_for(asyncio.shield(thread), timeout)
     except BaseException:
-        _close_quietly(tls)
+        if thread.done():
+            _close_quietly(tls)
+        else:
+            # Still in the handshake (out of time, or we were cancelled): make it fail now; the
+            # socket is closed once the thread is out of it, not under it.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(tls, socket.SHUT_RDWR)
+            thread.add_done_callback(lambda done: (done.cancelled() or done.exception(), _close_quietly(tls)))
         raise
     return tls
 
