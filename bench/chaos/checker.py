@@ -12,8 +12,14 @@ nothing else, and judges five properties, one verdict line each, then the run's 
   logs        no traceback in any log; every error line of ours is one of the documented ones
               (DOCUMENTED: each names the README passage that documents it), and no line that is
               not a log event at all
-  egress      the origin (both seeders' interface bytes) sent at most EGRESS_MULTIPLE times the
-              bytes of the distinct files the workload asked for
+  registry    lookups resumed within REDIS_RESUME seconds of every Redis fault's start (Sentinel's
+              down-after, its failover and a tracker's next sweep): a tracker's "registry store
+              unavailable" line is explained only by a Redis fault that began at most that long
+              before it, or by a fault on the tracker's host or on the Redis and sentinel hosts
+              (or cutting them off) at that moment
+  egress      the origin (both seeders' interface bytes) sent at most EGRESS_MULTIPLE times what
+              the workload needed from it (`needed_from_origin`): the bytes of each download that
+              started when no other peer held a complete copy, by the history
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ import json
 import re
 import statistics
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 from .workload import bound
 
-RECOVERY = 15.0  # seconds after a fault ends during which its effects may still fail an attempt
-EGRESS_MULTIPLE = 4.0
+RECOVERY = 15.0
+# Sentinel's down-after (2 s) and failover timeout (10 s), and a tracker's sweep (2 s), from
+# hosts.py; a restarted primary that comes back as a replica is turned back within that too.
+REDIS_RESUME = 2.0 + 10.0 + 2.0  # seconds after a fault ends during which its effects may still fail an attempt
+EGRESS_MULTIPLE = 2.5  # duplicates in endgame, transfers cut by faults and sent again
 OURS = re.compile(r"^(t\d|s\d|p\d)$")
 
 # Error lines our services may log, each documented in the README (section in the comment).
@@ -45,6 +55,24 @@ DOCUMENTED = [
 ]
 
 
+REDIS_KINDS = {"redis_failover", "redis_empty", "redis_stall"}
+
+
+def _wall(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _explains(fault: dict, at: float, involved: set[str]) -> bool:
+    """Whether a fault explains a tracker's store error at `at`: a Redis fault in the
+    REDIS_RESUME seconds after it began or after it ended (the old primary back, demoted), or a
+    fault on (or cutting off) a host the tracker needs for its registry, while it is on."""
+    start, end = fault["started"], fault["ended"] if fault["ended"] is not None else at
+    if fault["kind"] in REDIS_KINDS:
+        return start <= at <= start + REDIS_RESUME or end <= at <= end + REDIS_RESUME
+    hit = fault["target"] in involved or involved & set(fault.get("detail", {}).get("from", []))
+    return bool(hit) and start - 1 <= at <= end + 3
+
+
 def load(folder: Path) -> tuple[dict, list[dict], dict]:
     records = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines() if line.strip()]
     run = next(r for r in records if r["type"] == "run")
@@ -54,6 +82,29 @@ def load(folder: Path) -> tuple[dict, list[dict], dict]:
 
 def _overlapping(faults: list[dict], start: float, end: float, grace: float = 0.0) -> list[dict]:
     return [f for f in faults if f["started"] is not None and f["started"] <= end and (f["ended"] or end) + grace >= start]
+
+
+def needed_from_origin(downloads: list[dict], catalogue: dict) -> int:
+    """Bytes only the origin could send: each download that started while no other peer held a
+    complete copy of its file (a peer holds a file from its download's success until a download
+    there that dropped it first; evictions are not seen, so this errs low, against the origin)."""
+    events = sorted(
+        [(d["started"], 0, d) for d in downloads if d["started"] is not None]
+        + [(d["ended"], 1, d) for d in downloads if d["status"] == "ok"],
+        key=lambda e: (e[0], e[1]),
+    )
+    holders: dict[str, set[str]] = {}
+    needed = 0
+    for _, ended, d in events:
+        held = holders.setdefault(d["name"], set())
+        if ended:
+            held.add(d["host"])
+            continue
+        if d["drop_first"]:
+            held.discard(d["host"])
+        if not held:
+            needed += catalogue[d["name"]]["size"]
+    return needed
 
 
 def check(folder: Path) -> tuple[bool, list[str]]:
@@ -157,14 +208,33 @@ def check(folder: Path) -> tuple[bool, list[str]]:
             f"no traceback; {sum(errors.values())} error lines, every one documented" if not bad
             else f"{len(bad)} problems" + "".join(f"; {b}" for b in bad[:8]))
 
+    # registry
+    wall_start = run["wall_start"]
+    registry_hosts = {"r1", "r2", "t1"}  # Redis and the sentinels
+    late = []
+    store_errors = 0
+    for log in sorted((folder / "logs").glob("t*.log")):
+        tracker = log.stem
+        for line in log.read_text(errors="replace").splitlines():
+            if '"registry store unavailable"' not in line:
+                continue
+            store_errors += 1
+            at = _wall(json.loads(line)["timestamp"]) - wall_start
+            explained = any(_explains(f, at, registry_hosts | {tracker}) for f in faults)
+            if not explained:
+                late.append(f"{tracker} at {at:.1f} s")
+    redis_faults = [f for f in faults if f["kind"] in REDIS_KINDS]
+    verdict("registry", not late,
+            f"{len(redis_faults)} Redis faults; {store_errors} store errors at the trackers, each within {REDIS_RESUME:g} s of a "
+            "Redis fault's start or during a fault on a tracker or Redis host" + "".join(f"; unexplained: {x}" for x in late[:8]))
+
     # egress
-    asked = {d["name"] for d in downloads}
-    needed = sum(catalogue[n]["size"] for n in asked)
+    needed = needed_from_origin(downloads, catalogue)
     sent = sum(egress["seeders_tx"].values()) if egress else None
     fetched = sum(egress["peers_rx"].values()) if egress else None
     verdict("egress", sent is not None and needed > 0 and sent <= EGRESS_MULTIPLE * needed,
-            f"the origin sent {sent / 2**20:.0f} MiB = {sent / max(needed, 1):.2f}x the {needed / 2**20:.0f} MiB of distinct "
-            f"files asked for (bound {EGRESS_MULTIPLE:g}x); the peers received {fetched / 2**20:.0f} MiB"
+            f"the origin sent {sent / 2**20:.0f} MiB = {sent / max(needed, 1):.2f}x the {needed / 2**20:.0f} MiB the workload "
+            f"needed from it (bound {EGRESS_MULTIPLE:g}x); the peers received {fetched / 2**20:.0f} MiB"
             if sent is not None else "no egress record (the run did not finish)")
 
     kinds = Counter(f["kind"] for f in faults)

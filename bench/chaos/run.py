@@ -24,7 +24,7 @@ from bench.net.testbed import Testbed
 
 from .hosts import ChaosSwarm
 from .nemesis import Fault, Nemesis, schedule
-from .workload import MiB, Download, Runner, make_catalogue, plan
+from .workload import MiB, Download, Runner, bound, make_catalogue, plan
 
 WARMUP = 10.0  # seconds of workload before the first fault
 SAMPLE_EVERY = 5.0
@@ -124,6 +124,15 @@ def _drive(swarm, history, faults: list[Fault], downloads: list[Download], catal
                     fault.started = time.monotonic() - t0
                     active.append(fault)
                     log(f"chaos: {fault.started:7.1f}s {fault.kind} {fault.target} for {fault.duration:.1f}s")
+                    if fault.kind == "bitrot":
+                        # The rotten file is read a second later: on its host (from the cache) and
+                        # on another (which may fetch chunks from it).
+                        name, other = fault.detail["damaged"]["name"], swarm.peers[int(fault.choice * 7 + 1) % 8]
+                        for host in dict.fromkeys([fault.target, other]):
+                            extra = Download(len(downloads), host, name, now + 1, False, give_up=3 * bound(catalogue[name]["size"]))
+                            downloads.append(extra)
+                            pending_downloads.append(extra)
+                        pending_downloads.sort(key=lambda d: d.at)
                 elif now + 1 < fault_window:
                     # No free target (a Redis fault on, every candidate busy): a second later.
                     fault.at = now + 1

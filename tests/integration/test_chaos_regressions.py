@@ -6,18 +6,25 @@
    "Task exception was never retrieved" with a traceback at an error level (seed 22, a peer that
    had dropped the file refusing it as the download ended). The download now reads every
    worker's end.
+2. A cached file that rotted on disk was refused (409) through its host's gateway for ever; it
+   is now fetched again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import os
 import types
+import urllib.error
+import urllib.request
 
 import pytest
 
 from p2p_shared.errors import PeerBanned
 from p2p_shared.net import download as download_module
+from tools.localswarm import random_file
 
 
 class _FakeSupervisor:
@@ -93,5 +100,32 @@ def test_a_worker_that_ends_with_an_error_as_its_download_finishes_is_read_not_l
     assert not unretrieved, [c.get("message") for c in unretrieved]
 
 
-if __name__ == "__main__":
-    pytest.main([__file__])
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_a_cached_file_that_rotted_on_disk_is_fetched_again_not_refused_for_ever(tmp_path, swarm):
+    """2. A complete file in a peer's cache with bytes flipped on disk (its size and mtime kept)
+    was answered `409 changed` at every request through that host's gateway, for as long as the
+    peer ran: the soak's reader of the rotten file (seed 5) gave up. The cache now lets the
+    changed copy go and the gateway fetches the file through the swarm again."""
+    data = random_file(tmp_path / "seed" / "rot.bin", 3 << 20)
+    swarm.add_seeder([data])
+    peer = swarm.add_peer(tmp_path / "cache")
+    assert _get(f"{peer.url}/files/rot.bin") == (200, data.read_bytes())
+    [cached] = [p for p in (tmp_path / "cache" / "files").glob("*/rot.bin")]
+    stat = cached.stat()
+    with open(cached, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"\x00" * 16)
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    status, body = _get(f"{peer.url}/files/rot.bin")
+    assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(data.read_bytes()).digest()
+    assert hashlib.sha256(cached.read_bytes()).digest() == hashlib.sha256(data.read_bytes()).digest()  # whole again
+    peer.wait_for("cache: a file changed on disk since it was verified; fetching it again", timeout=5)
+    assert "Traceback" not in peer.output

@@ -89,8 +89,15 @@ class HostCache(Watcher):
         return self._manifests.get(bytes.fromhex(file_id))
 
     def complete(self, file_id: bytes) -> SeededFile | None:
-        """A whole file this host serves: from the cache, or seeded from where it is."""
-        return self._complete.get(file_id) or self.seeded.get(file_id)
+        """A whole file this host serves: from the cache, or seeded from where it is. A cached
+        file that changed on disk since it was verified (bit rot, an edit) is let go, so that it
+        is fetched through the swarm again rather than refused at every request."""
+        cached = self._complete.get(file_id)
+        if cached is not None and _changed(cached):
+            log.warning("cache: a file changed on disk since it was verified; fetching it again", file=cached.manifest.name)
+            self.forget(file_id)
+            cached = None
+        return cached or self.seeded.get(file_id)
 
     def seed(self, seeded: SeededFile, super_seed: bool) -> None:
         """Serve a file from where it is, as an origin does: never evicted, not counted."""
@@ -371,6 +378,13 @@ def _examine(folder: Path) -> tuple[Manifest, SeededFile | None, float] | None:
             return None
         _write_atomically(folder / "identity", " ".join(map(str, signature)).encode())
     return manifest, SeededFile(final, manifest, data, signature), used
+
+
+def _changed(copy: SeededFile) -> bool:
+    try:
+        return copy.changed(os.stat(copy.path))
+    except OSError:
+        return True  # gone
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
