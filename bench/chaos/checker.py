@@ -10,8 +10,8 @@ nothing else, and judges five properties, one verdict line each, then the run's 
               RSS of the last third at most 1.5x that of the first third plus 64 MiB, and its open
               descriptors at most 32 more than the first third's most
   logs        no traceback in any log; every error line of ours is one of the documented ones
-              (DOCUMENTED: each names the README passage that documents it), and no line that is
-              not a log event at all
+              (DOCUMENTED: each names the README passage that documents it), no line that is not a
+              log event at all, and no process that exited without the nemesis asking
   registry    lookups resumed within REDIS_RESUME seconds of every Redis fault's start (Sentinel's
               down-after, its failover and a tracker's next sweep): a tracker's "registry store
               unavailable" line is explained only by a Redis fault that began at most that long
@@ -204,8 +204,10 @@ def check(folder: Path) -> tuple[bool, list[str]]:
                 errors[text[:60]] += 1
                 if not any(p.search(text) for p in DOCUMENTED):
                     bad.append(f"{name}.log:{number}: an undocumented error line: {text[:160]}")
+    for exit in (r for r in records if r["type"] == "exit"):
+        bad.append(f"{exit['proc']} exited unasked (code {exit['code']}) at {exit['t']:.1f} s")
     verdict("logs", not bad,
-            f"no traceback; {sum(errors.values())} error lines, every one documented" if not bad
+            f"no traceback, no process exited unasked; {sum(errors.values())} error lines, every one documented" if not bad
             else f"{len(bad)} problems" + "".join(f"; {b}" for b in bad[:8]))
 
     # registry

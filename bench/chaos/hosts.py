@@ -47,12 +47,20 @@ class Proc:
     wrapper: list[str] = field(default_factory=list)  # e.g. faketime, for one start
     popen: subprocess.Popen | None = None
     starts: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, pid)
+    held: bool = False  # down on purpose (killed, stopped); otherwise an exit is unexpected
+
+    def exited(self) -> int | None:
+        """Its exit code, if it ended when nothing asked it to."""
+        if self.held or self.popen is None:
+            return None
+        return self.popen.poll()
 
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen and self.popen.poll() is None else None
 
     def start(self, wrapper: list[str] | None = None) -> None:
+        self.held = False
         self.wrapper = wrapper or []
         with open(self.log, "a") as out:
             offset = out.tell()
@@ -86,12 +94,14 @@ class Proc:
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
+        self.held = True
         if self.popen is not None and self.popen.poll() is None:
             os.kill(self.popen.pid, signal.SIGCONT)  # a frozen process dies too, and at once
             self.popen.kill()
             self.popen.wait(10)
 
     def stop(self, timeout: float = 10) -> None:
+        self.held = True
         if self.popen is None or self.popen.poll() is not None:
             return
         os.kill(self.popen.pid, signal.SIGCONT)

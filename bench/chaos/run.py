@@ -147,6 +147,12 @@ def _drive(swarm, history, faults: list[Fault], downloads: list[Download], catal
                 if download.status != "ok":
                     log(f"chaos: {now:7.1f}s download {download.id} of {download.name} at {download.host} given up: "
                         f"{download.attempts[-1].get('error')}")
+            for name, proc in swarm.procs.items():
+                code = proc.exited()
+                if code is not None:  # restarted, as Compose's and Kubernetes' restart policies would
+                    history.write({"type": "exit", "t": round(now, 2), "proc": name, "code": code})
+                    log(f"chaos: {now:7.1f}s {name} exited ({code}) unasked; started again")
+                    proc.start()
             if now - last_sample >= SAMPLE_EVERY:
                 last_sample = now
                 for name, proc in swarm.procs.items():

@@ -62,13 +62,14 @@ def test_a_two_minute_soak_with_every_kind_of_fault_passes_the_checker(tmp_path)
     assert ok and again[-1] == lines[-1]
 
 
-def test_the_checker_finds_wrong_bytes_a_quiet_failure_growth_and_a_traceback(tmp_path):
+def test_the_checker_finds_each_property_broken(tmp_path):
     """The checker on a made-up run: each property broken once, each verdict line says so."""
     (tmp_path / "logs").mkdir()
     size = 1 << 20
     (tmp_path / "catalogue.json").write_text(json.dumps({"a.bin": {"size": size, "sha256": "aa"}}))
     records = [
-        {"type": "run", "seed": 1, "minutes": 1, "hosts": {"p1": "198.18.0.1"}},
+        {"type": "run", "seed": 1, "minutes": 1, "hosts": {"p1": "198.18.0.1", "t1": "198.18.0.2"}, "wall_start": 1000.0},
+        {"type": "exit", "t": 50.0, "proc": "t1", "code": 1},
         {"type": "fault", "kind": "kill", "target": "p1", "at": 10, "duration": 5, "started": 10, "ended": 15, "detail": {}},
         # wrong bytes; and an attempt failed at 40 s, long after the fault
         {"type": "download", "id": 0, "host": "p1", "name": "a.bin", "drop_first": True, "started": 38, "ended": 45, "status": "ok",
@@ -83,14 +84,19 @@ def test_the_checker_finds_wrong_bytes_a_quiet_failure_growth_and_a_traceback(tm
     (tmp_path / "history.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     (tmp_path / "logs" / "p1.log").write_text('{"event": "peer listening", "level": "info"}\nTraceback (most recent call last):\n'
                                               '{"event": "something nobody wrote down", "level": "error"}\n')
+    # the registry unavailable 100 s into the run, with no Redis fault at all
+    (tmp_path / "logs" / "t1.log").write_text('{"event": "registry store unavailable", "level": "warning", '
+                                              '"timestamp": "1970-01-01T00:18:20Z"}\n')
     ok, lines = check(tmp_path)
-    assert not ok and lines[-1] == "VERDICT: FAIL (0 of 5 properties held)"
+    assert not ok and lines[-1] == "VERDICT: FAIL (0 of 6 properties held)"
     verdicts = {line.split(":")[0]: line for line in lines}
     assert "download 0 (a.bin at p1)" in verdicts["FAIL exact"]
     assert "an attempt failed with no fault on" in verdicts["FAIL completion"]
     assert "took 100.0 s after its last fault, over its bound of 46 s" in verdicts["FAIL completion"]
     assert "p1 (pid 5) RSS" in verdicts["FAIL resources"] and "descriptors" in verdicts["FAIL resources"]
     assert "p1.log:2: a traceback" in verdicts["FAIL logs"] and "undocumented error line" in verdicts["FAIL logs"]
+    assert "t1 exited unasked (code 1) at 50.0 s" in verdicts["FAIL logs"]
+    assert "unexplained: t1 at 100.0 s" in verdicts["FAIL registry"]
     assert "5.00x the 2 MiB the workload needed from it" in verdicts["FAIL egress"]  # two downloads, no other holder
 
 

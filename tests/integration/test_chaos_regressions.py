@@ -8,6 +8,7 @@
    worker's end.
 2. A cached file that rotted on disk was refused (409) through its host's gateway for ever; it
    is now fetched again.
+3. A tracker replica started while Redis failed over exited; it now waits for the registry.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import asyncio
 import gc
 import hashlib
 import os
+import socket
+import time
 import types
 import urllib.error
 import urllib.request
@@ -24,7 +27,7 @@ import pytest
 
 from p2p_shared.errors import PeerBanned
 from p2p_shared.net import download as download_module
-from tools.localswarm import random_file
+from tools.localswarm import LocalSwarm, Service, free_port, random_file, service_argv
 
 
 class _FakeSupervisor:
@@ -129,3 +132,26 @@ def test_a_cached_file_that_rotted_on_disk_is_fetched_again_not_refused_for_ever
     assert hashlib.sha256(cached.read_bytes()).digest() == hashlib.sha256(data.read_bytes()).digest()  # whole again
     peer.wait_for("cache: a file changed on disk since it was verified; fetching it again", timeout=5)
     assert "Traceback" not in peer.output
+
+
+def test_a_tracker_replica_started_while_redis_is_down_waits_for_it_and_serves(tmp_path, redis_server):
+    """3. A tracker replica the nemesis started again while the Redis primary was being replaced
+    (seed 5) could not reach the registry and exited (`cannot use the registry ...`): the swarm
+    ran on one replica for the rest of the run. A starting tracker now asks a registry that does
+    not answer again for up to 15 s (longer than a failover) before it gives up."""
+    data = random_file(tmp_path / "seed" / "late.bin", 1000)
+    redis_server.kill()
+    with LocalSwarm(tmp_path, heartbeat=1.0, registry=redis_server.url) as swarm:
+        port = free_port(socket.SOCK_DGRAM)
+        tracker = Service("tracker", service_argv(
+            "tracker", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--registry", redis_server.url,
+        ), swarm.env)
+        swarm.others.append(tracker)
+        time.sleep(3)  # Redis is away for 3 s of the tracker's start
+        assert tracker.proc.poll() is None, tracker.output
+        redis_server.start()
+        tracker.wait_for("tracker listening", timeout=15)
+        swarm.tracker_port = port
+        swarm.add_seeder([data])
+        assert len(swarm.lookup("late.bin").peers) == 1
+        assert "Traceback" not in tracker.output

@@ -50,6 +50,9 @@ from .store import Found, Limits, Stats, StoreUnavailable
 
 RANK = 1 << 26  # complete holders weigh this much more than partial ones in a name's ranking
 EXPIRE_BATCH = 64  # holders one expiry script forgets, so no script holds Redis for long
+# Seconds a tracker starting asks a registry that does not answer again: more than a Sentinel
+# failover takes with the shipped settings (5 s down-after, an election).
+START_WAIT = 15.0
 
 _COMMON = r"""
 local P = ARGV[1]
@@ -600,15 +603,24 @@ class RedisStore:
         return cls(redis.Redis(connection_pool=pool, retry=retry), limits, timeout, rng, prefix)
 
     @classmethod
-    async def connect(cls, url: str, limits: Limits, timeout: float = 0.5, **options) -> RedisStore:
-        """A store on the Redis at `url`, checked with a PING."""
+    async def connect(cls, url: str, limits: Limits, timeout: float = 0.5, wait: float = START_WAIT, **options) -> RedisStore:
+        """A store on the Redis at `url`, checked with a PING, asked again for up to `wait`
+        seconds while it does not answer (a Redis restarting, a Sentinel failover under way: a
+        replica started then would otherwise exit, and stay down where nothing restarts it)."""
         store = cls.from_url(url, limits, timeout, **options)
+        deadline = asyncio.get_running_loop().time() + wait
         try:
-            await store._call(store.client.ping())
+            while True:
+                try:
+                    await store._call(store.client.ping())
+                    return store
+                except StoreUnavailable:
+                    if asyncio.get_running_loop().time() + 0.5 > deadline:
+                        raise
+                await asyncio.sleep(0.5)
         except BaseException:
             await store.close()
             raise
-        return store
 
     async def _call(self, awaitable):
         """Commands bounded by the timeout; Redis errors mapped to StoreUnavailable."""
