@@ -406,8 +406,9 @@ class Mirror:
         except (TrackerUnavailable, TrackerRejected) as exc:
             log.warning("tracker did not answer a claim: fetching from the upstream", digest=digest, error=str(exc))
             return True
-        self.metrics.registry_elections.labels("won" if lease.mine else "waited").inc()
-        return lease.mine
+        if not lease.mine:
+            self.metrics.registry_elections.labels("waited").inc()
+        return lease.mine  # won: counted when the fetch starts (unless the swarm has it by then)
 
     async def _head_upstream(self, upstream: Upstream, repository: str, digest: str) -> web.StreamResponse:
         response = await self.client.request(upstream, "HEAD", repository, f"/v2/{repository}/blobs/{digest}")
@@ -483,9 +484,8 @@ class Mirror:
                 log.warning("a swarm file under a blob's name is not that blob: dropped", digest=digest, file_id=manifest.file_id)
                 self.cache.forget(manifest.raw_id)
                 raise DigestMismatch(f"the swarm's file for {digest} does not match it")
-        except BaseException:
-            self.checks.pop(manifest.raw_id, None)
-            raise
+        finally:
+            self.checks.pop(manifest.raw_id, None)  # checked (a whole file of that name is the blob now) or gone
 
     # -- from the upstream -----------------------------------------------------------------------
 
@@ -496,6 +496,8 @@ class Mirror:
         name = name or digest
         staged = self.cache.staging() / f"{name.split(':')[1]}.{os.getpid()}.{id(self)}"
         fetch = self.fetches[name] = Fetch(digest, name, staged, offset, length)
+        if leased:
+            self.metrics.registry_elections.labels("won").inc()
         fetch.task = asyncio.create_task(self._fetch(fetch, upstream, repository, leased))
         fetch.done.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # read: never "never retrieved"
         return fetch
