@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ NAMED_RUNS = ("heterogeneous_1000", "flash_crowd_1000", "churn_1000", "lying_pee
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| scenario | peers | time to all | × bound (bound) | p50 / p90 / p99 | origin sent | events | wall clock |",
+        "| scenario | peers | time to all | × bound (bound) | p50 / p90 / p99 | origin sent | events | wall clock (CPU) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -38,7 +40,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['title']} | {r['peers']:,} | {t_all}{fast} | {ratio} ({r['bound_s']:.1f} s) "
             f"| {r['p50_s']:.1f} / {r['p90_s']:.1f} / {r['p99_s']:.1f} s | {r['origin_amplification']:.2f} F "
-            f"| {r['events']:,} | {r['wall_s']:.0f} s |"
+            f"| {r['events']:,} | {r['wall_s']:.0f} s ({r.get('cpu_s', 0):.0f} s) |"
         )
     return "\n".join(lines)
 
@@ -87,15 +89,19 @@ def main(argv: list[str]) -> int:
     scenarios += [NAMED[name]() for name in args.named.split(",") if name]
     rows = []
     started = time.time()
-    for scenario in scenarios:
+    for scenario in sorted(scenarios, key=lambda s: len(s.leechers)):  # the largest last; the file grows run by run
+        cpu = time.process_time()
         summary, result = run_scenario(scenario, seed=args.seed)
+        summary["cpu_s"] = round(time.process_time() - cpu, 1)
+        summary["max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # so far, this process
         rows.append({**summary, "completion_s": [round(t, 3) for t in sorted(result.completion.values())]})
         print(f"{scenario.name}: {summary['t_all_s']} s, {summary['ratio_to_bound']}x the bound, origin "
-              f"{summary['origin_amplification']} F, {summary['events']:,} events in {summary['wall_s']} s", file=sys.stderr)
-    args.out.write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "python": platform.python_version(), "seed": args.seed, "runs": rows,
-    }) + "\n")
+              f"{summary['origin_amplification']} F, {summary['events']:,} events in {summary['wall_s']} s "
+              f"({summary['cpu_s']} s of CPU)", file=sys.stderr, flush=True)
+        args.out.write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "machine": f"{os.cpu_count()} cores",
+            "python": platform.python_version(), "seed": args.seed, "runs": rows,
+        }) + "\n")
     try:
         chart(rows, args.chart)
     except ImportError:
