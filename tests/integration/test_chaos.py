@@ -84,9 +84,10 @@ def test_the_checker_finds_each_property_broken(tmp_path):
     (tmp_path / "history.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     (tmp_path / "logs" / "p1.log").write_text('{"event": "peer listening", "level": "info"}\nTraceback (most recent call last):\n'
                                               '{"event": "something nobody wrote down", "level": "error"}\n')
-    # the registry unavailable 100 s into the run, with no Redis fault at all
-    (tmp_path / "logs" / "t1.log").write_text('{"event": "registry store unavailable", "level": "warning", '
-                                              '"timestamp": "1970-01-01T00:18:20Z"}\n')
+    # the registry unavailable 100 s into the run, and a sweep later, with no Redis fault at all
+    (tmp_path / "logs" / "t1.log").write_text(''.join(
+        f'{{"event": "registry store unavailable", "level": "warning", "timestamp": "1970-01-01T00:18:{s}Z"}}\n' for s in (20, 22)
+    ))
     ok, lines = check(tmp_path)
     assert not ok and lines[-1] == "VERDICT: FAIL (0 of 6 properties held)"
     verdicts = {line.split(":")[0]: line for line in lines}
@@ -96,7 +97,7 @@ def test_the_checker_finds_each_property_broken(tmp_path):
     assert "p1 (pid 5) RSS" in verdicts["FAIL resources"] and "descriptors" in verdicts["FAIL resources"]
     assert "p1.log:2: a traceback" in verdicts["FAIL logs"] and "undocumented error line" in verdicts["FAIL logs"]
     assert "t1 exited unasked (code 1) at 50.0 s" in verdicts["FAIL logs"]
-    assert "unexplained: t1 at 100.0 s" in verdicts["FAIL registry"]
+    assert "not resumed: t1 at 100.0 s" in verdicts["FAIL registry"]
     assert "5.00x the 2 MiB the workload needed from it" in verdicts["FAIL egress"]  # two downloads, no other holder
 
 
