@@ -72,10 +72,10 @@ class Download:
 def plan(seed: int, minutes: float, warmup: float, quiet: float, catalogue: dict[str, dict], hosts: list[str]) -> list[Download]:
     """Downloads from `warmup` to `minutes * 60 - quiet`: about one every 1.5 s, at random hosts and
     moments; a third of them bursts of 2 to 4 hosts asking for one file at once. Small files
-    are asked for more often than large ones (by the inverse fourth root of their size)."""
+    are asked for more often than large ones (by the inverse square root of their size)."""
     rng = random.Random(f"workload-{seed}")
     names = sorted(catalogue)
-    weights = [catalogue[n]["size"] ** -0.25 for n in names]
+    weights = [catalogue[n]["size"] ** -0.5 for n in names]
     downloads, at, end = [], warmup, minutes * 60 - quiet
     while True:
         at += rng.expovariate(1 / 1.5)
