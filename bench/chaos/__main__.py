@@ -10,9 +10,11 @@ Exit 0 only when every property held; the verdict is the last line printed.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.net.testbed import NamespaceError, PREFIX, clean, leftovers, unavailable_reason
@@ -21,6 +23,8 @@ from .checker import check
 from .hosts import unmount_leftovers
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "chaos"
+README = Path(__file__).resolve().parents[2] / "README.md"
+START, END = "<!-- chaos:start -->", "<!-- chaos:end -->"
 
 
 def _terminate(*_):
@@ -78,8 +82,23 @@ def _judge(folder: Path) -> int:
     except ImportError:
         lines.insert(-1, "timeline: not drawn (matplotlib is missing: pip install matplotlib)")
     verdict.write_text("\n".join(lines) + "\n")
+    if folder.resolve() == RESULTS.resolve():
+        _update_readme(folder, lines)
     print("\n".join(lines))
     return 0 if ok else 1
+
+
+def _update_readme(folder: Path, lines: list[str]) -> None:
+    """The README's last long run: the command, every verdict line, the timeline."""
+    run = json.loads((folder / "history.jsonl").read_text().splitlines()[0])
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run["wall_start"]))
+    shown = [line for line in lines if not line.startswith("timeline:")]
+    block = (f"The last long run ({when}, on this 2-core machine shared with other work): "
+             f"`make chaos CHAOS_MINUTES={run['minutes']:g} CHAOS_SEED={run['seed']}`\n\n```\n" + "\n".join(shown)
+             + "\n```\n\n![the run: faults per host, downloads, failed attempts](bench/results/chaos/timeline.png)\n")
+    readme = README.read_text()
+    start, end = readme.index(START) + len(START), readme.index(END)
+    README.write_text(readme[:start] + "\n" + block + readme[end:])
 
 if __name__ == "__main__":
     sys.exit(main())
