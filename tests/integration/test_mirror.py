@@ -278,10 +278,14 @@ def test_basic_auth_at_the_upstream_with_credentials_from_a_docker_config(tmp_pa
         registry.stop()
 
 
-def test_large_blobs_come_in_parts_each_sent_once_by_the_upstream_to_peers_asking_at_once(tmp_path, swarm, upstream):
+@pytest.mark.parametrize("parts", [
+    ("--registry-part-size", "512KiB"),  # a part is one chunk: one connection to the upstream
+    ("--registry-part-size", "1MiB", "--chunk-size", "131072"),  # 8 chunks: four ranges at once
+], ids=["one-stream", "four-streams"])
+def test_large_blobs_come_in_parts_each_sent_once_by_the_upstream_to_peers_asking_at_once(tmp_path, swarm, upstream, parts):
     image = build_image(random.Random(11), "team/large", "v1", [3_000_000, 2_500_000])
     upstream.push(image)
-    peers = [mirror_peer(swarm, tmp_path, f"peer-{n}", upstream, "--registry-part-size", "512KiB") for n in range(4)]
+    peers = [mirror_peer(swarm, tmp_path, f"peer-{n}", upstream, *parts) for n in range(4)]
     layers = image.layers()
     results: dict[tuple[int, str], bytes] = {}
     start = threading.Barrier(len(peers) * len(layers))

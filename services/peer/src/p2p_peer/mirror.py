@@ -47,6 +47,7 @@ from p2p_shared.errors import (
     TrackerUnavailable,
     Unsatisfiable,
 )
+from p2p_shared.hashing import digest_chunks
 from p2p_shared.manifest import Manifest
 from p2p_shared.net.cache import HostCache
 from p2p_shared.net.download import Download
@@ -72,6 +73,7 @@ MANIFEST_MEMORY = 64 << 20  # bytes of manifests kept by digest
 MAX_SIZES = 100_000  # blob sizes kept from manifests
 MAX_PARTED = 1024  # large blobs whose parts this host follows
 WINDOW = 2  # parts of one blob fetched from the upstream at once, across the swarm
+PART_STREAMS = 4  # connections to the upstream for one part (ranges of it at once)
 UPSTREAM_PARTS = 1  # parts one peer fetches from the upstream at once: the others' downlinks carry the rest
 LOOKAHEAD = 8  # parts looked up in the swarm ahead of the first one nobody holds yet
 MAX_TAGS = 10_000  # tags whose last answer is kept
@@ -543,6 +545,8 @@ class Mirror:
     async def _fetch_into_cache(self, fetch: Fetch, upstream: Upstream, repository: str) -> SeededFile:
         chunk_size = self.settings.chunk_size
         part = fetch.length is not None
+        if part and fetch.length >= PART_STREAMS * chunk_size:
+            return await self._fetch_part_in_streams(fetch, upstream, repository)
         headers = {"Range": f"bytes={fetch.offset}-{fetch.offset + fetch.length - 1}"} if part else None
         response = await self.client.request(upstream, "GET", repository, f"/v2/{repository}/blobs/{fetch.digest}", headers)
         async with response:
@@ -578,6 +582,57 @@ class Mirror:
         manifest = Manifest(name=fetch.name, size=fetch.written, chunk_size=chunk_size, digests=hasher.chunk_digests())
         if not part:
             self.metrics.registry_blobs.labels("upstream").inc()
+        return self.cache.adopt(fetch.path, manifest)
+
+    async def _fetch_part_in_streams(self, fetch: Fetch, upstream: Upstream, repository: str) -> SeededFile:
+        """A part from the upstream over PART_STREAMS connections at once, each a range of whole
+        chunks written where it goes. At a peer whose downlink the swarm's flows share, flows
+        share fairly: several flows from the upstream take the upstream's share, which is what
+        the whole swarm waits for. Readers follow the stretch written from the start."""
+        assert fetch.length is not None
+        chunk_size, size = self.settings.chunk_size, fetch.length
+        per = -(-size // PART_STREAMS // chunk_size) * chunk_size
+        ranges = [(low, min(size, low + per)) for low in range(0, size, per)]
+        done = [low for low, _ in ranges]  # where each stream writes next
+        self.cache.make_room(size, fetch.name)
+        fd = os.open(fetch.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            fetch.size = size
+            fetch.grew()
+
+            async def stream(i: int, low: int, high: int) -> None:
+                first, last = fetch.offset + low, fetch.offset + high - 1
+                response = await self.client.request(
+                    upstream, "GET", repository, f"/v2/{repository}/blobs/{fetch.digest}", {"Range": f"bytes={first}-{last}"}
+                )
+                async with response:
+                    if response.status != 206:
+                        _check_status(response.status, upstream, "blob", fetch.digest)
+                        raise UpstreamError(502, "UNAVAILABLE", f"upstream {upstream.name} answered a range of {fetch.digest} whole")
+                    if response.content_length != high - low:
+                        raise UpstreamError(502, "UNAVAILABLE", f"upstream {upstream.name} sent a range of {response.content_length} bytes for {high - low}")
+                    async for block in response.content.iter_chunked(READ_BLOCK):
+                        if done[i] + len(block) > high:
+                            raise UpstreamError(502, "UNAVAILABLE", f"upstream {upstream.name} sent more than the range asked")
+                        await asyncio.to_thread(os.pwrite, fd, block, done[i])
+                        done[i] += len(block)
+                        fetch.written = _written_from_start(ranges, done)
+                        fetch.grew()
+                if done[i] != high:
+                    raise UpstreamError(502, "BLOB_UNKNOWN", f"upstream {upstream.name} sent {done[i] - low} bytes of a range of {high - low}")
+
+            tasks = [asyncio.create_task(stream(i, low, high)) for i, (low, high) in enumerate(ranges)]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+            await asyncio.to_thread(os.fsync, fd)
+            digests = await asyncio.to_thread(digest_chunks, fd, size, chunk_size, range(-(-size // chunk_size)))
+        finally:
+            os.close(fd)
+        self.metrics.registry_bytes.labels("upstream").inc(size)
+        manifest = Manifest(name=fetch.name, size=size, chunk_size=chunk_size, digests=b"".join(digests))
         return self.cache.adopt(fetch.path, manifest)
 
     async def _from_fetch(self, request: web.Request, fetch: Fetch, started: float) -> web.StreamResponse:
@@ -760,7 +815,7 @@ class Mirror:
                     waits = [p.result().fetch.done for p in blob.parts if p.done() and p.result().fetch is not None
                              and not p.result().fetch.done.done()]
                     if waits:  # our own fetches: the window moves when one ends
-                        await asyncio.wait([asyncio.shield(w) for w in waits], timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(waits, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)  # wait cancels nothing
                     else:
                         await asyncio.sleep(POLL)
         except BaseException as exc:
@@ -923,6 +978,14 @@ def _manifest_response(request: web.Request, digest: str, media_type: str, body:
         "Docker-Distribution-API-Version": "registry/2.0",
     }
     return web.Response(status=200, body=body, headers=headers)  # aiohttp leaves a HEAD's body out
+
+
+def _written_from_start(ranges: list[tuple[int, int]], done: list[int]) -> int:
+    """The bytes written without a gap from the start, ranges being written in parallel."""
+    for (low, high), at in zip(ranges, done):
+        if at < high:
+            return at
+    return ranges[-1][1] if ranges else 0
 
 
 def _hash_into(hasher, path: Path) -> None:
