@@ -72,7 +72,7 @@ def table(rows: list[dict]) -> str:
             continue
         lines.append(
             f"| {r['title']} | {r['bound_s']:.1f} s | {r['measured_s']:.1f} s ({r['system']}) | {r['simulated_s']:.1f} s "
-            f"| {100 * r['time_error']:+.0f}% | {r['measured_egress_f']:.2f} / {r['simulated_egress_f']:.2f} F "
+            f"| {round(100 * r['time_error']) or 0:+d}% | {r['measured_egress_f']:.2f} / {r['simulated_egress_f']:.2f} F "
             f"| {'yes' if r['within'] else '**no**'} |"
         )
     return "\n".join(lines)
