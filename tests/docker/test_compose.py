@@ -195,6 +195,9 @@ def test_every_dashboard_query_returns_data(swarm, leecher_job):
         file_id = response.headers["ETag"].strip('"')
     with urllib.request.urlopen(urllib.request.Request(f"{gateway}/{file_id}", method="DELETE"), timeout=30) as response:
         assert response.status == 204
+    # The registry mirror's panel: its base answers (no upstream is configured, none is needed).
+    with urllib.request.urlopen(gateway.replace("/files", "/v2/"), timeout=30) as response:
+        assert response.status == 200
     assert eventually(lambda: swarm.seeders_listed() == 5, timeout=30)
     # As Grafana sends them: $instance is "All" (.*), $__rate_interval 4 x the 5 s scrape interval.
     exprs = queries_as_grafana_sends(scrape_interval=5)
