@@ -262,7 +262,8 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
                 found["tcp_nohash"] = baselines_cpu(data, work, False)
                 if lt is not None:
                     clean(out)
-                    found["libtorrent"] = lt.fetch(out)
+                    if (fetched := lt.fetch(out)) is not None:
+                        found["libtorrent"] = fetched
                 for mode, swarm, extra in (("plain", plain, []), ("tls", tls, leecher_tls))[:: 1 if n % 2 == 0 else -1]:
                     pids = {"seeders": [s.proc.pid for s in swarm.seeders], "tracker": [swarm.tracker.proc.pid]}
                     before = {role: [proc_times(p) for p in ps] for role, ps in pids.items()}
@@ -287,13 +288,16 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
     result["hashlib_cpu_per_gib"] = result["hashlib_seconds"] * per_gib
     result["leecher_startup_cpu_seconds"] = statistics.median(startup_cpu() for _ in range(3))
     for base in ("tcp_hash", "tcp_nohash", "libtorrent"):
-        if base in rounds[0]:
+        runs = [r[base] for r in rounds if base in r]  # (a libtorrent round that did not finish has none)
+        if runs:
             result[base] = {
-                "seconds": med(lambda r: r[base]["seconds"]),
-                "cpu_per_gib": {k: med(lambda r: r[base][k]) * per_gib for k in ("utime", "stime")},
+                "seconds": statistics.median(r["seconds"] for r in runs),
+                "cpu_per_gib": {k: statistics.median(r[k] for r in runs) * per_gib for k in ("utime", "stime")},
+                "rounds": len(runs),
             }
-            if "sender" in rounds[0][base]:
-                result[base]["sender_cpu_per_gib"] = {k: med(lambda r: r[base]["sender"][k]) * per_gib for k in ("utime", "stime")}
+            if "sender" in runs[0]:
+                result[base]["sender_cpu_per_gib"] = {
+                    k: statistics.median(r["sender"][k] for r in runs) * per_gib for k in ("utime", "stime")}
     for mode in ("plain", "tls"):
         result[mode] = {"seconds": med(lambda r: r[mode]["seconds"])}
         for role in ROLES:
