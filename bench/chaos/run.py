@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def sample(proc) -> dict | None:
 def soak(out: Path, minutes: float, seed: int, large_mib: int, log=print) -> Path:
     """Run one soak into `out` (created); the history's path."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
+    shutil.rmtree(out / "logs", ignore_errors=True)  # each process appends to its log: this run's only
+    (out / "logs").mkdir()
     history = History(out / "history.jsonl")
     with Testbed() as bed:
         catalogue = make_catalogue(bed.workdir / "catalogue", large_mib)

@@ -9,6 +9,8 @@
 2. A cached file that rotted on disk was refused (409) through its host's gateway for ever; it
    is now fetched again.
 3. A tracker replica started while Redis failed over exited; it now waits for the registry.
+4. A peer server stopped with a connection open logged an InvalidStateError traceback.
+5. A gateway client that hung up mid-file made aiohttp log a traceback.
 """
 
 from __future__ import annotations
@@ -155,3 +157,31 @@ def test_a_tracker_replica_started_while_redis_is_down_waits_for_it_and_serves(t
         swarm.add_seeder([data])
         assert len(swarm.lookup("late.bin").peers) == 1
         assert "Traceback" not in tracker.output
+
+
+def test_a_seeder_stopped_with_a_connection_open_exits_without_a_traceback(tmp_path, swarm):
+    """4. A peer server stopped (SIGTERM) while a connection was open logged "Unhandled exception
+    in client_connected_cb" with an InvalidStateError traceback: the connection's `served` future
+    was cancelled with the server, then set (the soak restarting a peer under another clock)."""
+    data = random_file(tmp_path / "seed" / "open.bin", 1000)
+    seeder = swarm.add_seeder([data])
+    with socket.create_connection(("127.0.0.1", seeder.port)) as idle:  # says nothing: its read waits
+        time.sleep(0.5)
+        assert seeder.stop() == 0
+        del idle
+    assert "Traceback" not in seeder.output and "InvalidStateError" not in seeder.output, seeder.output
+
+
+def test_a_gateway_client_that_hangs_up_mid_file_is_one_line_not_a_traceback(tmp_path, swarm):
+    """5. A client that hung up while the gateway streamed a file still downloading (curl killed,
+    a timeout) made aiohttp log "Error handling request" with a traceback at an error level. The
+    gateway now says it in one line; the file still completes into the cache."""
+    data = random_file(tmp_path / "seed" / "gone.bin", 4 << 20)
+    swarm.add_seeder([data], "--max-upload-rate", "1000000")  # 4 s for the file: the client leaves first
+    peer = swarm.add_peer(tmp_path / "cache")
+    with socket.create_connection(("127.0.0.1", peer.http_port)) as client:
+        client.sendall(b"GET /files/gone.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.recv(65536).startswith(b"HTTP/1.1 200")
+    peer.wait_for("cached", timeout=30)
+    peer.wait_for("gateway: the client went away", timeout=5)
+    assert "Traceback" not in peer.output and "Error handling request" not in peer.output, peer.output

@@ -245,6 +245,9 @@ class Gateway:
                 response = await handler(request)
             except web.HTTPException as exc:  # aiohttp's own (404 of an unknown path, 405): as JSON too
                 response = problem(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+            except (ConnectionResetError, BrokenPipeError):  # the client hung up mid-answer (the download goes on)
+                log.info("gateway: the client went away", route=route, client=request.remote)
+                response = web.Response(status=499)  # nginx's "client closed request"; aiohttp writes nothing
         self.metrics.http_requests.labels(route, str(response.status)).inc()
         return response
 

@@ -279,8 +279,11 @@ class PeerServer:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 await self.handle(reader, writer, label)
+            except asyncio.CancelledError:
+                pass  # the server stops: this task is the stream's top (3.11's streams log it as an error)
             finally:
-                served.set_result(None)
+                if not served.done():  # cancelled with the server, as it stops
+                    served.set_result(None)
 
         try:
             if tls is not None:  # TLS off the loop, in a thread of the connection's own
