@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Proc:
     popen: subprocess.Popen | None = None
     starts: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, pid)
     held: bool = False  # down on purpose (killed, stopped); otherwise an exit is unexpected
+    argv_for: Callable[[], list[str]] | None = None  # the command line decided afresh at each start
 
     def exited(self) -> int | None:
         """Its exit code, if it ended when nothing asked it to."""
@@ -61,6 +63,8 @@ class Proc:
 
     def start(self, wrapper: list[str] | None = None) -> None:
         self.held = False
+        if self.argv_for is not None:
+            self.argv = self.argv_for()
         self.wrapper = wrapper or []
         with open(self.log, "a") as out:
             offset = out.tell()
@@ -213,12 +217,10 @@ class ChaosSwarm:
             self.hosts[name] = self.bed.add_host(name, PEER_LINK)
         work = self.bed.workdir
         primary = self.hosts["r1"].ip
-        for i, name in enumerate(self.redis_hosts):
-            argv = ["redis-server", "--port", str(REDIS_PORT), "--bind", self.hosts[name].ip, "--save", "",
-                    "--appendonly", "no", "--protected-mode", "no", "--dir", str(work)]
-            if i:
-                argv += ["--replicaof", primary, str(REDIS_PORT)]
-            self._proc(f"redis-{name}", name, argv, "Ready to accept connections").start()
+        for name in self.redis_hosts:
+            proc = self._proc(f"redis-{name}", name, [], "Ready to accept connections")
+            proc.argv_for = lambda name=name: self.redis_argv(name)
+            proc.start()
         for proc in [self.procs[f"redis-{h}"] for h in self.redis_hosts]:
             proc.wait_ready()
         for name in self.sentinel_hosts:
@@ -251,6 +253,36 @@ class ChaosSwarm:
             ], "registered with tracker").start()
         for name in [*self.seeders, *self.peers]:
             self.procs[name].wait_ready(120)
+
+    def primary(self) -> str | None:
+        """The Redis host the sentinels name as the primary now; None when none answers."""
+        for host in self.sentinel_hosts:
+            proc = self.procs.get(f"sentinel-{host}")
+            if proc is None or proc.pid is None:
+                continue
+            try:
+                answer = subprocess.run(
+                    ["ip", "netns", "exec", proc.host.ns, "redis-cli", "-h", proc.host.ip, "-p", str(SENTINEL_PORT),
+                     "sentinel", "get-master-addr-by-name", MASTER_NAME], capture_output=True, text=True, timeout=3,
+                ).stdout.split()
+            except subprocess.TimeoutExpired:  # a frozen host: ask the next
+                continue
+            for name in self.redis_hosts:
+                if answer and answer[0] == self.hosts[name].ip:
+                    return name
+        return None
+
+    def redis_argv(self, name: str) -> list[str]:
+        """A Redis server's command line as the deploy files start it: a replica of the primary
+        the sentinels name, the primary if they name this one; on the first start (no sentinel
+        yet) r1 is the primary. A server started with the replica's command line of the first
+        start, after it had been promoted, would replicate the replica it left behind: no primary."""
+        argv = ["redis-server", "--port", str(REDIS_PORT), "--bind", self.hosts[name].ip, "--save", "",
+                "--appendonly", "no", "--protected-mode", "no", "--dir", str(self.bed.workdir)]
+        primary = self.primary() or self.redis_hosts[0]
+        if primary != name:
+            argv += ["--replicaof", self.hosts[primary].ip, str(REDIS_PORT)]
+        return argv
 
     def close(self) -> None:
         for proc in reversed(list(self.procs.values())):

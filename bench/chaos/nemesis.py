@@ -26,13 +26,12 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.net.testbed import _tbf, sh
 
-from .hosts import ChaosSwarm, PEER_LINK, REDIS_PORT, SENTINEL_PORT, SERVICE_LINK
+from .hosts import ChaosSwarm, PEER_LINK, SERVICE_LINK
 
 KINDS = ("kill", "stop", "partition", "partition_some", "slow", "redis_failover", "redis_empty", "redis_stall",
          "disk_full", "bitrot", "clock")
@@ -105,18 +104,7 @@ class Nemesis:
 
     def primary(self) -> str:
         """The Redis host the sentinels name as the primary now (r1 if none answers)."""
-        for host in self.swarm.sentinel_hosts:
-            proc = self.swarm.procs[f"sentinel-{host}"]
-            if proc.pid is None:
-                continue
-            answer = subprocess.run(
-                ["ip", "netns", "exec", proc.host.ns, "redis-cli", "-h", proc.host.ip, "-p", str(SENTINEL_PORT),
-                 "sentinel", "get-master-addr-by-name", "p2p"], capture_output=True, text=True, timeout=5,
-            ).stdout.split()
-            for name in self.swarm.redis_hosts:
-                if answer and answer[0] == self.swarm.hosts[name].ip:
-                    return name
-        return self.swarm.redis_hosts[0]
+        return self.swarm.primary() or self.swarm.redis_hosts[0]
 
     # --- applying -------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ services, and the Dockerfile keeps each role's code out of the other roles' imag
 (tests/docker/test_image_layers.py measures that on real builds)."""
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -147,13 +148,45 @@ def test_the_registry_is_a_primary_a_replica_and_three_sentinels_the_trackers_as
     sentinel_service, port, master = SENTINEL_URL.fullmatch(url).groups()
     sentinel, replica = services[sentinel_service], services["redis-replica"]
     assert sentinel["deploy"]["replicas"] == 3  # quorum 2 of 3: one sentinel may be lost
-    assert replica["command"][-3:] == ["--replicaof", "redis", "6379"]
-    assert replica["command"][:-3] == services["redis"]["command"]  # memory only, like the primary
+    # Both servers start alike (redis_start below); the replica's first primary is `redis`.
+    assert replica["command"] == services["redis"]["command"] and replica["entrypoint"] == ["sh", "-c"]
+    assert replica["environment"]["FIRST_PRIMARY"] == "redis" and "FIRST_PRIMARY" not in services["redis"].get("environment", {})
     assert sentinel["image"] == replica["image"] == services["redis"]["image"]
     script = sentinel["command"][0]
     assert f"'port {port}'" in script and f"'sentinel monitor {master} redis 6379 2'" in script
     assert "'sentinel resolve-hostnames yes'" in script  # it names the primary by its service name
     assert script.rstrip().endswith("exec redis-server /tmp/sentinel.conf --sentinel")
+
+
+def redis_start(tmp_path: Path, file: str, service: str, my_ip: str, sentinel_says: str) -> list[str]:
+    """A Redis service's start script, run here with `hostname`, `redis-cli` and `redis-server`
+    stand-ins: the arguments redis-server would get."""
+    definition = yaml.safe_load((REPO / file).read_text())["services"][service]
+    script = definition["command"][0].replace("$$", "$")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in (("hostname", f"echo {my_ip}"), ("redis-cli", f"printf '{sentinel_says}'"),
+                       ("redis-server", 'for a in "$@"; do echo "[$a]"; done')):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    variables = {k: str(v) for k, v in definition.get("environment", {}).items()}
+    ran = subprocess.run(["sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin", **variables},
+                         capture_output=True, text=True, timeout=10)
+    assert ran.returncode == 0, ran.stderr
+    return [line[1:-1] for line in ran.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("file", ["docker-compose.yml", "docker-stack.yml"])
+def test_a_redis_server_replicates_the_primary_the_sentinels_name_whatever_it_started_as(tmp_path, file):
+    # The first start: no sentinel answers; `redis` is the primary, `redis-replica` its replica.
+    first = redis_start(tmp_path, file, "redis", "10.0.0.2", "")
+    assert "--replicaof" not in first and first[first.index("--dir") + 1] == "/tmp"  # a replica loads its copy there
+    assert redis_start(tmp_path, file, "redis-replica", "10.0.0.3", "")[-3:] == ["--replicaof", "redis", "6379"]
+    # After a failover to redis-replica (10.0.0.3), it restarts as the primary, not as a replica of
+    # the replica it left behind (found by the chaos soak: no primary, every failover aborted)...
+    assert "--replicaof" not in redis_start(tmp_path, file, "redis-replica", "10.0.0.3", "10.0.0.3\\n6379\\n")
+    # ...and `redis` comes back as its replica, not as a second primary.
+    assert redis_start(tmp_path, file, "redis", "10.0.0.2", "10.0.0.3\\n6379\\n")[-3:] == ["--replicaof", "10.0.0.3", "6379"]
 
 
 def stage_env(role: str) -> dict[str, str]:
