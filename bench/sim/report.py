@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .scenarios import bound
 from .simulation import Result
 
@@ -28,6 +30,7 @@ def summarize(result: Result) -> dict:
         "complete": len(times),
         "failed": len(result.failed),
         "left": result.left,
+        "failed_why": _reasons(result.failed),
         "t_all_s": _r(t_all),
         "p50_s": _r(quantile(times, 0.5)),
         "p90_s": _r(quantile(times, 0.9)),
@@ -56,6 +59,15 @@ def summarize(result: Result) -> dict:
         slow_done = [result.done_at[offset + i] for i in slow if offset + i in result.done_at]
         summary["slow_t_all_s"] = _r(max(slow_done) if len(slow_done) == len(slow) else None)
     return summary
+
+
+def _reasons(failed: dict[int, str]) -> dict[str, int]:
+    """How many hosts failed for each reason (the supervisor's words, numbers taken out)."""
+    counts: dict[str, int] = {}
+    for why in failed.values():
+        key = re.sub(r"[0-9]+(\.[0-9]+)?", "N", why)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _r(value: float | None, digits: int = 2) -> float | None:
