@@ -35,7 +35,7 @@ def table(rows: list[dict]) -> str:
         fast = ""
         if r.get("fast_ratio_to_bound") is not None:
             fast = f"; fast peers {r['fast_t_all_s']:.1f} s, {r['fast_ratio_to_bound']:.2f}x their bound ({r['fast_bound_s']:.1f} s)"
-        t_all = "–" if r["t_all_s"] is None else f"{r['t_all_s']:.1f} s"
+        t_all = f"{r['t_all_s']:.1f} s" if r["t_all_s"] is not None else f"{r['failed']} gave up; the others by {r['max_s']:.0f} s"
         ratio = "–" if r["ratio_to_bound"] is None else f"{r['ratio_to_bound']:.2f}x"
         lines.append(
             f"| {r['title']} | {r['peers']:,} | {t_all}{fast} | {ratio} ({r['bound_s']:.1f} s) "
@@ -63,7 +63,11 @@ def chart(rows: list[dict], path: Path) -> None:
     cdf.legend(fontsize=7)
     series = sorted((r for r in rows if r["scenario"].startswith("1_to_")), key=lambda r: r["peers"])
     ns = [r["peers"] for r in series]
-    scale.plot(ns, [r["t_all_s"] for r in series], "o-", label="simulated: time until every peer holds the file")
+    scale.plot(ns, [r["t_all_s"] or r["max_s"] for r in series], "o-", label="simulated: time until every peer holds the file")
+    for r in series:
+        if r["failed"]:
+            scale.annotate(f"{r['failed']} of {r['peers']:,} gave up;\nthe last of the others", (r["peers"], r["max_s"]),
+                           textcoords="offset points", xytext=(-150, -10), fontsize=7)
     scale.plot(ns, [r["bound_s"] for r in series], "k--", label="Kumar–Ross bound")
     scale.plot(ns, [r["no_sharing_s"] for r in series], ":", color="grey", label="bound if peers do not upload")
     scale.set_xscale("log")
@@ -84,7 +88,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--chart", type=Path, default=CHART)
+    p.add_argument("--redraw", action="store_true", help="only the chart and the table, from --out as it is")
     args = p.parse_args(argv)
+    if args.redraw:
+        rows = json.loads(args.out.read_text())["runs"]
+        chart(rows, args.chart)
+        print(table(rows))
+        return 0
     scenarios = [one_to_many(int(n), mbit=100) for n in args.sizes.split(",") if n]
     scenarios += [NAMED[name]() for name in args.named.split(",") if name]
     rows = []
