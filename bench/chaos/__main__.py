@@ -13,11 +13,10 @@ import argparse
 import json
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.net.testbed import NamespaceError, PREFIX, clean, leftovers, unavailable_reason
+from bench.net.testbed import NamespaceError, clean, leftovers, unavailable_reason
 
 from .checker import check
 from .hosts import unmount_leftovers
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.command == "clean":
-        mounts = unmount_leftovers(Path(tempfile.gettempdir()) / PREFIX.rstrip("-"))
+        mounts = unmount_leftovers()
         gone = clean()
         print(f"removed {len(gone)} leftover namespaces and {len(mounts)} mounts")
         return 0

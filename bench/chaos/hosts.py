@@ -13,12 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.net.testbed import Host, Link, Testbed, sh
+from bench.net.testbed import PREFIX, Host, Link, Testbed, _owner_alive, sh
 from tools.localswarm import MASTER_NAME, sentinel_config
 
 TRACKER_PORT, SEEDER_PORT, PEER_PORT, GATEWAY_PORT = 6969, 7000, 7001, 7080
@@ -45,9 +46,7 @@ class Proc:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     ready: str | None = None  # text its log shows once it is up
-    wrapper: list[str] = field(default_factory=list)  # e.g. faketime, for one start
     popen: subprocess.Popen | None = None
-    starts: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, pid)
     held: bool = False  # down on purpose (killed, stopped); otherwise an exit is unexpected
     argv_for: Callable[[], list[str]] | None = None  # the command line decided afresh at each start
 
@@ -61,21 +60,20 @@ class Proc:
     def pid(self) -> int | None:
         return self.popen.pid if self.popen and self.popen.poll() is None else None
 
-    def start(self, wrapper: list[str] | None = None) -> None:
+    def start(self) -> None:
         self.held = False
         if self.argv_for is not None:
             self.argv = self.argv_for()
-        self.wrapper = wrapper or []
         with open(self.log, "a") as out:
             offset = out.tell()
-            out.write(f"# chaos: start {time.time():.3f}{' under ' + ' '.join(self.wrapper) if self.wrapper else ''}\n")
+            faked = f" FAKETIME={self.env['FAKETIME']}" if "FAKETIME" in self.env else ""
+            out.write(f"# chaos: start {time.time():.3f}{faked}\n")
             out.flush()
             self.popen = subprocess.Popen(
-                ["ip", "netns", "exec", self.host.ns, *self.wrapper, *self.argv],
+                ["ip", "netns", "exec", self.host.ns, *self.argv],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "P2P_LOG_FORMAT": "json", **self.env}, start_new_session=True,
             )
-        self.starts.append((time.monotonic(), self.popen.pid))
         self._offset = offset
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -167,14 +165,16 @@ class Disk:
         self.image.unlink(missing_ok=True)
 
 
-def unmount_leftovers(root: Path) -> list[str]:
-    """Unmount the loop filesystems an interrupted soak left under `root` (clean-up)."""
+def unmount_leftovers() -> list[str]:
+    """Unmount the loop filesystems of soaks no longer alive (`python -m bench.chaos clean`)."""
     gone = []
+    root = Path(tempfile.gettempdir())
     for line in Path("/proc/mounts").read_text().splitlines():
-        target = line.split()[1]
-        if target.startswith(str(root)):
-            sh("umount", "-l", target, check=False)
-            gone.append(target)
+        target = Path(line.split()[1])
+        if target.parent.parent == root and target.parent.name.startswith(PREFIX):
+            if not _owner_alive(target.parent.name.removeprefix(PREFIX).split("-")[0]):
+                sh("umount", "-l", str(target), check=False)
+                gone.append(str(target))
     return gone
 
 

@@ -89,12 +89,10 @@ def schedule(seed: int, minutes: float, warmup: float, quiet: float) -> list[Fau
 class Nemesis:
     """Applies and undoes faults on a ChaosSwarm; knows which targets are busy."""
 
-    def __init__(self, swarm: ChaosSwarm, rng: random.Random) -> None:
+    def __init__(self, swarm: ChaosSwarm) -> None:
         self.swarm = swarm
-        self.rng = rng
         self.busy: set[str] = set()
         self.redis_busy = False
-        self.stopped_redis: str | None = None
 
     # --- choosing -------------------------------------------------------------------------------
 

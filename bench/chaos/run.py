@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -93,7 +92,7 @@ def soak(out: Path, minutes: float, seed: int, large_mib: int, log=print) -> Pat
                            "cache_bytes": cache_bytes, "registry": swarm.registry_url,
                            "processes": sorted(swarm.procs)})
             log(f"chaos: running: {len(faults)} faults, {len(downloads)} downloads")
-            _drive(swarm, history, faults, downloads, catalogue, bed.workdir / "downloads", t0, minutes, seed, log)
+            _drive(swarm, history, faults, downloads, catalogue, bed.workdir / "downloads", t0, minutes, log)
             history.write({"type": "egress", "seeders_tx": {h: bed.tx_bytes(swarm.hosts[h]) - b for h, b in seeders_tx.items()},
                            "peers_rx": {h: bed.rx_bytes(swarm.hosts[h]) - b for h, b in peers_rx.items()}})
         finally:
@@ -103,15 +102,14 @@ def soak(out: Path, minutes: float, seed: int, large_mib: int, log=print) -> Pat
     return out / "history.jsonl"
 
 
-def _drive(swarm, history, faults: list[Fault], downloads: list[Download], catalogue, folder, t0, minutes, seed, log) -> None:
-    nemesis = Nemesis(swarm, random.Random(f"targets-{seed}"))
+def _drive(swarm, history, faults: list[Fault], downloads: list[Download], catalogue, folder, t0, minutes, log) -> None:
+    nemesis = Nemesis(swarm)
     runner = Runner(swarm, catalogue, folder, t0)
     pending_faults, active = list(faults), []
     pending_downloads = list(downloads)
     last_sample = -SAMPLE_EVERY
     end = minutes * 60
     fault_window = max([f.at + f.duration for f in faults], default=0)
-    finished = 0
     try:
         while True:
             now = time.monotonic() - t0
@@ -145,7 +143,6 @@ def _drive(swarm, history, faults: list[Fault], downloads: list[Download], catal
                 runner.begin(pending_downloads.pop(0))
             for download in runner.poll():
                 history.write(download.record())
-                finished += 1
                 if download.status != "ok":
                     log(f"chaos: {now:7.1f}s download {download.id} of {download.name} at {download.host} given up: "
                         f"{download.attempts[-1].get('error')}")

@@ -25,7 +25,6 @@ import types
 import urllib.error
 import urllib.request
 
-import pytest
 
 from p2p_shared.errors import PeerBanned
 from p2p_shared.net import download as download_module
