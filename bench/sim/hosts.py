@@ -30,7 +30,7 @@ from p2p_shared.settings import DownloadSettings
 from p2p_shared.supervisor import Supervisor
 from p2p_shared.swarm import Checked, Delivered, End, Rejected, Release, Returned, Swarm, Verify
 
-from .network import Endpoint, Network
+from .network import Endpoint
 
 NO_BYTES = memoryview(b"")
 PORT = 7000
@@ -41,7 +41,7 @@ class Knobs:
     """What a run may change of the library's settings (the defaults are the library's)."""
 
     settings: DownloadSettings  # max_peers, pipeline_depth, refresh_interval, chunk_timeout, wait, ...
-    max_connections: int = 256  # a server's (ServingSettings)
+    max_connections: int  # a server's (ServingSettings)
     super_seed: bool = True  # origins offer (the seeder's default; --no-super-seed)
     offer_window: int | None = None  # OfferBook's window (None: its default)
     random_first: int | None = None  # ChunkPlan's random first picks (None: its default)
