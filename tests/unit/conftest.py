@@ -61,3 +61,14 @@ async def _stores(request, kind: str, separate: bool):
     yield make
     for store in made:
         await store.close()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_it_was():
+    """A test that configures structlog (a command's main) leaves it as it found it: later
+    tests assert on captured log lines."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
