@@ -177,7 +177,7 @@ def test_the_file_list_walks_every_file_once_by_cursor(swarm):
         while True:
             page = senders[0].ask(messages.ListFiles(after=after))
             pages += 1
-            assert page["v"] == 4 and page["total"] == 45 and len(page["files"]) <= 16
+            assert page["v"] == 5 and page["total"] == 45 and len(page["files"]) <= 16
             seen += [f["file_id"] for f in page["files"]]
             after = page.get("next")
             if after is None:

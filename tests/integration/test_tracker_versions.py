@@ -65,7 +65,7 @@ class RawClient:
 
 def test_version_1_and_version_2_clients_side_by_side(tracker):
     address, metrics = tracker
-    old_seeder, leecher, old_leecher, newer = (RawClient(address, v) for v in (1, 2, 1, 5))
+    old_seeder, leecher, old_leecher, newer = (RawClient(address, v) for v in (1, 2, 1, 6))
     entry = json.dumps(FILE, separators=(",", ":"))
     fid = FILE["file_id"]
     try:
@@ -97,13 +97,13 @@ def test_version_1_and_version_2_clients_side_by_side(tracker):
         assert samples[("p2p_tracker_live_holders", (("kind", "complete"),))] == 2
         assert samples[("p2p_tracker_live_holders", (("kind", "partial"),))] == 0
 
-        # A version 1 client cannot say partial (dropped as malformed); version 5 gets a typed error.
+        # A version 1 client cannot say partial (dropped as malformed); version 6 gets a typed error.
         old_seeder.sock.sendto(
             b'{"v":1,"txn":99,"conn":%d,"type":"register","port":7200,"partial":true}' % old_seeder.conn, address
         )
         error = newer.ask('"type":"connect"' + " " * 100)  # answered after the datagram above: in order, one socket
-        assert error == {"v": 4, "txn": 1, "type": "error", "code": "unsupported_version",
-                         "message": "this tracker speaks versions 1, 2, 3 and 4"}
+        assert error == {"v": 5, "txn": 1, "type": "error", "code": "unsupported_version",
+                         "message": "this tracker speaks versions 1, 2, 3, 4 and 5"}
         samples = scrape(metrics)
         assert samples[("p2p_tracker_malformed_datagrams_total", (("reason", "invalid"),))] == 1
         assert samples[("p2p_tracker_malformed_datagrams_total", (("reason", "unsupported_version"),))] == 1
