@@ -40,6 +40,15 @@ class Holder:
         self.payloads, self.extra = payloads, extra
         self.requests: list[int] = []
 
+    async def serve_until_closed(self, read, writer) -> None:
+        """`writer`: asyncio's stream writer, or a TlsStream (which reads too)."""
+        try:
+            await self.serve(read, writer.write, writer.drain)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
     async def serve(self, read, write, drain) -> None:
         handshake, frames = ServerHandshake(None), wire.FrameReader(max_payload=0)
         while True:
@@ -62,12 +71,7 @@ class Holder:
 
 async def plain_holder(holder: Holder) -> tuple[asyncio.Server, int]:
     async def on_connect(reader, writer):
-        try:
-            await holder.serve(reader.read, writer.write, writer.drain)
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+        await holder.serve_until_closed(reader.read, writer)
 
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
@@ -82,12 +86,7 @@ async def tls_holder(holder: Holder, certs: Path) -> tuple[socket.socket, asynci
     async def accept_one():
         conn, _ = await asyncio.get_running_loop().sock_accept(listener)
         stream = await TlsStream.accept(conn, context, "test", timeout=10)
-        try:
-            await holder.serve(stream.read, stream.write, stream.drain)
-        except ConnectionError:
-            pass
-        finally:
-            stream.close()
+        await holder.serve_until_closed(stream.read, stream)
 
     return listener, asyncio.create_task(accept_one()), listener.getsockname()[1]
 
