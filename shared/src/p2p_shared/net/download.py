@@ -4,8 +4,8 @@ The decisions are sans-IO (p2p_shared.swarm for the conversations with peers, .s
 whom to meet and when to give up); this is their I/O. The supervisor loop here looks the file up
 again while it downloads, starts a worker (worker.py) per peer it should talk to, and ends
 workers' stories: chunks back to the plan, back-off or ban. Chunks are hashed and written at
-their offsets by the thread that received them (plain TCP: `precheck`), or on the engine's
-verify pool (TLS). Who else wants to know what happens (the engine,
+their offsets by the connection's thread that received them (`precheck`, plain TCP and TLS
+alike); the engine's verify pool takes what that thread left unchecked. Who else wants to know what happens (the engine,
 which serves the verified chunks; a progress bar; an HTTP reader) watches: `Watcher`.
 """
 
