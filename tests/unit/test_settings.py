@@ -106,3 +106,18 @@ def test_several_tracker_replicas_are_one_flag():
     for bad in ("", ",", "a:6969,b", "a:0"):
         with pytest.raises(ValueError):
             parse_trackers(bad)
+
+
+def test_a_server_raises_its_open_files_limit_to_hold_its_connection_cap_within_the_hard_limit(monkeypatch):
+    import resource
+
+    from p2p_shared.net import service
+
+    limits = {"now": (1024, 4096)}
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, value: limits.__setitem__("now", value))
+    assert service.open_files_for(2048) == 2048 + service.DESCRIPTORS_BESIDES_CONNECTIONS
+    assert limits["now"] == (2304, 4096)
+    assert service.open_files_for(100) == 2304  # enough already: left alone
+    limits["now"] = (1024, 2000)
+    assert service.open_files_for(8192) == 2000  # the hard limit is the most we may take

@@ -26,7 +26,7 @@ from ..source import ChunkSource, PartialSource
 from .download import Download, DownloadMetrics, DownloadResult, Watcher
 from .holder_link import HolderLink, LinkMetrics
 from .peer_server import Listener, PeerServer, ServingMetrics
-from .service import keep_healthy
+from .service import keep_healthy, open_files_for
 from .tracker_client import TrackerClient
 
 log = structlog.get_logger()
@@ -76,6 +76,7 @@ class Engine(Watcher):
         if self.listen_on is None:
             return
         host, port = self.listen_on
+        open_files_for(self.settings.max_connections)
         self._listener = await self.server.listen(host, port, self.server_tls)
         self.port = self._listener.sockets[0].getsockname()[1]
         self.link = HolderLink(self.tracker, self.port, self.settings.advertise_host, self.metrics.link)

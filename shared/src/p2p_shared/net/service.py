@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -45,6 +46,29 @@ async def keep_healthy(path: Path | None, stop: asyncio.Event, every: float = HE
                 await asyncio.wait_for(stop.wait(), every)
     finally:
         path.unlink(missing_ok=True)
+
+
+DESCRIPTORS_BESIDES_CONNECTIONS = 256  # open files, listeners, the tracker's socket, threads' pipes
+
+
+def open_files_for(connections: int) -> int:
+    """Raise this process's soft limit of open files (within the hard one) so that a server
+    capped at `connections` peer connections can hold them all; the limit now. A login's soft
+    limit is often 1024, below a cap of some thousands; containers usually allow far more."""
+    wanted = connections + DESCRIPTORS_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted or soft == resource.RLIM_INFINITY:
+        return soft
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < wanted:
+        structlog.get_logger().warning(
+            "open files limited below the connection cap", limit=soft, max_connections=connections,
+            hint="raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower --max-connections",
+        )
+    return soft
 
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> None:
