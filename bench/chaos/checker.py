@@ -19,7 +19,8 @@ nothing else, and judges five properties, one verdict line each, then the run's 
               (or cutting them off) at that moment
   egress      the origin (both seeders' interface bytes) sent at most EGRESS_MULTIPLE times what
               the workload needed from it (`needed_from_origin`): the bytes of each download that
-              started when no other peer held a complete copy, by the history
+              started when no other peer held a complete copy, by the history and the peers' logs
+              (what their caches evicted)
 """
 
 from __future__ import annotations
@@ -85,27 +86,44 @@ def _overlapping(faults: list[dict], start: float, end: float, grace: float = 0.
     return [f for f in faults if f["started"] is not None and f["started"] <= end and (f["ended"] or end) + grace >= start]
 
 
-def needed_from_origin(downloads: list[dict], catalogue: dict) -> int:
+def needed_from_origin(downloads: list[dict], catalogue: dict, gone: list[tuple[float, str, str]] = ()) -> int:
     """Bytes only the origin could send: each download that started while no other peer held a
-    complete copy of its file (a peer holds a file from its download's success until a download
-    there that dropped it first; evictions are not seen, so this errs low, against the origin)."""
+    complete copy of its file. A peer holds a file from its download's success until a download
+    there that dropped it first, or until its cache let it go (`gone`: time, peer, file name, from
+    its log's "evicting" and changed-on-disk lines). A peer killed or cut off still counts as a
+    holder, so this errs low, against the origin."""
     events = sorted(
-        [(d["started"], 0, d) for d in downloads if d["started"] is not None]
-        + [(d["ended"], 1, d) for d in downloads if d["status"] == "ok"],
+        [(t, 0, {"host": host, "name": name}) for t, host, name in gone]
+        + [(d["started"], 1, d) for d in downloads if d["started"] is not None]
+        + [(d["ended"], 2, d) for d in downloads if d["status"] == "ok"],
         key=lambda e: (e[0], e[1]),
     )
     holders: dict[str, set[str]] = {}
     needed = 0
-    for _, ended, d in events:
+    for _, kind, d in events:
         held = holders.setdefault(d["name"], set())
-        if ended:
-            held.add(d["host"])
-            continue
-        if d["drop_first"]:
+        if kind == 0:
             held.discard(d["host"])
-        if not held:
-            needed += catalogue[d["name"]]["size"]
+        elif kind == 2:
+            held.add(d["host"])
+        else:
+            if d["drop_first"]:
+                held.discard(d["host"])
+            if not held:
+                needed += catalogue[d["name"]]["size"]
     return needed
+
+
+def let_go(folder: Path, wall_start: float) -> list[tuple[float, str, str]]:
+    """When each peer's cache let a file go: (seconds into the run, peer, file name)."""
+    gone = []
+    for log in sorted((folder / "logs").glob("p*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"evicting"' in line or '"cache: a file changed on disk' in line:
+                event = json.loads(line)
+                if event.get("file"):
+                    gone.append((_wall(event["timestamp"]) - wall_start, log.stem, event["file"]))
+    return gone
 
 
 def check(folder: Path) -> tuple[bool, list[str]]:
@@ -236,7 +254,7 @@ def check(folder: Path) -> tuple[bool, list[str]]:
             + "".join(f"; not resumed: {x}" for x in unresumed[:8]))
 
     # egress
-    needed = needed_from_origin(downloads, catalogue)
+    needed = needed_from_origin(downloads, catalogue, let_go(folder, run["wall_start"]))
     sent = sum(egress["seeders_tx"].values()) if egress else None
     fetched = sum(egress["peers_rx"].values()) if egress else None
     verdict("egress", sent is not None and needed > 0 and sent <= EGRESS_MULTIPLE * needed,

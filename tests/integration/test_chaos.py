@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos.checker import check
+from bench.chaos.checker import check, needed_from_origin
 from bench.chaos.nemesis import KINDS, clock_fault_available
 from bench.net.testbed import unavailable_reason
 from tests.host_tools import host_tool, under_ci
@@ -116,3 +116,11 @@ def test_without_root_the_soak_skips_with_the_reason_and_fails_under_ci(ci):
         assert result.returncode != 0 and "cannot run under CI: network namespaces need root" in result.stdout, result.stdout
     else:
         assert result.returncode == 0 and "skipped: network namespaces need root" in result.stdout, result.stdout
+
+
+def test_what_only_the_origin_could_send_counts_what_the_caches_let_go():
+    catalogue = {"a.bin": {"size": 100}}
+    first = {"host": "p1", "name": "a.bin", "started": 0.0, "ended": 10.0, "status": "ok", "drop_first": True}
+    second = {"host": "p2", "name": "a.bin", "started": 20.0, "ended": 30.0, "status": "ok", "drop_first": True}
+    assert needed_from_origin([first, second], catalogue) == 100  # p1 held it: p2 could fetch it there
+    assert needed_from_origin([first, second], catalogue, [(15.0, "p1", "a.bin")]) == 200  # evicted first
