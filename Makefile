@@ -13,7 +13,7 @@ $(BIN)/p2p-leecher: constraints.txt shared/pyproject.toml services/*/pyproject.t
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt \
 		-e shared -e services/tracker -e services/seeder -e services/leecher -e services/peer \
-		pytest pytest-asyncio pytest-timeout hypothesis testcontainers pyyaml kubernetes-validate schemathesis bcrypt
+		pytest pytest-asyncio pytest-timeout hypothesis testcontainers pyyaml kubernetes-validate schemathesis bcrypt matplotlib
 	touch $@
 
 install: $(BIN)/p2p-leecher
