@@ -188,14 +188,7 @@ class HostCache(Watcher):
         file_id = manifest.raw_id
         entry = self.index.get(file_id)
         if entry is None:
-            try:
-                victims = self.index.victims(manifest.size, manifest.name)
-            except DownloadError:
-                if self.metrics is not None:
-                    self.metrics.refused.inc()
-                raise
-            for victim in victims:
-                self.evict(victim)
+            self.make_room(manifest.size, manifest.name)
             entry = CacheEntry(file_id, manifest.name, manifest.size, time.time())
             self.index.add(entry)
         entry.fetching = True
@@ -211,8 +204,8 @@ class HostCache(Watcher):
         return folder / manifest.name
 
     def make_room(self, size: int, name: str) -> None:
-        """Evict what must go for a file of `size` bytes that is about to come from outside the
-        swarm (see `adopt`); CacheFull (counted) if it cannot fit."""
+        """Evict what must go for a new file of `size` bytes (a download's, or one that comes
+        from outside the swarm: see `adopt`); CacheFull (counted) if it cannot fit."""
         try:
             victims = self.index.victims(size, name)
         except DownloadError:
