@@ -183,6 +183,21 @@ class _Gated(asyncio.Protocol):
 # -- the gateway --------------------------------------------------------------------------------
 
 
+class Beginning:
+    """Awaited before each run of body bytes: the response is prepared (status line and
+    headers sent) at the first, and its time to first byte noted, once."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse, first_byte: Callable[[], None]) -> None:
+        self.request, self.response, self.first_byte = request, response, first_byte
+        self.prepared = False
+
+    async def __call__(self) -> None:
+        if not self.prepared:
+            await self.response.prepare(self.request)
+            self.first_byte()
+            self.prepared = True
+
+
 class Gateway:
     def __init__(self, settings, cache: HostCache, metrics: PeerMetrics) -> None:
         self.settings = settings
@@ -339,20 +354,12 @@ class Gateway:
         """Bytes strictly in order, each run of verified chunks with sendfile as soon as it is;
         the response begins with the first run. `finish` is awaited before the file's last byte
         goes out (it raises P2PError to cut the response short: a blob whose digest is wrong)."""
-        prepared = False
-
-        async def begin() -> None:
-            nonlocal prepared
-            if not prepared:
-                await response.prepare(request)
-                self.metrics.first_byte.observe(time.perf_counter() - started)
-                prepared = True
-
+        begin = self.beginning(request, response, started)
         try:
             await self.send_verified(request, download, manifest, span.start, span.end, begin, finish)
             await begin()  # an empty range of an empty file
         except P2PError as exc:
-            if not prepared:
+            if not begin.prepared:
                 return _error_response(exc)
             # Never complete a response with missing bytes: cut it short.
             self.metrics.http_aborted.inc()
@@ -360,6 +367,9 @@ class Gateway:
             if request.transport is not None:
                 request.transport.abort()
         return response
+
+    def beginning(self, request: web.Request, response: web.StreamResponse, started: float) -> Beginning:
+        return Beginning(request, response, lambda: self.metrics.first_byte.observe(time.perf_counter() - started))
 
     async def send_verified(
         self, request: web.Request, download: Download, manifest: Manifest, start: int, end: int,

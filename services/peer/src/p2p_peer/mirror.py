@@ -693,15 +693,7 @@ class Mirror:
                 await asyncio.shield(blob.checked)
             except P2PError as exc:
                 raise _as_oci(exc, digest) from None
-        prepared = False
-
-        async def begin() -> None:
-            nonlocal prepared
-            if not prepared:
-                await response.prepare(request)
-                self.metrics.first_byte.observe(time.perf_counter() - started)
-                prepared = True
-
+        begin = self.gateway.beginning(request, response, started)
         finish = lambda: asyncio.shield(blob.checked)  # noqa: E731
         position = span.start
         try:
@@ -714,7 +706,7 @@ class Mirror:
                 position = low + end
             await begin()
         except P2PError as exc:
-            if not prepared:
+            if not begin.prepared:
                 raise _as_oci(exc, digest) from None
             self.metrics.http_aborted.inc()
             log.warning("blob response cut short", digest=digest, sent=position - span.start, error=str(exc))
