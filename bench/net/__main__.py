@@ -49,23 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         gone = clean()
         print(f"removed {len(gone)} leftover namespaces" + (f": {', '.join(gone)}" if gone else ""))
         return 0
-    problem = unavailable_reason() or (leftovers() and f"leftovers of an earlier run ({', '.join(leftovers())}); "
-                                       "remove them with `make bench-net-clean`")
-    if problem:
-        print(f"bench-net: {problem}", file=sys.stderr)
+    if not _testbed_ready():
         return 1
     unknown = set(args.only or []) - {s.name for s in SCENARIOS}
     if unknown:
         p.error(f"unknown scenario {', '.join(sorted(unknown))}")
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        results = run_all(args)
-    except NamespaceError as exc:
-        print(f"bench-net: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench-net: interrupted; namespaces and processes removed", file=sys.stderr)
-        return 130
+    code, results = _on_testbed(lambda: run_all(args))
+    if code is not None:
+        return code
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(report.table(results))
@@ -75,21 +66,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _registry(argv: list[str]) -> int:
+def _testbed_ready() -> bool:
+    """Namespaces can be made here and no earlier run left any; else says why."""
     problem = unavailable_reason() or (leftovers() and f"leftovers of an earlier run ({', '.join(leftovers())}); "
                                        "remove them with `make bench-net-clean`")
     if problem:
         print(f"bench-net: {problem}", file=sys.stderr)
-        return 1
+    return not problem
+
+
+def _on_testbed(run):
+    """(None, what `run` returned), or (the exit code, None) when the testbed failed or the run
+    was interrupted (SIGTERM as Ctrl-C: every namespace and process is removed on the way out)."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        found = registry.main(argv)
+        return None, run()
     except NamespaceError as exc:
         print(f"bench-net: {exc}", file=sys.stderr)
-        return 1
+        return 1, None
     except KeyboardInterrupt:
         print("bench-net: interrupted; namespaces and processes removed", file=sys.stderr)
-        return 130
+        return 130, None
+
+
+def _registry(argv: list[str]) -> int:
+    if not _testbed_ready():
+        return 1
+    code, found = _on_testbed(lambda: registry.main(argv))
+    if code is not None:
+        return code
     out = RESULTS / "registry.json"
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **found}, indent=1) + "\n")
     return 0 if all(r["all_verified"] for r in found.values()) else 1
