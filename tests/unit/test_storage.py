@@ -2,6 +2,7 @@
 
 import errno
 import hashlib
+import mmap
 import os
 import socket
 
@@ -258,3 +259,60 @@ def test_closing_waits_for_the_write_in_flight(tmp_path, monkeypatch):
     closer.join(30)
     assert part.fd == -1
     assert (tmp_path / "f.bin.part").read_bytes() == b"12345678"
+
+
+def in_page_cache(path, offset: int, length: int) -> bool:
+    """Whether the bytes are in the page cache: a read that may not wait for the disk gets them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.preadv(fd, [bytearray(length)], offset, os.RWF_NOWAIT) == length
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:
+            pytest.skip("this file system cannot say what is in the page cache (RWF_NOWAIT)")
+        raise
+    finally:
+        os.close(fd)
+
+
+def test_aligned_chunks_go_to_the_disk_directly_and_the_rest_through_the_cache(tmp_path):
+    try:
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        pytest.skip("no O_DIRECT on this file system")
+    os.unlink(tmp_path / "probe")
+    page = output.DIRECT_ALIGN
+    final = tmp_path / "f.bin"
+    part = PartFile(final, 4 * page + 100)
+    part.reserve()
+    aligned = mmap.mmap(-1, 2 * page)  # page-aligned memory, as the connections' chunk buffers
+    aligned.write(b"a" * 2 * page)
+    part.write(0, memoryview(aligned))
+    skewed = mmap.mmap(-1, page + 1)  # a buffer one byte off a page: the kernel refuses it directly
+    skewed.write(b"x" + b"b" * page)
+    part.write(2 * page, memoryview(skewed)[1:])
+    part.write(3 * page, memoryview(b"c" * (page + 100)))  # the last chunk: not a whole page
+    assert not in_page_cache(part.path, 0, 2 * page)  # (written from the buffer to the disk)
+    assert in_page_cache(part.path, 2 * page, page) and in_page_cache(part.path, 3 * page, page + 100)
+    part.finish()
+    assert final.read_bytes() == b"a" * 2 * page + b"b" * page + b"c" * (page + 100)
+
+
+def test_a_file_system_without_direct_writes_gets_them_through_the_cache(tmp_path, monkeypatch):
+    opened = os.open
+
+    def no_direct(path, flags, *args, **kwargs):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))  # what tmpfs answered before Linux 6.6
+        return opened(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    final = tmp_path / "f.bin"
+    part = PartFile(final, output.DIRECT_ALIGN)
+    part.reserve()
+    buffer = mmap.mmap(-1, output.DIRECT_ALIGN)
+    buffer.write(b"z" * output.DIRECT_ALIGN)
+    part.write(0, memoryview(buffer))
+    part.finish()
+    assert final.read_bytes() == b"z" * output.DIRECT_ALIGN

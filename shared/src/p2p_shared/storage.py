@@ -10,6 +10,14 @@ a regular file of ours with no other name, or nothing is written. The disk may b
 space is checked, then reserved, before any chunk is fetched, and a run that finds no room
 leaves none of its bytes on the disk. Only a fully verified, fsynced file is linked to its
 final name, through its descriptor, and never over an existing file.
+
+Chunks are written with O_DIRECT where the file system takes it (a second descriptor on the
+same file): the bytes go from the receiving buffer to the disk without a copy into the page
+cache. That copy was the costliest step of a download after SHA-256 (fresh page-cache memory,
+0.6-2 CPU-seconds a GiB on this machine against 0.1-0.2 for the direct write), and it bought
+nothing: the file is fsynced whole at the end anyway. A write the kernel will not take directly
+(a partial last chunk, a buffer not page-aligned, a file system without O_DIRECT) goes through
+the page cache as before.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from .manifest import Manifest
 log = structlog.get_logger()
 
 MIB = 1 << 20
+DIRECT_ALIGN = 4096  # bytes: offsets and lengths a direct write needs (the buffer's address too)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -148,6 +157,18 @@ class PartFile:
             self.path = aside
             self.fd = self._open_locked(aside)
         self.resumed = os.fstat(self.fd).st_size > 0
+        self._direct = self._open_direct(self.fd)
+
+    @staticmethod
+    def _open_direct(fd: int) -> int:
+        """The same file opened again for direct writes (through the descriptor, so it is the
+        file we locked, whatever its name has become); -1 where that is not to be had."""
+        if not hasattr(os, "O_DIRECT"):
+            return -1
+        try:
+            return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError:  # no /proc, or a file system without O_DIRECT (EINVAL)
+            return -1
 
     @staticmethod
     def _open_locked(path: Path) -> int:
@@ -225,6 +246,13 @@ class PartFile:
                 raise DownloadError(f"cannot write {self.path}: the download is over")
             self._writing += 1
         try:
+            if self._direct >= 0 and not (offset | len(data)) % DIRECT_ALIGN:
+                try:
+                    written = os.pwrite(self._direct, data, offset)
+                    data, offset = data[written:], offset + written
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:  # (EINVAL: not aligned after all; through the cache)
+                        raise
             while data:
                 written = os.pwrite(self.fd, data, offset)
                 data, offset = data[written:], offset + written
@@ -303,3 +331,6 @@ class PartFile:
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
+            if self._direct >= 0:
+                os.close(self._direct)
+                self._direct = -1

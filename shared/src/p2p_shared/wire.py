@@ -10,6 +10,7 @@ byte past the current frame, and checks every length against its limit before al
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -146,7 +147,7 @@ class Chunk:
     file_id: bytes
     index: int
     data: memoryview
-    buffer: bytearray
+    buffer: bytearray | mmap.mmap
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +257,7 @@ class FrameReader:
 
     def __init__(
         self,
-        allocate: Callable[[int], bytearray] = bytearray,
+        allocate: Callable[[int], bytearray | mmap.mmap] = bytearray,
         max_payload: int = MAX_CHUNK_SIZE,
         accept: frozenset[FrameType] | None = None,
     ) -> None:

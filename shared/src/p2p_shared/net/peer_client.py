@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import select
 import socket
 import ssl
@@ -48,7 +49,7 @@ class Received:
 
     __slots__ = ("buffer", "verdict")
 
-    def __init__(self, buffer: bytearray, verdict: bool | Exception | None) -> None:
+    def __init__(self, buffer: mmap.mmap, verdict: bool | Exception | None) -> None:
         self.buffer = buffer
         self.verdict = verdict
 
@@ -78,7 +79,7 @@ class PeerConnection:
         self._inbox: list = []
         self._inbox_scheduled = False
         self._closed = False
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         self._lent = 0
         self.error: Exception | None = None
         self.announces = False  # the peer sends and understands ANNOUNCE frames
@@ -86,14 +87,16 @@ class PeerConnection:
 
     # -- chunk buffers (called from the reader thread and the loop) --------------------------
 
-    def _allocate(self, size: int) -> bytearray:
+    def _allocate(self, size: int) -> mmap.mmap:
         with self._lock:
             if size > self.chunk_size:
                 raise RemoteProtocolError(f"chunk of {size} bytes, larger than the manifest's chunk size")
             if self._lent >= self.depth:
                 raise RemoteProtocolError("peer sent a chunk we did not ask for")
             self._lent += 1
-            return self._free.pop() if self._free else bytearray(self.chunk_size)
+            # Anonymous mappings are page-aligned: a chunk received into one can be written to
+            # the part file directly (O_DIRECT, storage.PartFile), with no copy through the cache.
+            return self._free.pop() if self._free else mmap.mmap(-1, self.chunk_size)
 
     def take_chunks(self, chunk_size: int, depth: int) -> None:
         """From now on, take chunk payloads of up to `chunk_size` bytes, `depth` at a time (a
@@ -102,7 +105,7 @@ class PeerConnection:
             self.chunk_size, self.depth = chunk_size, depth
             self._frames.max_payload = chunk_size
 
-    def release(self, buffer: bytearray | Received) -> None:
+    def release(self, buffer: mmap.mmap | Received) -> None:
         """Give a chunk buffer back once its bytes are verified and written."""
         if isinstance(buffer, Received):
             buffer = buffer.buffer
