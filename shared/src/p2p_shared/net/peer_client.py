@@ -33,7 +33,7 @@ from collections.abc import Callable
 from .. import wire
 from ..errors import PeerClosed, PeerConnectError, PeerRejected, PeerTimeout, RemoteProtocolError
 from ..handshake import ClientHandshake
-from .tls import handshake
+from .tls import TlsSocket, handshake
 
 MAX_QUEUED_EVENTS = 1024
 WAITALL_FROM = 4096  # bytes: reads this large wait for all of them (a payload); smaller ones, for the frame's next bytes
@@ -66,11 +66,11 @@ class PeerConnection:
         self.depth = depth
         self.events: asyncio.Queue = asyncio.Queue()
         self._frames = wire.FrameReader(self._allocate, max_payload=chunk_size, accept=wire.CLIENT_HANDSHAKE)
-        self._sock: socket.socket | None = None  # the socket `_reader` reads (a TLS one if `_tls_out`)
+        self._sock: socket.socket | TlsSocket | None = None  # the socket `_reader` reads (a TLS one if `_tls_out`)
         self._tls_out: bytearray | None = None  # TLS: our frames for the reader thread to write
         self._wake: tuple[socket.socket, socket.socket] | None = None  # TLS: tells the reader thread there is some
         self._reader: threading.Thread | None = None
-        self._owned: socket.socket | None = None  # the socket, until closed
+        self._owned: socket.socket | TlsSocket | None = None  # the socket, until closed
         self._finished = False  # the reader thread is done with it
         self._writer_fd: int | None = None  # the loop waits for room to write on this descriptor
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,10 +115,9 @@ class PeerConnection:
 
     # -- the reader thread, and writing --------------------------------------------------------
 
-    def _start_reader(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+    def _start_reader(self, sock: socket.socket | TlsSocket, loop: asyncio.AbstractEventLoop) -> None:
         self._sock, self._owned, self._loop = sock, sock, loop
-        if isinstance(sock, ssl.SSLSocket):
-            sock.setblocking(False)
+        if isinstance(sock, TlsSocket):
             self._tls_out = bytearray()
             self._wake = socket.socketpair()
             for end in self._wake:
@@ -166,48 +165,55 @@ class PeerConnection:
                 raise PeerClosed(f"{self.label} closed the connection")
             self._received(n)
 
-    def _read_tls(self, sock: ssl.SSLSocket) -> None:
+    def _read_tls(self, sock: TlsSocket) -> None:
         frames, wake = self._frames, self._wake
         assert wake is not None and self._tls_out is not None
         poll = select.poll()  # (select() would refuse descriptors past 1023)
         poll.register(wake[0], select.POLLIN)
-        out = bytearray()  # taken from `_tls_out`, not yet taken by TLS
+        sending = b""  # ciphertext of our frames the kernel has not taken yet
         while True:
             if self._tls_out:
                 with self._lock:
-                    out += self._tls_out
+                    plain = bytes(self._tls_out)
                     self._tls_out.clear()
-            blocked = False  # TLS wants the socket writable before it goes on
-            if out:
+                sending += sock.encrypt(plain)
+            blocked = False  # the kernel's buffer is full
+            if sending:
                 try:
-                    del out[: sock.send(out)]  # a retry after "want write" carries the same bytes first, as TLS needs
-                except ssl.SSLWantWriteError:
-                    blocked = True
-                except ssl.SSLWantReadError:
+                    sending = sending[sock.sock.send(sending) :]
+                except BlockingIOError:
                     pass
-            # A payload comes in TLS records of 16 KiB at most: they are read one after the other
-            # into its buffer, and the frame reader hears once of all that came.
+                blocked = bool(sending)
+            # A payload comes in TLS records of 16 KiB at most: they are decrypted one after the
+            # other into its buffer, with what the socket holds taken in as needed, and the frame
+            # reader hears once of all that came.
             target = frames.get_buffer()
-            n = 0
+            n, want_read = 0, False
             try:
-                while True:
-                    got = sock.recv_into(target[n:])
+                while n < len(target):
+                    try:
+                        got = sock.tls.read(len(target) - n, target[n:])
+                    except ssl.SSLWantReadError:
+                        if not sock.receive():
+                            break  # the end of the stream
+                        continue
                     n += got
-                    if not got or n == len(target) or len(target) < WAITALL_FROM:
+                    if not got or len(target) < WAITALL_FROM:
                         break
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
-                if not n:
-                    blocked = blocked or isinstance(want, ssl.SSLWantWriteError)
-                    poll.register(sock, select.POLLIN | (select.POLLOUT if blocked else 0))
-                    if any(fd == wake[0].fileno() for fd, _ in poll.poll()):
-                        with contextlib.suppress(BlockingIOError):
-                            wake[0].recv(4096)
-                    continue
+            except BlockingIOError:  # the socket has no more for now
+                want_read = True
             except ssl.SSLZeroReturnError:
                 pass
-            if n == 0:
+            sending += sock.sealed()
+            if n:
+                self._received(n)
+                continue
+            if not want_read:
                 raise PeerClosed(f"{self.label} closed the connection")
-            self._received(n)
+            poll.register(sock, select.POLLIN | (select.POLLOUT if blocked else 0))
+            if any(fd == wake[0].fileno() for fd, _ in poll.poll()):
+                with contextlib.suppress(BlockingIOError):
+                    wake[0].recv(4096)
 
     def _received(self, nbytes: int) -> None:
         """In the reader thread: `nbytes` more of the stream; whole frames go to the loop, a
@@ -319,10 +325,9 @@ class PeerConnection:
         with self._lock:
             sock, self._sock = self._sock, None
             if sock is not None and not self._finished:
-                # Wakes the reader thread, which then closes the sockets. (The socket's own
-                # shutdown, not SSLSocket's, which would drop the TLS object under the thread.)
+                # Wakes the reader thread, which then closes the sockets.
                 with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    sock.shutdown(socket.SHUT_RDWR) if isinstance(sock, socket.socket) else sock.shutdown()
 
     def send(self, event: wire.Event) -> None:
         self.send_all((event,))

@@ -69,26 +69,94 @@ def fetching_context(settings: TlsSettings) -> ssl.SSLContext | None:
     return client_context(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls_ca else None
 
 
-async def handshake(sock: socket.socket, context: ssl.SSLContext, timeout: float, *, server_side: bool) -> ssl.SSLSocket:
+class TlsSocket:
+    """A TCP socket and the TLS session on it, joined through memory buffers (`ssl.MemoryBIO`),
+    not by OpenSSL reading and writing the socket itself: OpenSSL then made two system calls a
+    16 KiB record to receive (the header, then the body) and one to send, where we make one per
+    256 KiB received and one per chunk sent. One thread at a time may use it."""
+
+    RECEIVE = 256 * 1024  # bytes of ciphertext taken from the kernel at once
+
+    __slots__ = ("sock", "tls", "incoming", "outgoing", "_raw")
+
+    def __init__(self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+        self.sock, self.tls, self.incoming, self.outgoing = sock, tls, incoming, outgoing
+        self._raw = memoryview(bytearray(self.RECEIVE))
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """`data` as TLS records, to send (OpenSSL encrypts it in one call, the GIL released)."""
+        self.tls.write(data)
+        return self.outgoing.read()
+
+    def sealed(self) -> bytes:
+        """What TLS has to send on its own account (a key update's answer, say), or b""."""
+        return self.outgoing.read() if self.outgoing.pending else b""
+
+    def receive(self) -> bool:
+        """Take what the socket holds into TLS (the socket non-blocking: BlockingIOError if
+        nothing is there); False at the peer's end of the stream."""
+        n = self.sock.recv_into(self._raw)
+        if n:
+            self.incoming.write(self._raw[:n])
+        return n > 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def shutdown(self) -> None:
+        """Wakes whichever thread waits on the socket; its reads end."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _handshake(sock: socket.socket, context: ssl.SSLContext, server_side: bool) -> TlsSocket:
+    """The TLS handshake on a blocking socket (its timeout set)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=server_side)
+    while True:
+        try:
+            tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        except ssl.SSLError:
+            if outgoing.pending:  # the alert that tells the peer why
+                with contextlib.suppress(OSError):
+                    sock.sendall(outgoing.read())
+            raise
+        if outgoing.pending:  # (after the last step too: a server's session tickets)
+            sock.sendall(outgoing.read())
+        if done:
+            return TlsSocket(sock, tls, incoming, outgoing)
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("the peer closed the connection during the TLS handshake")
+        incoming.write(data)
+
+
+async def handshake(sock: socket.socket, context: ssl.SSLContext, timeout: float, *, server_side: bool) -> TlsSocket:
     """The TLS handshake on a connected socket, in a thread (the loop goes on), within `timeout`
     in all (a peer that trickles its bytes does not get a timeout per read); the socket is
-    closed if it fails."""
-    tls = context.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False)
-    tls.settimeout(timeout)
-    thread = asyncio.ensure_future(asyncio.to_thread(tls.do_handshake))
+    closed if it fails, and left non-blocking if it succeeds."""
+    sock.settimeout(timeout)
+    thread = asyncio.ensure_future(asyncio.to_thread(_handshake, sock, context, server_side))
     try:
-        await asyncio.wait_for(asyncio.shield(thread), timeout)
+        session = await asyncio.wait_for(asyncio.shield(thread), timeout)
     except BaseException:
         if thread.done():
-            _close_quietly(tls)
+            _close_quietly(sock)
         else:
             # Still in the handshake (out of time, or we were cancelled): make it fail now; the
             # socket is closed once the thread is out of it, not under it.
             with contextlib.suppress(OSError):
-                socket.socket.shutdown(tls, socket.SHUT_RDWR)
-            thread.add_done_callback(lambda done: (done.cancelled() or done.exception(), _close_quietly(tls)))
+                sock.shutdown(socket.SHUT_RDWR)
+            thread.add_done_callback(lambda done: (done.cancelled() or done.exception(), _close_quietly(sock)))
         raise
-    return tls
+    sock.setblocking(False)
+    return session
 
 
 def _close_quietly(sock: socket.socket) -> None:
@@ -117,12 +185,12 @@ class TlsStream:
 
     READ_AHEAD = 65536  # bytes read and not yet taken, at most
 
-    def __init__(self, sock: ssl.SSLSocket, label: str) -> None:
+    def __init__(self, sock: TlsSocket, label: str) -> None:
         self.label = label
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._wake = socket.socketpair()
-        for end in (sock, *self._wake):
+        for end in self._wake:
             end.setblocking(False)
         self._lock = threading.Lock()  # what both sides touch: the queues and counts below
         self._out: deque[bytes | bytearray | memoryview] = deque()
@@ -209,9 +277,8 @@ class TlsStream:
         self._closing = True
         with self._lock:
             self._out.clear()
-            if not self._finished:  # wakes the thread (the socket's own shutdown, not SSLSocket's)
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+            if not self._finished:  # wakes the thread
+                self._sock.shutdown()
         self._poke()
 
     def _poke(self) -> None:
@@ -266,29 +333,30 @@ class TlsStream:
         sock, wake = self._sock, self._wake[0]
         poll = select.poll()  # (select() would refuse descriptors past 1023)
         poll.register(wake, select.POLLIN)
-        sending: memoryview | None = None  # TLS retries a write with the same bytes
+        sending = memoryview(b"")  # ciphertext the kernel has not taken yet
+        owed = 0  # plaintext bytes that `sending` carries, counted as queued until it is all sent
         while True:
-            blocked = False  # TLS wants the socket writable before it goes on
+            blocked = False  # the kernel's buffer is full
             while True:
-                if sending is None:
+                if not sending:
+                    if owed:
+                        with self._lock:
+                            self._queued -= owed
+                            empty = not self._queued
+                        owed = 0
+                        if empty:
+                            self._post()
                     with self._lock:
                         if not self._out:
                             break
-                        sending = memoryview(self._out.popleft())
+                        plain = self._out.popleft()
+                    sending, owed = memoryview(sock.encrypt(plain)), len(plain)
                 try:
-                    sent = sock.send(sending)
-                except ssl.SSLWantWriteError:
+                    sending = sending[sock.sock.send(sending) :]
+                except BlockingIOError:
                     blocked = True
                     break
-                except ssl.SSLWantReadError:
-                    break
-                sending = sending[sent:] if sent < len(sending) else None
-                with self._lock:
-                    self._queued -= sent
-                    empty = not self._queued
-                if empty:
-                    self._post()
-            if self._closing and sending is None and not self._out:
+            if self._closing and not sending and not self._out:
                 return
             want_read = False
             with self._lock:
@@ -296,19 +364,31 @@ class TlsStream:
                 if room <= 0:
                     self._stalled = True
             if room > 0:
+                # What TLS holds decrypted, record after record, then what the socket holds.
+                data, eof = bytearray(), False
                 try:
-                    data = sock.recv(room)
+                    while len(data) < room:
+                        data += sock.tls.read(room - len(data))
                 except ssl.SSLWantReadError:
                     want_read = True
-                except ssl.SSLWantWriteError:
-                    blocked = True
                 except ssl.SSLZeroReturnError:
-                    data = b""
-                if not (want_read or blocked):
+                    eof = True
+                if extra := sock.sealed():
+                    sending = memoryview(bytes(sending) + extra)
+                if want_read and not data:
+                    try:
+                        eof = not sock.receive()
+                    except BlockingIOError:
+                        pass
+                    else:
+                        want_read = eof
+                        if not eof:
+                            continue
+                if data or eof:
                     with self._lock:
                         self._unread += len(data)
-                    self._post(data)
-                    if not data:
+                    self._post(bytes(data) if data else b"")
+                    if eof and not data:
                         return
                     continue
             mask = (select.POLLIN if want_read else 0) | (select.POLLOUT if blocked else 0)
