@@ -76,24 +76,36 @@ READ_SIZE = 65536  # bytes of requests read at once
 REFUSAL_LOG_EVERY = 10.0  # seconds between log lines about refused connections
 
 
-async def _send_payload(conn: _Connection, handle: BinaryIO, offset: int, length: int) -> int:
-    """Send file bytes. Plain TCP: os.sendfile straight away, the whole chunk in one call when the
+async def _send_payload(conn: _Connection, handle: BinaryIO, offset: int, length: int, head: bytes) -> int:
+    """Send `head` (the CHUNK frame's header, after the announcements due), then file bytes.
+    Plain TCP: the head with MSG_MORE, so that it leaves in the payload's first segment, not in
+    a packet of its own, then os.sendfile straight away, the whole chunk in one call when the
     socket buffer has room (SEND_BUFFER makes it so unless the peer is behind), then the loop's
-    sendfile, which waits for room, for the rest. TLS: the chunk read with one preadv into the
-    connection's buffer and handed whole to its TLS thread, which encrypts and sends it. On a
-    loop without sendfile (uvloop), read and written through memory."""
+    sendfile, which waits for room, for the rest. TLS: the head and the chunk, read with one
+    preadv behind it, handed whole to the connection's TLS thread, which encrypts and sends them
+    in one go. What a loop without a sendfile of its own (uvloop) cannot send that way goes
+    through memory."""
     writer = conn.writer
     if isinstance(writer, TlsStream):
-        block = conn.block(length)
-        got = os.preadv(handle.fileno(), [block], offset)
-        writer.write(block[:got])
+        block = conn.block(len(head) + length)
+        block[: len(head)] = head
+        got = os.preadv(handle.fileno(), [block[len(head) :]], offset)
+        writer.write(block[: len(head) + got])
         await writer.drain()  # all of it with the kernel: the buffer is free again
         return got
     transport = writer.transport
     sent = 0
-    sock = transport.get_extra_info("socket")
-    if sock is not None and transport.get_extra_info("sslcontext") is None:
+    sock = conn.sock
+    if sock is not None:
         if transport.get_write_buffer_size() == 0:
+            try:
+                taken = sock.send(head, (socket.MSG_MORE if length else 0) | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                taken = 0
+            head = head[taken:]
+        if head:
+            writer.write(head)
+        else:
             while sent < length:
                 try:
                     n = os.sendfile(sock.fileno(), handle.fileno(), offset + sent, length - sent)
@@ -109,6 +121,8 @@ async def _send_payload(conn: _Connection, handle: BinaryIO, offset: int, length
                 return sent + await asyncio.get_running_loop().sendfile(transport, handle, offset + sent, length - sent)
             except NotImplementedError:
                 pass
+    else:
+        writer.write(head)
     while sent < length:  # (a transport may keep what it is given: fresh bytes each time)
         data = os.pread(handle.fileno(), min(COPY_BLOCK, length - sent), offset + sent)
         if not data:
@@ -138,11 +152,12 @@ class Listener:
 class _Connection:
     """The shell's side of one connection: its writer, and the files it opened to send from."""
 
-    __slots__ = ("writer", "state", "opened", "sending", "_block")
+    __slots__ = ("writer", "state", "sock", "opened", "sending", "_block")
 
-    def __init__(self, writer: asyncio.StreamWriter | TlsStream, state: PeerState) -> None:
+    def __init__(self, writer: asyncio.StreamWriter | TlsStream, state: PeerState, sock: socket.socket | None) -> None:
         self.writer = writer
         self.state = state
+        self.sock = sock  # plain TCP: the socket under the transport, for sendfile
         self.opened: dict[bytes, BinaryIO] = {}
         self.sending: bytes | None = None  # the file whose payload is in flight
         self._block: memoryview | None = None  # TLS: where a chunk is read to, one at a time
@@ -278,7 +293,7 @@ class PeerServer:
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                await self.handle(reader, writer, label)
+                await self.handle(reader, writer, label, None if tls is not None else conn)
             except asyncio.CancelledError:
                 pass  # the server stops: this task is the stream's top (3.11's streams log it as an error)
             finally:
@@ -302,10 +317,13 @@ class PeerServer:
                 del self._by_address[address]
             self.metrics.connections_active.dec()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str) -> None:
-        """One admitted connection (within the caps, past TLS), until it ends."""
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str, sock: socket.socket | None = None
+    ) -> None:
+        """One admitted connection (within the caps, past TLS), until it ends. `sock`: the plain
+        TCP socket under `writer`, whose payloads then go out with sendfile."""
         core = self.core
-        conn = _Connection(writer, core.connect())
+        conn = _Connection(writer, core.connect(), sock)
         state = conn.state
         frames = wire.FrameReader(max_payload=0, accept=wire.SERVER_HANDSHAKE)
         loop = asyncio.get_running_loop()
@@ -414,10 +432,13 @@ class PeerServer:
             return Refuse(wire.Error(wire.ErrorCode.UNAVAILABLE, "file changed since hashed", file_id, index))
         if self.upload_limit is not None:
             await asyncio.sleep(self.upload_limit.reserve(length, asyncio.get_running_loop().time()))
-        conn.writer.write(wire.chunk_header(file_id, index, length))
+        # The offers this chunk makes room for go out ahead of it, in the same write: the core
+        # counts the chunk as sent now (if the payload fails, so does the connection).
+        self.core.chunk_sent(conn.state, file_id, index, _now())
+        head = b"".join(wire.encode(frame) for frame in conn.state.take_queued()) + wire.chunk_header(file_id, index, length)
         conn.state.in_payload, conn.sending = True, file_id
         try:
-            if length and await _send_payload(conn, handle, chunk.offset, length) < length:
+            if await _send_payload(conn, handle, chunk.offset, length, head) < length:
                 # The file shrank under us: the frame is cut short, so the stream is unusable.
                 log.warning("file shrank while being served", file=source.manifest.name)
                 raise ConnectionAbortedError("short file")
@@ -425,7 +446,6 @@ class PeerServer:
             conn.state.in_payload, conn.sending = False, None
             if file_id not in self.core.sources:  # removed while we sent
                 conn.forget(file_id)
-        self.core.chunk_sent(conn.state, file_id, index, _now())
         conn.flush()
         self.metrics.chunks_served.inc()
         self.metrics.bytes_served.inc(length)
