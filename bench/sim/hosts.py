@@ -261,6 +261,7 @@ class Download:
         self.supervisor = Supervisor(s.wait, s.max_peers, s.refresh_interval, sim.clock.now, rng=random.Random(sim.rng.random()))
         self.swarm: Swarm | None = None
         self.conns: dict[tuple[str, int], Conn] = {}  # the workers: connecting or open
+        self.flush_at: float | None = None  # when announcements waiting in outboxes are due
         self.spare: Conn | None = None  # the manifest's connection, kept for its worker
         self.generation = 0
         self.looking_up = False
@@ -443,10 +444,21 @@ class Download:
             self._prioritize()
 
     def flush(self) -> None:
+        """Download.flush: what is due now, and a timer for announcements that wait."""
         sim = self.sim
         for peer, session in self.swarm.sessions.items():
-            if session.outbox:
-                sim.to_server(self.conns[peer], session.take_outbox())
+            if session.outbox and (frames := self.swarm.take_due(peer, sim.clock.now)):
+                sim.to_server(self.conns[peer], frames)
+        due = self.swarm.announcements_due()
+        if due is not None and (self.flush_at is None or due < self.flush_at):
+            self.flush_at = due
+            sim.clock.at(due, self._flush_due, due)
+
+    def _flush_due(self, at: float) -> None:
+        if self.flush_at == at:  # (not replaced by an earlier one)
+            self.flush_at = None
+            if not self.swarm.finished:
+                self.flush()
 
     def _wake_at(self, peer) -> float | None:
         """When the worker wakes without a frame: a silent peer's deadline, or the end of the

@@ -7,7 +7,7 @@ from p2p_shared import wire
 from p2p_shared.errors import PeerBanned, PeerTimeout, RemoteProtocolError
 from p2p_shared.manifest import Manifest
 from p2p_shared.ratelimit import TokenBucket
-from p2p_shared.swarm import Checked, Delivered, End, Rejected, Release, Returned, Swarm, Verify
+from p2p_shared.swarm import ANNOUNCE_DELAY, Checked, Delivered, End, Rejected, Release, Returned, Swarm, Verify
 
 CHUNK = 1000
 TIMEOUT = 30.0
@@ -108,6 +108,28 @@ def test_a_partial_holder_is_asked_only_for_what_it_announced_then_for_what_it_a
 # -- chunks and verdicts ---------------------------------------------------------------------------
 
 
+def test_announcements_alone_wait_for_a_request_to_go_with_until_they_are_due():
+    s = swarm(8, depth=1)
+    [asked_a] = join(s, "a", {0, 1, 2, 3}, origin=True)
+    [asked_b] = join(s, "b", {4, 5, 6, 7})
+    deliver(s, "a", asked_a, now=1.0)  # a gets its next request; b has announcements alone
+    assert s.announcements_due() == 1.0 + ANNOUNCE_DELAY
+    assert s.take_due("b", 1.0 + ANNOUNCE_DELAY / 2) == []  # they may wait, and stay queued
+    [frame] = s.take_due("a", 1.0)
+    assert isinstance(frame, wire.Request)
+    deliver(s, "b", asked_b, now=1.01)  # b's next request takes them along, in the same write
+    assert s.take_due("b", 1.01) == [wire.Announce(s.raw_id, (asked_a,)), wire.Request(s.raw_id, frame_index(s, "b"))]
+    assert s.announcements_due() == 1.01 + ANNOUNCE_DELAY  # a's announcement of b's chunk
+    assert s.take_due("a", 1.01 + ANNOUNCE_DELAY) == [wire.Announce(s.raw_id, (asked_b,))]  # due: alone
+    assert s.announcements_due() is None
+
+
+def frame_index(s: Swarm, peer) -> int:
+    """The chunk of the request outstanding to `peer` (depth 1)."""
+    [index] = s.sessions[peer].window.outstanding
+    return index
+
+
 def test_a_chunk_not_asked_for_ends_the_peer():
     s = swarm(4, depth=1)
     [asked] = join(s, "a")
@@ -126,9 +148,9 @@ def test_a_verified_chunk_is_delivered_and_announced_to_every_announcing_session
     assert sorted(a) == [0, 1] and sorted(b) == [2, 3]
     assert deliver(s, "a", 0)[1:] == [Delivered(0, CHUNK, True)]  # from an origin
     assert deliver(s, "a", 1)[1:] == [Delivered(1, CHUNK, True)]
-    # b's window is full: its queue holds one ANNOUNCE of both chunks; a heard of them too
+    # b's window is full: its queue holds one ANNOUNCE of both chunks; a, which sent them, is not told
     assert outbox(s, "b") == [wire.Announce(s.raw_id, (0, 1))]
-    assert [f for f in outbox(s, "a") if isinstance(f, wire.Announce)] == [wire.Announce(s.raw_id, (0, 1))]
+    assert [f for f in outbox(s, "a") if isinstance(f, wire.Announce)] == []
     assert outbox(s, "quiet") == []  # it does not understand ANNOUNCE
     assert deliver(s, "b", 2)[1:] == [Delivered(2, CHUNK, False)]
     assert outbox(s, "a") == [wire.Announce(s.raw_id, (2,))]  # a new ANNOUNCE after a flush

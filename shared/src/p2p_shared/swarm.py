@@ -9,6 +9,11 @@ ANNOUNCE of a verified chunk to all of them, a DECLINE to an origin that offered
 peer is sending). Time is passed in: a request paced by the download rate limit waits in its
 session until `ready_at`, and a peer silent with requests outstanding times out at `deadline`;
 the shell waits for those moments, as a simulator would advance its clock to them.
+
+The shell sends what `take_due` gives. Announcements alone wait up to ANNOUNCE_DELAY for a
+request to that peer to go with: a peer we download from gets ours with its next request, in
+the same write, instead of an ANNOUNCE frame (a system call here, a wake-up and a frame to
+decode there) after every chunk we receive from anyone. The peer a chunk came from is not told.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .ratelimit import TokenBucket
 
 log = structlog.get_logger()
 Peer = Hashable
+ANNOUNCE_DELAY = 0.05  # seconds announcements alone may wait for a frame to go with
 SOLO = 0.5  # seconds a download's first chunk a reader waits for is asked alone, at most
 
 
@@ -99,7 +105,10 @@ Effect = Verify | Release | Delivered | Rejected | Returned | End
 class PeerSession:
     """One peer's conversation about one file: its request window and the frames waiting to go."""
 
-    __slots__ = ("peer", "label", "origin", "announces", "window", "outbox", "ready", "have_seen", "ended", "held", "heard_at")
+    __slots__ = (
+        "peer", "label", "origin", "announces", "window", "outbox", "announce_due", "ready", "have_seen", "ended", "held",
+        "heard_at",
+    )
 
     def __init__(self, peer: Peer, label: str, origin: bool, announces: bool, depth: int, max_bad: int, now: float):
         self.peer = peer
@@ -108,6 +117,7 @@ class PeerSession:
         self.announces = announces  # it sends and understands ANNOUNCE (and DECLINE)
         self.window = RequestWindow(depth, max_bad)
         self.outbox: list[wire.Event] = []
+        self.announce_due: float | None = None  # the outbox holds announcements that must go by then
         self.ready = False  # it is in the plan: its have-set arrived, or it is an origin
         self.have_seen = False  # its have-set arrived
         self.ended = False  # an End was returned for it: nothing more is asked of it until it closes
@@ -126,6 +136,7 @@ class PeerSession:
 
     def take_outbox(self) -> list[wire.Event]:
         frames, self.outbox = self.outbox, []
+        self.announce_due = None
         return frames
 
 
@@ -203,6 +214,22 @@ class Swarm:
             return self._solo_until
         return at
 
+    def announcements_due(self) -> float | None:
+        """When the earliest announcements waiting in an outbox must go (the shell sends what
+        `take_due` gives then, if no frame took them along before)."""
+        return min((s.announce_due for s in self.sessions.values() if s.announce_due is not None), default=None)
+
+    def take_due(self, peer: Peer, now: float) -> list[wire.Event]:
+        """The frames to send this peer now: all that are queued, unless they are announcements
+        alone that may still wait for a request to go with (ANNOUNCE_DELAY)."""
+        session = self.sessions[peer]
+        if not session.outbox:
+            return []
+        due = session.announce_due
+        if due is not None and now < due and not self.finished and all(isinstance(f, wire.Announce) for f in session.outbox):
+            return []
+        return session.take_outbox()
+
     def tick(self, peer: Peer, now: float) -> list[Effect]:
         """Time passed for this peer: a paced request may go, or the peer timed out."""
         session = self.sessions[peer]
@@ -235,7 +262,7 @@ class Swarm:
                 session.window.verifying -= 1
                 effects.append(Release(buffer))
                 if ok:
-                    self._delivered(session, index, effects)
+                    self._delivered(session, index, effects, now)
                 else:
                     log.warning("chunk failed verification", peer=session.label, chunk=index)
                     effects.append(Rejected(index))
@@ -299,7 +326,7 @@ class Swarm:
         session.ended = True
         return End(error)
 
-    def _delivered(self, session: PeerSession, index: int, effects: list[Effect]) -> None:
+    def _delivered(self, session: PeerSession, index: int, effects: list[Effect], now: float) -> None:
         if not self.plan.complete(index, session.peer):
             return  # an endgame copy that lost the race
         self.verified.add(index)
@@ -310,8 +337,10 @@ class Swarm:
         effects.append(Delivered(index, self.manifest.chunk_span(index)[1], session.origin))
         if self.shares:
             for other in self.sessions.values():
-                if other.announces:
+                if other.announces and other is not session:
                     _append_announce(other.outbox, self.raw_id, index)
+                    if other.announce_due is None:
+                        other.announce_due = now + ANNOUNCE_DELAY
 
     # -- what to ask for ---------------------------------------------------------------------
 

@@ -62,12 +62,15 @@ class PeerWorker:
         self.conn: PeerConnection | None = None
 
     def flush(self) -> None:
-        """Send what the session queued; a connection that failed ends its worker on its own."""
-        conn, session = self.conn, self.host.swarm.sessions.get(self.peer)
+        """Send what the session has due; a connection that failed ends its worker on its own."""
+        conn, swarm = self.conn, self.host.swarm
+        session = swarm.sessions.get(self.peer)
         if conn is None or session is None or not session.outbox:
             return
+        frames = swarm.take_due(self.peer, asyncio.get_running_loop().time())
         try:
-            conn.send_all(session.take_outbox())
+            if frames:
+                conn.send_all(frames)
         except PeerError:
             pass
 
