@@ -93,7 +93,12 @@ clean:
 	find downloads -mindepth 1 ! -name .gitkeep -delete
 
 # The benchmark: baselines and the swarm in one run; table, bench/results/latest.json and charts.
+# libtorrent (Debian's) is a yardstick of the CPU part; nginx and curl, of the gateway's.
 bench: install
+	@/usr/bin/python3 -c 'import libtorrent' 2>/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-libtorrent >/dev/null; }
+	@command -v nginx >/dev/null && command -v curl >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl >/dev/null; }
 	$(BIN)/pip install --quiet -c constraints.txt matplotlib
 	$(PY) -m bench.run $(BENCH_ARGS)
 

@@ -42,6 +42,12 @@ def clean(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+    settle()
+
+
+def settle() -> None:
+    """The same state before every timed transfer: nothing left to write back, and memory
+    just used and freed."""
     os.sync()
     area = mmap.mmap(-1, 3 << 29)  # fault in 1.5 GiB, then give it back: see the module's note
     for offset in range(0, len(area), mmap.PAGESIZE):
@@ -256,6 +262,8 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
                 swarm.start_tracker()
                 for _ in range(3):
                     swarm.add_seeder([data], "--cache-dir", str(work / "manifest-cache"), *extra)
+            # The per-host peer, long-running: its process start is not paid per file.
+            peer = plain.add_peer(work / "cpu-peer-cache", "--cache-size", f"{2 * size + GiB}") if shutil.which("curl") else None
             for n in range(repeat):
                 found: dict = {}
                 found["tcp_hash"] = baselines_cpu(data, work, True)
@@ -275,6 +283,8 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
                             key: sum(a[k] - b[k] for a, b in zip(after[role], before[role]))
                             for k, key in enumerate(("utime", "stime"))
                         }
+                if peer is not None:
+                    found["peer"] = peer_fetch_cpu(peer, data.name)
                 rounds.append(found)
     finally:
         if lt is not None:
@@ -298,12 +308,40 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
             if "sender" in runs[0]:
                 result[base]["sender_cpu_per_gib"] = {
                     k: statistics.median(r["sender"][k] for r in runs) * per_gib for k in ("utime", "stime")}
+    if all("peer" in r for r in rounds):
+        result["peer"] = {"seconds": med(lambda r: r["peer"]["seconds"])}
+        result["peer"].update({k: med(lambda r: r["peer"][k]) * per_gib for k in ("utime", "stime")})
+        result["peer"]["total"] = med(lambda r: r["peer"]["utime"] + r["peer"]["stime"]) * per_gib
     for mode in ("plain", "tls"):
         result[mode] = {"seconds": med(lambda r: r[mode]["seconds"])}
         for role in ROLES:
             result[mode][role] = {k: med(lambda r: r[mode][role][k]) * per_gib for k in ("utime", "stime")}
             result[mode][role]["total"] = med(lambda r: r[mode][role]["utime"] + r[mode][role]["stime"]) * per_gib
     return result
+
+
+def peer_fetch_cpu(peer: Service, name: str) -> dict:
+    """The per-host peer fetches the file from the same 3 seeders as the leecher, for curl
+    (`GET /files/NAME` to /dev/null, which ends with the last verified byte): its time, and the
+    peer process's CPU over it (reading the file out to curl included). The file is dropped
+    from its cache before and after, so each round fetches it whole and the leecher's rounds
+    never find the peer holding it."""
+    import urllib.request
+
+    def drop() -> None:
+        for entry in json.loads(urllib.request.urlopen(f"{peer.url}/files").read())["files"]:
+            if entry["name"] == name:
+                urllib.request.urlopen(urllib.request.Request(f"{peer.url}/files/{entry['file_id']}", method="DELETE")).read()
+
+    drop()
+    settle()
+    before = proc_times(peer.proc.pid)
+    _, seconds, _ = curl_seconds(f"{peer.url}/files/{name}")
+    after = proc_times(peer.proc.pid)
+    drop()
+    if json.loads(urllib.request.urlopen(f"{peer.url}/files").read())["files"]:
+        raise RuntimeError("the per-host peer kept the file: the next round would not fetch it")
+    return {"seconds": seconds, "utime": after[0] - before[0], "stime": after[1] - before[1]}
 
 
 def startup_cpu() -> float:
@@ -348,6 +386,9 @@ def cpu_rows(c: dict) -> list[tuple[str, str, str]]:
         if "libtorrent" in c:
             extra += f"; {m['seconds'] / c['libtorrent']['seconds']:.2f}x libtorrent"
         rows.append((f"ours, {mode}: leecher time", f"{m['seconds']:.2f} s", f"{m['seconds'] / c['tcp_hash']['seconds']:.2f}x the raw stream{extra}"))
+    if "peer" in c:
+        r = c["peer"]
+        rows.append(("ours, per-host peer (plain), to curl: peer", f"{r['total']:.2f} s/GiB", f"user {r['utime']:.2f} + kernel {r['stime']:.2f}; {r['seconds']:.2f} s"))
     p, t = c["plain"], c["tls"]
     rows.append(("TLS / plain: time, leecher CPU, seeders CPU", f"{t['seconds'] / p['seconds']:.2f}x",
                  f"{t['leecher']['total'] / p['leecher']['total']:.2f}x, {t['seeders']['total'] / p['seeders']['total']:.2f}x"))
