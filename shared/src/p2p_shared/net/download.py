@@ -159,7 +159,8 @@ class Download:
         self._workers: dict[PeerKey, PeerWorker] = {}
         self._spare: dict[PeerKey, PeerConnection] = {}  # open, greeted, not yet a worker's
         self._spare_timer: asyncio.TimerHandle | None = None
-        self._flush_timer: asyncio.TimerHandle | None = None  # announcements due (Swarm.take_due)
+        # When announcements are due (Swarm.take_due), and the timer set for then (uvloop's has no when()).
+        self._flush_timer: tuple[float, asyncio.Handle] | None = None
         self._finished = asyncio.Event()
         self._ready: asyncio.Future[None] = loop.create_future()  # the manifest known, the part file open
         self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even if no one waits
@@ -436,10 +437,10 @@ class Download:
             worker.flush()
         # Announcements still waiting for a frame to go with go out when due, frame or not.
         due = self.swarm.announcements_due() if self.swarm is not None else None
-        if due is not None and (self._flush_timer is None or due < self._flush_timer.when()):
+        if due is not None and (self._flush_timer is None or due < self._flush_timer[0]):
             if self._flush_timer is not None:
-                self._flush_timer.cancel()
-            self._flush_timer = asyncio.get_running_loop().call_at(due, self._flush_due)
+                self._flush_timer[1].cancel()
+            self._flush_timer = due, asyncio.get_running_loop().call_at(due, self._flush_due)
 
     def _flush_due(self) -> None:
         self._flush_timer = None
@@ -456,7 +457,7 @@ class Download:
     def close(self) -> None:
         """Close the connection kept from the manifest, if no worker took it."""
         if self._flush_timer is not None:
-            self._flush_timer.cancel()
+            self._flush_timer[1].cancel()
             self._flush_timer = None
         if self._spare_timer is not None:
             self._spare_timer.cancel()
