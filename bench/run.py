@@ -284,7 +284,8 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
                             for k, key in enumerate(("utime", "stime"))
                         }
                 if peer is not None:
-                    found["peer"] = peer_fetch_cpu(peer, data.name)
+                    found["peer_fetch"] = peer_fetch_cpu(peer, data.name, read=False)
+                    found["peer"] = peer_fetch_cpu(peer, data.name, read=True)
                 rounds.append(found)
     finally:
         if lt is not None:
@@ -308,10 +309,11 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
             if "sender" in runs[0]:
                 result[base]["sender_cpu_per_gib"] = {
                     k: statistics.median(r["sender"][k] for r in runs) * per_gib for k in ("utime", "stime")}
-    if all("peer" in r for r in rounds):
-        result["peer"] = {"seconds": med(lambda r: r["peer"]["seconds"])}
-        result["peer"].update({k: med(lambda r: r["peer"][k]) * per_gib for k in ("utime", "stime")})
-        result["peer"]["total"] = med(lambda r: r["peer"]["utime"] + r["peer"]["stime"]) * per_gib
+    for key in ("peer_fetch", "peer"):
+        if all(key in r for r in rounds):
+            result[key] = {"seconds": med(lambda r: r[key]["seconds"])}
+            result[key].update({k: med(lambda r: r[key][k]) * per_gib for k in ("utime", "stime")})
+            result[key]["total"] = med(lambda r: r[key]["utime"] + r[key]["stime"]) * per_gib
     for mode in ("plain", "tls"):
         result[mode] = {"seconds": med(lambda r: r[mode]["seconds"])}
         for role in ROLES:
@@ -320,26 +322,37 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
     return result
 
 
-def peer_fetch_cpu(peer: Service, name: str) -> dict:
-    """The per-host peer fetches the file from the same 3 seeders as the leecher, for curl
-    (`GET /files/NAME` to /dev/null, which ends with the last verified byte): its time, and the
-    peer process's CPU over it (reading the file out to curl included). The file is dropped
-    from its cache before and after, so each round fetches it whole and the leecher's rounds
-    never find the peer holding it."""
+def peer_fetch_cpu(peer: Service, name: str, read: bool) -> dict:
+    """The per-host peer fetches the file from the same 3 seeders as the leecher: its time, and
+    the peer process's CPU over it. `read`: for curl (`GET /files/NAME` to /dev/null, which ends
+    with the last verified byte; reading the file out to curl included); else into its cache
+    alone (`POST /files/NAME/fetch`, then the listing asked every 20 ms until the file is
+    complete). The file is dropped from its cache before and after, so each round fetches it
+    whole and the leecher's rounds never find the peer holding it."""
     import urllib.request
 
+    def listing() -> list[dict]:
+        return json.loads(urllib.request.urlopen(f"{peer.url}/files").read())["files"]
+
     def drop() -> None:
-        for entry in json.loads(urllib.request.urlopen(f"{peer.url}/files").read())["files"]:
+        for entry in listing():
             if entry["name"] == name:
                 urllib.request.urlopen(urllib.request.Request(f"{peer.url}/files/{entry['file_id']}", method="DELETE")).read()
 
     drop()
     settle()
     before = proc_times(peer.proc.pid)
-    _, seconds, _ = curl_seconds(f"{peer.url}/files/{name}")
+    started = time.perf_counter()
+    if read:
+        _, seconds, _ = curl_seconds(f"{peer.url}/files/{name}")
+    else:
+        urllib.request.urlopen(urllib.request.Request(f"{peer.url}/files/{name}/fetch", method="POST")).read()
+        while not any(entry["name"] == name and entry["complete"] for entry in listing()):
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
     after = proc_times(peer.proc.pid)
     drop()
-    if json.loads(urllib.request.urlopen(f"{peer.url}/files").read())["files"]:
+    if listing():
         raise RuntimeError("the per-host peer kept the file: the next round would not fetch it")
     return {"seconds": seconds, "utime": after[0] - before[0], "stime": after[1] - before[1]}
 
@@ -386,9 +399,10 @@ def cpu_rows(c: dict) -> list[tuple[str, str, str]]:
         if "libtorrent" in c:
             extra += f"; {m['seconds'] / c['libtorrent']['seconds']:.2f}x libtorrent"
         rows.append((f"ours, {mode}: leecher time", f"{m['seconds']:.2f} s", f"{m['seconds'] / c['tcp_hash']['seconds']:.2f}x the raw stream{extra}"))
-    if "peer" in c:
-        r = c["peer"]
-        rows.append(("ours, per-host peer (plain), to curl: peer", f"{r['total']:.2f} s/GiB", f"user {r['utime']:.2f} + kernel {r['stime']:.2f}; {r['seconds']:.2f} s"))
+    for key, label in (("peer_fetch", "into its cache"), ("peer", "to curl")):
+        if key in c:
+            r = c[key]
+            rows.append((f"ours, per-host peer (plain), {label}", f"{r['total']:.2f} s/GiB", f"user {r['utime']:.2f} + kernel {r['stime']:.2f}; {r['seconds']:.2f} s"))
     p, t = c["plain"], c["tls"]
     rows.append(("TLS / plain: time, leecher CPU, seeders CPU", f"{t['seconds'] / p['seconds']:.2f}x",
                  f"{t['leecher']['total'] / p['leecher']['total']:.2f}x, {t['seeders']['total'] / p['seeders']['total']:.2f}x"))

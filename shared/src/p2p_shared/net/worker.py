@@ -1,9 +1,10 @@
 """One peer of a download, over one connection: the I/O around its `PeerSession`.
 
 The worker connects, hands every frame that arrives to the download's `Swarm` and carries out
-what it answers: a payload goes to the verify pool (SHA-256 and pwrite, off the loop) and its
-verdict comes back on this connection's event queue, where its buffer returns to the
-connection's pool. Between events it sleeps until the session's next deadline (a paced request,
+what it answers: a payload the connection's receiving thread hashed and wrote comes with its
+verdict, which the swarm hears at once; one it left unchecked goes to the verify pool (SHA-256
+and pwrite, off the loop) and its verdict comes back on this connection's event queue. Either
+way the buffer then returns to the connection's pool. Between events it sleeps until the session's next deadline (a paced request,
 a silent peer). The worker knows the download only through `SwarmHost`.
 """
 
@@ -118,8 +119,9 @@ class PeerWorker:
         for effect in effects:
             match effect:
                 case Verify(index=index, data=data, buffer=buffer):
-                    if isinstance(buffer, Received) and buffer.verdict is not None:  # checked as it arrived
-                        conn.events.put_nowait(_Outcome(index, buffer, buffer.result))
+                    if isinstance(buffer, Received) and buffer.verdict is not None:  # checked as it arrived: the verdict now
+                        checked = Checked(index, buffer.result(), buffer)  # (raises DownloadError if the write failed)
+                        self._carry_out(conn, self.host.swarm.receive(self.peer, checked, loop.time()), loop)
                         continue
                     future = self.host.verify(index, data)
                     future.add_done_callback(
