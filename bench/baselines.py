@@ -45,16 +45,20 @@ def _send(path: str, ports: multiprocessing.Queue) -> None:
         ports.put((after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime))
 
 
-def tcp_seconds(path: Path, out: Path, verify: bool, sender_cpu: list | None = None) -> float:
+def tcp_seconds(path: Path, out: Path, verify: bool, sender_cpu: list | None = None, direct: bool = False) -> float:
     """One stream: sendfile in a sender process; recv_into a 512 KiB buffer, SHA-256, pwrite.
-    `sender_cpu` gets the sender's (user, kernel) CPU seconds from its first sendfile to its last."""
+    `sender_cpu` gets the sender's (user, kernel) CPU seconds from its first sendfile to its last.
+    `direct`: the buffer page-aligned and whole chunks written with O_DIRECT, as the leecher does."""
+    import mmap
+
     size = path.stat().st_size
     ports: multiprocessing.Queue = multiprocessing.Queue()
     sender = multiprocessing.Process(target=_send, args=(str(path), ports))
     sender.start()
     port = ports.get(timeout=30)
-    view = memoryview(bytearray(CHUNK))
+    view = memoryview(mmap.mmap(-1, CHUNK) if direct else bytearray(CHUNK))
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    whole = os.open(out, os.O_WRONLY | os.O_DIRECT) if direct else fd  # (a partial last chunk: through the cache)
     try:
         started = time.perf_counter()
         with socket.create_connection(("127.0.0.1", port)) as conn:
@@ -68,12 +72,14 @@ def tcp_seconds(path: Path, out: Path, verify: bool, sender_cpu: list | None = N
                     got += n
                 if verify:
                     hashlib.sha256(view[:want]).digest()
-                os.pwrite(fd, view[:want], offset)
+                os.pwrite(fd if want % 4096 else whole, view[:want], offset)
                 offset += want
         elapsed = time.perf_counter() - started
         if sender_cpu is not None:
             sender_cpu.extend(ports.get(timeout=30))
     finally:
+        if whole != fd:
+            os.close(whole)
         os.close(fd)
         sender.join(30)
     return elapsed
@@ -111,14 +117,14 @@ def one_chunk_seconds(port: int, file_id: str, chunk_size: int) -> float:
     return asyncio.run(once())
 
 
-def tcp_cpu(path: Path, out: Path, verify: bool) -> dict:
+def tcp_cpu(path: Path, out: Path, verify: bool, direct: bool = False) -> dict:
     """`tcp_seconds`, with the receiving thread's CPU time (user and kernel apart), and the
     sending process's."""
     import resource
 
     sender: list[float] = []
     before = resource.getrusage(resource.RUSAGE_THREAD)
-    seconds = tcp_seconds(path, out, verify, sender)
+    seconds = tcp_seconds(path, out, verify, sender, direct)
     after = resource.getrusage(resource.RUSAGE_THREAD)
     return {"seconds": seconds, "utime": after.ru_utime - before.ru_utime, "stime": after.ru_stime - before.ru_stime,
             "sender": {"utime": sender[0], "stime": sender[1]}}

@@ -102,7 +102,8 @@ def cpu_table(c: dict, date: str) -> str:
 
     def timing(m: dict) -> str:
         versus = f"{m['seconds'] / lt['seconds']:.2f}x libtorrent, " if lt else ""
-        return f"{m['seconds']:.2f} s: {versus}{m['seconds'] / raw['seconds']:.2f}x the raw stream"
+        direct = f" ({m['seconds'] / c['tcp_direct']['seconds']:.2f}x its `O_DIRECT` form)" if "tcp_direct" in c else ""
+        return f"{m['seconds']:.2f} s: {versus}{m['seconds'] / raw['seconds']:.2f}x the raw stream{direct}"
 
     rows = [
         ("leecher, process start to verified, fsynced file", _cpu(p["leecher"]), _cpu(t["leecher"]), "1.0"),
@@ -123,6 +124,10 @@ def cpu_table(c: dict, date: str) -> str:
     ]
     if "sender_cpu_per_gib" in raw:
         yardsticks.append(("raw stream, sender: one `sendfile` of the whole file", _cpu(raw["sender_cpu_per_gib"]), ""))
+    if "tcp_direct" in c:
+        direct = c["tcp_direct"]
+        yardsticks.append(("raw stream, receiver, writing with `O_DIRECT` from a page-aligned buffer (as ours does)",
+                           _cpu(direct["cpu_per_gib"]), f"{direct['seconds']:.2f} s"))
     nohash = c["tcp_nohash"]
     yardsticks.append(("raw stream without SHA-256, receiver", _cpu(nohash["cpu_per_gib"]), f"{nohash['seconds']:.2f} s"))
     if lt:

@@ -267,6 +267,7 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
             for n in range(repeat):
                 found: dict = {}
                 found["tcp_hash"] = baselines_cpu(data, work, True)
+                found["tcp_direct"] = baselines_cpu(data, work, True, direct=True)
                 found["tcp_nohash"] = baselines_cpu(data, work, False)
                 if lt is not None:
                     clean(out)
@@ -298,7 +299,7 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
     result: dict = {"bytes": size, "rounds": rounds, "hashlib_seconds": median_of(repeat, lambda: baselines.hashlib_seconds(size))}
     result["hashlib_cpu_per_gib"] = result["hashlib_seconds"] * per_gib
     result["leecher_startup_cpu_seconds"] = statistics.median(startup_cpu() for _ in range(3))
-    for base in ("tcp_hash", "tcp_nohash", "libtorrent"):
+    for base in ("tcp_hash", "tcp_direct", "tcp_nohash", "libtorrent"):
         runs = [r[base] for r in rounds if base in r]  # (a libtorrent round that did not finish has none)
         if runs:
             result[base] = {
@@ -368,11 +369,11 @@ def startup_cpu() -> float:
     return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def baselines_cpu(data: Path, work: Path, verify: bool) -> dict:
+def baselines_cpu(data: Path, work: Path, verify: bool, direct: bool = False) -> dict:
     out = work / "baseline.out"
     clean(out)
     try:
-        return baselines.tcp_cpu(data, out, verify)
+        return baselines.tcp_cpu(data, out, verify, direct)
     finally:
         out.unlink()
 
@@ -382,7 +383,7 @@ def cpu_rows(c: dict) -> list[tuple[str, str, str]]:
     rows = [("hashlib SHA-256 alone, one core", f"{c['hashlib_cpu_per_gib']:.2f} s/GiB", ""),
             ("leecher process start-up alone (imports, --help)", f"{c['leecher_startup_cpu_seconds']:.2f} s", "")]
     for base, label in (("tcp_hash", "raw stream: sendfile -> recv_into + SHA-256 + pwrite"),
-                        ("tcp_nohash", "raw stream without SHA-256"), ("libtorrent", "libtorrent 2.0, 3 seeds -> 1 leecher")):
+                        ("tcp_direct", "raw stream, pwrite with O_DIRECT"), ("tcp_nohash", "raw stream without SHA-256"), ("libtorrent", "libtorrent 2.0, 3 seeds -> 1 leecher")):
         if base in c:
             b = c[base]
             rows.append((f"{label} (receiver)", f"{b['cpu_per_gib']['utime'] + b['cpu_per_gib']['stime']:.2f} s/GiB",
@@ -398,6 +399,8 @@ def cpu_rows(c: dict) -> list[tuple[str, str, str]]:
         extra = ""
         if "libtorrent" in c:
             extra += f"; {m['seconds'] / c['libtorrent']['seconds']:.2f}x libtorrent"
+        if "tcp_direct" in c:
+            extra += f"; {m['seconds'] / c['tcp_direct']['seconds']:.2f}x the O_DIRECT raw stream"
         rows.append((f"ours, {mode}: leecher time", f"{m['seconds']:.2f} s", f"{m['seconds'] / c['tcp_hash']['seconds']:.2f}x the raw stream{extra}"))
     for key, label in (("peer_fetch", "into its cache"), ("peer", "to curl")):
         if key in c:
