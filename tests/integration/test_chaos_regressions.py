@@ -85,12 +85,12 @@ def test_a_worker_that_ends_with_an_error_as_its_download_finishes_is_read_not_l
         closed = []
         download.swarm = types.SimpleNamespace(
             finished=False, manifest=types.SimpleNamespace(file_id=b"\x01" * 32), plan=None,
-            close=lambda peer, now: closed.append(peer) or 0,
+            close=lambda peer, now: closed.append(peer) or 0, announcements_due=lambda: None,
         )
         download._supervisor = _FakeSupervisor()
         download._part = object()
         download._finished = asyncio.Event()
-        download._workers, download._spare, download._spare_timer = {}, {}, None
+        download._workers, download._spare, download._spare_timer, download._flush_timer = {}, {}, None, None
         download.peer_count, download.watchers = 0, []
         download.metrics = types.SimpleNamespace(peers_active=types.SimpleNamespace(inc=lambda n=1: None, dec=lambda n=1: None))
         await download._supervise()
