@@ -73,15 +73,21 @@ class TlsSocket:
     """A TCP socket and the TLS session on it, joined through memory buffers (`ssl.MemoryBIO`),
     not by OpenSSL reading and writing the socket itself: OpenSSL then made two system calls a
     16 KiB record to receive (the header, then the body) and one to send, where we make one per
-    256 KiB received and one per chunk sent. One thread at a time may use it."""
+    chunk sent and, downloading, one per 256 KiB received. One thread at a time may use it."""
 
-    RECEIVE = 256 * 1024  # bytes of ciphertext taken from the kernel at once
+    # Bytes of ciphertext taken from the kernel at once, by the side that receives chunks and by
+    # the side that receives requests (a server keeps one such buffer per connection, up to its
+    # connection cap: one TLS record's worth, as OpenSSL's own buffer was).
+    RECEIVE_CLIENT = 256 * 1024
+    RECEIVE_SERVER = 16 * 1024 + 512
 
     __slots__ = ("sock", "tls", "incoming", "outgoing", "_raw")
 
-    def __init__(self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+    def __init__(
+        self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, receive: int
+    ) -> None:
         self.sock, self.tls, self.incoming, self.outgoing = sock, tls, incoming, outgoing
-        self._raw = memoryview(bytearray(self.RECEIVE))
+        self._raw = memoryview(bytearray(receive))
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         """`data` as TLS records, to send (OpenSSL encrypts it in one call, the GIL released)."""
@@ -130,7 +136,7 @@ def _handshake(sock: socket.socket, context: ssl.SSLContext, server_side: bool) 
         if outgoing.pending:  # (after the last step too: a server's session tickets)
             sock.sendall(outgoing.read())
         if done:
-            return TlsSocket(sock, tls, incoming, outgoing)
+            return TlsSocket(sock, tls, incoming, outgoing, TlsSocket.RECEIVE_SERVER if server_side else TlsSocket.RECEIVE_CLIENT)
         data = sock.recv(65536)
         if not data:
             raise ConnectionResetError("the peer closed the connection during the TLS handshake")
