@@ -446,8 +446,8 @@ class Download:
     def flush(self) -> None:
         """Download.flush: what is due now, and a timer for announcements that wait."""
         sim = self.sim
-        for peer, session in self.swarm.sessions.items():
-            if session.outbox and (frames := self.swarm.take_due(peer, sim.clock.now)):
+        for peer in self.swarm.sessions:
+            if frames := self.swarm.take_due(peer, sim.clock.now):
                 sim.to_server(self.conns[peer], frames)
         due = self.swarm.announcements_due()
         if due is not None and (self.flush_at is None or due < self.flush_at):

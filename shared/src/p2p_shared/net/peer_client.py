@@ -327,7 +327,7 @@ class PeerConnection:
             if sock is not None and not self._finished:
                 # Wakes the reader thread, which then closes the sockets.
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR) if isinstance(sock, socket.socket) else sock.shutdown()
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def send(self, event: wire.Event) -> None:
         self.send_all((event,))

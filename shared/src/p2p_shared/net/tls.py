@@ -109,10 +109,10 @@ class TlsSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def shutdown(self) -> None:
+    def shutdown(self, how: int = socket.SHUT_RDWR) -> None:
         """Wakes whichever thread waits on the socket; its reads end."""
         with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(how)
 
     def close(self) -> None:
         self.sock.close()

@@ -4,8 +4,9 @@ The worker connects, hands every frame that arrives to the download's `Swarm` an
 what it answers: a payload the connection's receiving thread hashed and wrote comes with its
 verdict, which the swarm hears at once; one it left unchecked goes to the verify pool (SHA-256
 and pwrite, off the loop) and its verdict comes back on this connection's event queue. Either
-way the buffer then returns to the connection's pool. Between events it sleeps until the session's next deadline (a paced request,
-a silent peer). The worker knows the download only through `SwarmHost`.
+way the buffer then returns to the connection's pool. Between events it sleeps until the
+session's next deadline (a paced request, a silent peer). The worker knows the download only
+through `SwarmHost`.
 """
 
 from __future__ import annotations
@@ -65,8 +66,7 @@ class PeerWorker:
     def flush(self) -> None:
         """Send what the session has due; a connection that failed ends its worker on its own."""
         conn, swarm = self.conn, self.host.swarm
-        session = swarm.sessions.get(self.peer)
-        if conn is None or session is None or not session.outbox:
+        if conn is None or self.peer not in swarm.sessions:
             return
         frames = swarm.take_due(self.peer, asyncio.get_running_loop().time())
         try:
