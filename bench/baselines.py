@@ -10,6 +10,8 @@ import socket
 import time
 from pathlib import Path
 
+from p2p_shared.storage import DIRECT_ALIGN
+
 CHUNK = 512 * 1024
 
 
@@ -72,7 +74,7 @@ def tcp_seconds(path: Path, out: Path, verify: bool, sender_cpu: list | None = N
                     got += n
                 if verify:
                     hashlib.sha256(view[:want]).digest()
-                os.pwrite(fd if want % 4096 else whole, view[:want], offset)
+                os.pwrite(fd if want % DIRECT_ALIGN else whole, view[:want], offset)
                 offset += want
         elapsed = time.perf_counter() - started
         if sender_cpu is not None:

@@ -296,6 +296,11 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
     def med(path) -> float:
         return statistics.median(path(r) for r in rounds)
 
+    def cpu_per_gib(get) -> dict:
+        """User, kernel and their sum, each the median of the rounds, per GiB, of what `get` finds in a round."""
+        per = {k: med(lambda r: get(r)[k]) * per_gib for k in ("utime", "stime")}
+        return {**per, "total": med(lambda r: get(r)["utime"] + get(r)["stime"]) * per_gib}
+
     result: dict = {"bytes": size, "rounds": rounds, "hashlib_seconds": median_of(repeat, lambda: baselines.hashlib_seconds(size))}
     result["hashlib_cpu_per_gib"] = result["hashlib_seconds"] * per_gib
     result["leecher_startup_cpu_seconds"] = statistics.median(startup_cpu() for _ in range(3))
@@ -312,14 +317,11 @@ def bench_cpu(data: Path, work: Path, repeat: int) -> dict:
                     k: statistics.median(r["sender"][k] for r in runs) * per_gib for k in ("utime", "stime")}
     for key in ("peer_fetch", "peer"):
         if all(key in r for r in rounds):
-            result[key] = {"seconds": med(lambda r: r[key]["seconds"])}
-            result[key].update({k: med(lambda r: r[key][k]) * per_gib for k in ("utime", "stime")})
-            result[key]["total"] = med(lambda r: r[key]["utime"] + r[key]["stime"]) * per_gib
+            result[key] = {"seconds": med(lambda r: r[key]["seconds"]), **cpu_per_gib(lambda r: r[key])}
     for mode in ("plain", "tls"):
         result[mode] = {"seconds": med(lambda r: r[mode]["seconds"])}
         for role in ROLES:
-            result[mode][role] = {k: med(lambda r: r[mode][role][k]) * per_gib for k in ("utime", "stime")}
-            result[mode][role]["total"] = med(lambda r: r[mode][role]["utime"] + r[mode][role]["stime"]) * per_gib
+            result[mode][role] = cpu_per_gib(lambda r: r[mode][role])
     return result
 
 
